@@ -1,0 +1,347 @@
+"""The configuration file: one TOML file, overridable by environment variables.
+
+Contract:
+
+* Every setting has a dotted name (``kafka.group_id``, ``connectors.eu-main.username``) and an
+  error about it names it, so an operator can find the line to fix.
+* ``DDSYNC__SECTION__KEY=value`` in the environment overrides ``[section] key`` (double
+  underscores separate levels; values are parsed as TOML when they parse, else taken as strings).
+* Secrets never come from the file: a connector names ``password_env`` or ``password_file``
+  (as Kubernetes mounts them). They are held in :class:`Secret`, whose ``repr``/``str`` hide them.
+* librdkafka settings under ``[kafka.consumer]`` and ``[kafka.producer]`` pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
+ENV_PREFIX = "DDSYNC__"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    group_id: str = "ddsync"
+    topics: tuple[str, ...] = ("audience-transitions", "journey-transitions")
+    dead_letter_topic: str = "ddsync.dlq"
+    consumer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    producer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    max_contacts: int = 1000
+    window_seconds: float = 1200.0
+    # Backpressure: past this many buffered records the consumer pauses its partitions.
+    max_buffered_records: int = 50_000
+    revoke_flush_seconds: float = 10.0
+    shutdown_flush_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    retry_timeout_seconds: float = 600.0
+    commit_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class DeadLetterSettings:
+    # The breaker opens when more than ``breaker_ratio`` of the last ``breaker_window`` finished
+    # records were dead-lettered, once at least ``breaker_min_records`` were seen.
+    breaker_window: int = 1000
+    breaker_ratio: float = 0.9
+    breaker_min_records: int = 200
+    max_replays: int = 3
+
+
+@dataclass(frozen=True)
+class ConnectorSettings:
+    name: str
+    username: str
+    password: Secret
+    api_endpoint: str | None = None
+    discovery_endpoint: str = DEFAULT_DISCOVERY_ENDPOINT
+    add_requests_per_minute: int = 75
+    remove_requests_per_minute: int = 35
+    max_active_imports: int = 25
+    # DotDigital asks clients to allow 121 s before timing a call out.
+    request_timeout_seconds: float = 121.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from outside the pod
+    port: int = 9464
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    connectors: Mapping[str, ConnectorSettings]
+    batching: BatchingSettings = BatchingSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path``, apply environment overrides, and validate everything."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    apply_env_overrides(raw, environ)
+    return parse_settings(raw, environ)
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key} overrides {part}, which is not a section")
+            node = child
+        node[path[-1]] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    known = {"kafka", "connectors", "batching", "dispatch", "dead_letter", "metrics"}
+    for section in raw:
+        if section not in known:
+            raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
+    kafka = _section(raw, "kafka")
+    kafka_settings = KafkaSettings(
+        bootstrap_servers=_get(kafka, "kafka.bootstrap_servers", str, required=True),
+        group_id=_get(kafka, "kafka.group_id", str, KafkaSettings.group_id),
+        topics=tuple(_get(kafka, "kafka.topics", list, list(KafkaSettings.topics))),
+        dead_letter_topic=_get(kafka, "kafka.dead_letter_topic", str, "ddsync.dlq"),
+        consumer=dict(_section(kafka, "consumer", "kafka.consumer")),
+        producer=dict(_section(kafka, "producer", "kafka.producer")),
+    )
+    _check_keys(
+        kafka,
+        "kafka",
+        {"bootstrap_servers", "group_id", "topics", "dead_letter_topic", "consumer", "producer"},
+    )
+    if not kafka_settings.topics or not all(isinstance(t, str) for t in kafka_settings.topics):
+        raise ConfigError("kafka.topics must be a non-empty list of topic names")
+    if kafka_settings.dead_letter_topic in kafka_settings.topics:
+        raise ConfigError("kafka.dead_letter_topic must not be one of kafka.topics")
+
+    batching = _section(raw, "batching")
+    _check_keys(batching, "batching", set(BatchingSettings.__dataclass_fields__))
+    batching_settings = BatchingSettings(
+        max_contacts=_positive(batching, "batching.max_contacts", int, 1000),
+        window_seconds=_positive(batching, "batching.window_seconds", float, 1200.0),
+        max_buffered_records=_positive(batching, "batching.max_buffered_records", int, 50_000),
+        revoke_flush_seconds=_positive(batching, "batching.revoke_flush_seconds", float, 10.0),
+        shutdown_flush_seconds=_positive(batching, "batching.shutdown_flush_seconds", float, 30.0),
+    )
+    dispatch = _section(raw, "dispatch")
+    _check_keys(dispatch, "dispatch", set(DispatchSettings.__dataclass_fields__))
+    dispatch_settings = DispatchSettings(
+        retry_timeout_seconds=_positive(dispatch, "dispatch.retry_timeout_seconds", float, 600.0),
+        commit_interval_seconds=_positive(dispatch, "dispatch.commit_interval_seconds", float, 1.0),
+    )
+    dlq = _section(raw, "dead_letter")
+    _check_keys(dlq, "dead_letter", set(DeadLetterSettings.__dataclass_fields__))
+    ratio = _get(dlq, "dead_letter.breaker_ratio", float, 0.9)
+    if not 0 < ratio <= 1:
+        raise ConfigError("dead_letter.breaker_ratio must be in (0, 1]")
+    dlq_settings = DeadLetterSettings(
+        breaker_window=_positive(dlq, "dead_letter.breaker_window", int, 1000),
+        breaker_ratio=ratio,
+        breaker_min_records=_positive(dlq, "dead_letter.breaker_min_records", int, 200),
+        max_replays=_positive(dlq, "dead_letter.max_replays", int, 3),
+    )
+    metrics = _section(raw, "metrics")
+    _check_keys(metrics, "metrics", set(MetricsSettings.__dataclass_fields__))
+    metrics_settings = MetricsSettings(
+        host=_get(metrics, "metrics.host", str, MetricsSettings.host),
+        port=_get(metrics, "metrics.port", int, 9464),
+        enabled=_get(metrics, "metrics.enabled", bool, True),
+    )
+    connectors_raw = _section(raw, "connectors")
+    if not connectors_raw:
+        raise ConfigError("no connector configured: add a [connectors.NAME] section")
+    connectors = {
+        name: parse_connector(name, _section(connectors_raw, name, f"connectors.{name}"), environ)
+        for name in connectors_raw
+    }
+    return Settings(
+        kafka=kafka_settings,
+        connectors=connectors,
+        batching=batching_settings,
+        dispatch=dispatch_settings,
+        dead_letter=dlq_settings,
+        metrics=metrics_settings,
+    )
+
+
+def parse_connector(
+    name: str, raw: Mapping[str, Any], environ: Mapping[str, str]
+) -> ConnectorSettings:
+    where = f"connectors.{name}"
+    allowed = {
+        "username",
+        "password_env",
+        "password_file",
+        "api_endpoint",
+        "discovery_endpoint",
+        "add_requests_per_minute",
+        "remove_requests_per_minute",
+        "max_active_imports",
+        "request_timeout_seconds",
+    }
+    if "password" in raw:
+        raise ConfigError(
+            f"{where}.password: secrets are not read from the file; "
+            "set password_env (an environment variable) or password_file"
+        )
+    _check_keys(raw, where, allowed)
+    return ConnectorSettings(
+        name=name,
+        username=_get(raw, f"{where}.username", str, required=True),
+        password=_password(raw, where, environ),
+        api_endpoint=_endpoint(raw, f"{where}.api_endpoint", None),
+        discovery_endpoint=_endpoint(raw, f"{where}.discovery_endpoint", DEFAULT_DISCOVERY_ENDPOINT)
+        or DEFAULT_DISCOVERY_ENDPOINT,
+        add_requests_per_minute=_positive(raw, f"{where}.add_requests_per_minute", int, 75),
+        remove_requests_per_minute=_positive(raw, f"{where}.remove_requests_per_minute", int, 35),
+        max_active_imports=_positive(raw, f"{where}.max_active_imports", int, 25),
+        request_timeout_seconds=_positive(raw, f"{where}.request_timeout_seconds", float, 121.0),
+    )
+
+
+def _password(raw: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> Secret:
+    env_name = _get(raw, f"{where}.password_env", str, None)
+    file_name = _get(raw, f"{where}.password_file", str, None)
+    if env_name and file_name:
+        raise ConfigError(f"{where}: set password_env or password_file, not both")
+    if env_name:
+        value = environ.get(env_name)
+        if not value:
+            raise ConfigError(f"{where}.password_env: environment variable {env_name} is not set")
+        return Secret(value)
+    if file_name:
+        try:
+            return Secret(Path(file_name).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}.password_file: cannot read {file_name}: {exc.strerror}"
+            ) from None
+    raise ConfigError(f"{where}: set password_env or password_file")
+
+
+def _endpoint(raw: Mapping[str, Any], name: str, default: str | None) -> str | None:
+    value = _get(raw, name, str, default)
+    if value is None:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _section(raw: Mapping[str, Any], key: str, name: str | None = None) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name or key} must be a table ([{name or key}])")
+    return value
+
+
+def _check_keys(raw: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"unknown setting {where}.{key}; known: {', '.join(sorted(allowed))}")
+
+
+def _get(
+    raw: Mapping[str, Any],
+    name: str,
+    kind: type[T],
+    default: T | None = None,
+    *,
+    required: bool = False,
+) -> T:
+    key = name.rsplit(".", 1)[-1]
+    if key not in raw:
+        if required:
+            raise ConfigError(f"{name} is required")
+        return default  # type: ignore[return-value]
+    value = raw[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name} must be {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _positive(raw: Mapping[str, Any], name: str, kind: type[T], default: T) -> T:
+    value = _get(raw, name, kind, default)
+    if value <= 0:  # type: ignore[operator]
+        raise ConfigError(f"{name} must be greater than 0, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+    }.get(kind, kind.__name__)
