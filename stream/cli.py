@@ -1,0 +1,48 @@
+"""The ``ddsync`` command line.
+
+Each subcommand lives in its own module, which exposes ``add_parser(subparsers)``; the parser it
+adds sets ``handler`` to a function ``(argparse.Namespace) -> int`` (the exit status). Errors a
+user can fix are printed as one line on stderr, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# Modules that add subcommands, in the order ``ddsync --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "stream.commands.run",
+    "stream.commands.demo",
+    "stream.dotdigital.commands",
+    "stream.dotdigital.sandbox.command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddsync",
+        description="Keeps DotDigital address books in step with audience and journey membership.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    status: int = args.handler(args)
+    return status

@@ -1,0 +1,1 @@
+"""Subcommands of the ddsync command line that belong to the pipeline."""
