@@ -1,0 +1,44 @@
+# ddsync — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAFKA := $(PYTHON) deploy/kafka/localkafka.py
+PYTEST_ARGS ?=
+
+.PHONY: help install test lint kafka-up kafka-down kafka-fetch run clean
+
+help:
+	@echo "make run        local Kafka + DotDigital sandbox + ddsync + a demo stream (Ctrl-C stops all)"
+	@echo "make test       install into $(VENV), start a local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run pytest"
+	@echo "make lint       ruff and mypy --strict"
+	@echo "make kafka-up   start the local broker in the background; make kafka-down stops it"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The broker is started for pytest's lifetime and stopped afterwards, also when tests fail.
+test: install
+	$(KAFKA) run -- $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check stream tests deploy
+	$(VENV)/bin/ruff format --check stream tests deploy
+	$(VENV)/bin/mypy
+
+kafka-fetch:
+	$(KAFKA) fetch
+
+kafka-up:
+	$(KAFKA) up
+
+kafka-down:
+	$(KAFKA) down
+
+clean:
+	rm -rf $(VENV) .ddsync build *.egg-info .mypy_cache .ruff_cache .pytest_cache

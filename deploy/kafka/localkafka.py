@@ -1,0 +1,384 @@
+"""A single-node Apache Kafka broker (KRaft) for tests and local runs, without Docker.
+
+Apache Kafka's own jars come from Maven Central (``pom.xml`` beside this file) into a cache
+outside the repository (``$DDSYNC_CACHE`` or ``~/.cache/ddsync``); later runs reuse them. Each
+start formats a fresh data directory, binds free loopback ports (so a leftover broker or a taken
+port does not collide), waits until the client port accepts connections, and records the pid and
+bootstrap address in a state file. ``stop`` ends the broker by that pid.
+
+Standard library only, so the Makefile and the test fixture can use it before anything else is
+installed::
+
+    python deploy/kafka/localkafka.py fetch
+    python deploy/kafka/localkafka.py up   [--state-dir DIR]   # prints the bootstrap address
+    python deploy/kafka/localkafka.py down [--state-dir DIR]
+    python deploy/kafka/localkafka.py run -- COMMAND ...  # a broker for one command's lifetime
+
+``run`` leaves ``KAFKA_BOOTSTRAP_SERVERS`` alone when it is already set (an existing cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+HERE = Path(__file__).resolve().parent
+DEFAULT_STATE_DIR = HERE.parents[1] / ".ddsync" / "kafka"
+READY_TIMEOUT_SECONDS = 180.0
+HEAP = ("-Xms256m", "-Xmx512m")
+
+
+class LocalKafkaError(RuntimeError):
+    """The local broker could not be fetched, started or stopped."""
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    pid: int
+    bootstrap_servers: str
+    data_dir: str
+    log_file: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DDSYNC_CACHE", Path.home() / ".cache" / "ddsync"))
+
+
+def lib_dir(version: str = KAFKA_VERSION) -> Path:
+    return cache_dir() / f"kafka-{version}" / "lib"
+
+
+def fetch_jars(version: str = KAFKA_VERSION) -> Path:
+    """Resolve the broker's runtime classpath with Maven, once; return the folder of jars."""
+    target = lib_dir(version)
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    if shutil.which("mvn") is None:
+        raise LocalKafkaError("Maven (mvn) is needed to fetch Apache Kafka's jars; install it")
+    if target.exists():
+        shutil.rmtree(target)
+    command = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(HERE / "pom.xml"),
+        f"-Dkafka.version={version}",
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={target}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LocalKafkaError(
+            f"mvn could not fetch Kafka {version}:\n{result.stdout[-4000:]}{result.stderr[-4000:]}"
+        )
+    marker.write_text(version)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir / "log"),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        # The default dedupe buffer takes 128 MiB of a 512 MiB heap.
+        "log.cleaner.dedupe.buffer.size": "2097152",
+        "auto.create.topics.enable": "false",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka.server.KafkaRaftServer
+logger.kafka.level = INFO
+"""
+
+
+def _java(classpath: Path, log_config: Path) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise LocalKafkaError("a JDK 17+ (java) is needed to run the local broker")
+    return [
+        java,
+        *HEAP,
+        "-XX:+UseSerialGC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log_config}",
+        "-cp",
+        f"{classpath}/*",
+    ]
+
+
+def start(state_dir: Path = DEFAULT_STATE_DIR, version: str = KAFKA_VERSION) -> BrokerState:
+    """Start a fresh broker and wait until it accepts connections."""
+    existing = read_state(state_dir)
+    if existing is not None and _alive(existing.pid):
+        raise LocalKafkaError(
+            f"a local broker already runs (pid {existing.pid}, {existing.bootstrap_servers}); "
+            "stop it first"
+        )
+    classpath = fetch_jars(version)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # One retry covers the rare race where another process takes a port we just found free.
+    last_error: LocalKafkaError | None = None
+    for _ in range(3):
+        try:
+            return _start_once(state_dir, classpath)
+        except LocalKafkaError as exc:
+            last_error = exc
+    assert last_error is not None
+    raise last_error
+
+
+def _start_once(state_dir: Path, classpath: Path) -> BrokerState:
+    data_dir = state_dir / f"data-{uuid.uuid4().hex[:8]}"
+    data_dir.mkdir(parents=True)
+    port, controller_port = free_port(), free_port()
+    properties = data_dir / "server.properties"
+    properties.write_text(server_properties(data_dir, port, controller_port))
+    log_file = data_dir / "broker.log"
+    log_config = data_dir / "log4j2.properties"
+    log_config.write_text(LOG4J2.format(log=log_file))
+    java = _java(classpath, log_config)
+
+    cluster_id = subprocess.run(
+        [*java, "kafka.tools.StorageTool", "random-uuid"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    formatted = subprocess.run(
+        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if formatted.returncode != 0:
+        raise LocalKafkaError(f"formatting the data directory failed: {formatted.stderr[-2000:]}")
+
+    with open(data_dir / "stdout.log", "wb") as out:
+        process = subprocess.Popen(
+            [*java, "kafka.Kafka", str(properties)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Its own session, so a Ctrl-C meant for `make` reaches it only through `stop`.
+            start_new_session=True,
+        )
+    state = BrokerState(process.pid, f"127.0.0.1:{port}", str(data_dir), str(log_file))
+    write_state(state_dir, state)
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            clear_state(state_dir)
+            tail = _tail(log_file) or _tail(data_dir / "stdout.log")
+            shutil.rmtree(data_dir, ignore_errors=True)
+            raise LocalKafkaError(f"the broker exited with {process.returncode}:\n{tail}")
+        if _accepts(port):
+            return state
+        time.sleep(0.2)
+    stop(state_dir)
+    raise LocalKafkaError(f"the broker did not open {state.bootstrap_servers} in time")
+
+
+def stop(state_dir: Path = DEFAULT_STATE_DIR, *, keep_data: bool = False) -> bool:
+    """Stop the broker recorded in ``state_dir``; True when one was running."""
+    state = read_state(state_dir)
+    if state is None:
+        return False
+    was_running = _alive(state.pid)
+    if was_running:
+        _terminate(state.pid)
+    clear_state(state_dir)
+    if not keep_data:
+        shutil.rmtree(state.data_dir, ignore_errors=True)
+    return was_running
+
+
+def _terminate(pid: int, grace_seconds: float = 20.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while _alive(pid):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    # Reap it if it is our child, so a finished broker does not linger as a zombie.
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0]
+        return status != "Z"
+    except OSError:
+        return True
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def state_file(state_dir: Path) -> Path:
+    return state_dir / "broker.json"
+
+
+def read_state(state_dir: Path) -> BrokerState | None:
+    try:
+        return BrokerState(**json.loads(state_file(state_dir).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_state(state_dir: Path, state: BrokerState) -> None:
+    state_file(state_dir).write_text(json.dumps(asdict(state)))
+
+
+def clear_state(state_dir: Path) -> None:
+    state_file(state_dir).unlink(missing_ok=True)
+
+
+def run_with_broker(command: list[str], state_dir: Path) -> int:
+    """Run ``command`` with a broker started for it (unless one is given), then stop it."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise LocalKafkaError("run needs a command: localkafka.py run -- COMMAND ...")
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return subprocess.call(command)
+    # A state directory of its own, so `make test` never stops a broker of `make kafka-up`.
+    own_dir = state_dir / f"run-{os.getpid()}"
+    began = time.monotonic()
+    state = start(own_dir)
+    print(
+        f"Kafka {KAFKA_VERSION} ready at {state.bootstrap_servers} in "
+        f"{time.monotonic() - began:.1f} s",
+        file=sys.stderr,
+    )
+    # SIGTERM becomes an exception, so the finally below stops the broker on it too.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return subprocess.call(
+            command, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": state.bootstrap_servers}
+        )
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(own_dir)
+        shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A local single-node Kafka broker.")
+    parser.add_argument("action", choices=["fetch", "up", "down", "status", "run"])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="with run: the command")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "run":
+            return run_with_broker(args.command, args.state_dir)
+        if args.action == "fetch":
+            print(fetch_jars())
+        elif args.action == "up":
+            began = time.monotonic()
+            state = start(args.state_dir)
+            print(
+                f"Kafka {KAFKA_VERSION} ready at {state.bootstrap_servers} "
+                f"(pid {state.pid}, {time.monotonic() - began:.1f} s)",
+                file=sys.stderr,
+            )
+            print(state.bootstrap_servers)
+        elif args.action == "down":
+            print("stopped" if stop(args.state_dir) else "no local broker was running")
+        else:
+            state = read_state(args.state_dir)
+            if state is None or not _alive(state.pid):
+                print("not running")
+                return 1
+            print(f"running: pid {state.pid} at {state.bootstrap_servers}")
+    except LocalKafkaError as exc:
+        print(f"localkafka: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
