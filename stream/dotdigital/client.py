@@ -1,0 +1,809 @@
+"""The DotDigital client: region detection, address books, bulk add and bulk remove.
+
+One :class:`DotDigitalClient` per connector (DotDigital account). It owns one aiohttp session,
+one rate limiter per bulk operation (``add``: ``PUT /contacts/v3/import``; ``remove``:
+``POST /v2/address-books/{id}/contacts/delete``), a cap on concurrent imports, and a cache of
+the contact ids imports returned (so removals need no look-up).
+
+Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`; the bulk methods
+take a ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one call, after
+which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from stream.clock import Clock, SystemClock
+from stream.config import ConnectorSettings
+from stream.dotdigital.errors import (
+    AddressBookNotFoundError,
+    DuplicateAddressBookError,
+    ImportFailedError,
+    PermanentError,
+    RemovalFailedError,
+    RetriesExhausted,
+    ThrottledError,
+    TransientError,
+    error_from_response,
+)
+from stream.dotdigital.models import (
+    MISSING_FROM_RESULT,
+    AccountInfo,
+    AddressBook,
+    ImportOutcome,
+    Rejection,
+    RemovalOutcome,
+    normalize_email,
+)
+from stream.dotdigital.ratelimit import RateLimiter, RateLimitStatus, parse_reset
+from stream.dotdigital.retry import RetryPolicy
+
+__all__ = ["DotDigitalClient", "Operation", "PollSchedule"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Operation = Literal["add", "remove"]
+
+PAGE_SIZE = 1000
+IMPORT_FAILED_STATUSES = frozenset(
+    {
+        "RejectedByWatchdog",
+        "InvalidFileFormat",
+        "Unknown",
+        "Failed",
+        "ExceedsAllowedContactLimit",
+        "NotAvailableInThisVersion",
+    }
+)
+CONTACT_NOT_FOUND_CODES = frozenset({"contacts:contactNotFound", "ERROR_CONTACT_NOT_FOUND"})
+# A 429 for the concurrent-job caps says nothing about when a slot frees; poll-like wait.
+CONCURRENCY_RETRY_SECONDS = 2.0
+VISIBILITIES = ("Private", "Public")
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Waits between status polls of an import or deletion job: ``initial`` growing by
+    ``factor`` up to ``maximum`` seconds. DotDigital documents no poll interval."""
+
+    initial: float = 0.25
+    factor: float = 1.5
+    maximum: float = 5.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        while True:
+            yield delay
+            delay = min(self.maximum, delay * self.factor)
+
+
+@dataclass(frozen=True)
+class _Response:
+    data: Any
+    headers: Mapping[str, str]
+
+
+class _Names:
+    """Maps the caller's email spellings to normalized emails and back, in O(n)."""
+
+    def __init__(self, emails: Iterable[str]) -> None:
+        # normalized -> the spellings the caller used (several when they differ in case)
+        self.spellings: dict[str, list[str]] = {}
+        # normalized -> the spelling sent to DotDigital (first seen, stripped)
+        self.sent: dict[str, str] = {}
+        self.empty: list[str] = []
+        for email in emails:
+            key = normalize_email(email)
+            if not key:
+                self.empty.append(email)
+                continue
+            if key not in self.spellings:
+                self.spellings[key] = []
+                self.sent[key] = email.strip()
+            self.spellings[key].append(email)
+
+    def expand(self, keys: Iterable[str]) -> Iterator[str]:
+        for key in keys:
+            yield from self.spellings[key]
+
+    def empty_rejections(self) -> dict[str, Rejection]:
+        return {
+            email: Rejection(email, "invalidEmail", "the email address is empty")
+            for email in self.empty
+        }
+
+
+class DotDigitalClient:
+    """An asynchronous client of one DotDigital account.
+
+    Build it with :meth:`connect` (detects the region unless the settings pin one), use it as
+    an async context manager or call :meth:`close`. Not thread-safe; safe for concurrent use by
+    tasks of one event loop.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        *,
+        endpoint: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollSchedule | None = None,
+        lookup_concurrency: int = 16,
+        removal_chunk_size: int = 1000,
+        contact_cache_size: int = 1_000_000,
+    ) -> None:
+        """Prefer :meth:`connect`. ``session`` may be injected (the caller then closes it);
+        ``endpoint`` is the regional base URL (``None`` until detection ran)."""
+        self.settings = settings
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._poll = poll if poll is not None else PollSchedule()
+        endpoint = endpoint or settings.api_endpoint
+        self._endpoint = endpoint.rstrip("/") if endpoint else None
+        self._own_session = session is None
+        self._session = session if session is not None else _new_session(settings)
+        # The Authorization value is built once and lives only here: never logged nor shown.
+        token = f"{settings.username}:{settings.password.reveal()}".encode()
+        self._authorization = "Basic " + base64.b64encode(token).decode("ascii")
+        self._secrets = tuple(
+            s.encode() for s in (settings.password.reveal(), self._authorization[6:]) if s
+        )
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+        self._limiters: dict[Operation, RateLimiter] = {
+            "add": RateLimiter(settings.add_requests_per_minute, self._clock, operation="add"),
+            "remove": RateLimiter(
+                settings.remove_requests_per_minute, self._clock, operation="remove"
+            ),
+        }
+        self._imports = asyncio.Semaphore(settings.max_active_imports)
+        self._lookups = asyncio.Semaphore(lookup_concurrency)
+        self._removal_chunk_size = removal_chunk_size
+        self._contact_ids: dict[str, int] = {}
+        self._contact_cache_size = contact_cache_size
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: ConnectorSettings,
+        *,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        session: aiohttp.ClientSession | None = None,
+        poll: PollSchedule | None = None,
+        deadline: float | None = None,
+    ) -> DotDigitalClient:
+        """A ready client: ``settings.api_endpoint`` when set, else the region DotDigital
+        names for this account at ``{discovery_endpoint}/v2/account-info`` (property
+        ``ApiEndpoint``). Detection runs under ``retry`` (and ``deadline``); its errors
+        propagate and the session is closed."""
+        client = cls(settings, session=session, clock=clock, retry=retry, poll=poll)
+        if client._endpoint is None:
+            try:
+                info = await client._account_info(settings.discovery_endpoint, deadline)
+                endpoint = info.api_endpoint
+                if not endpoint:
+                    raise PermanentError(
+                        "GET /v2/account-info answered without an ApiEndpoint property"
+                    )
+                client._endpoint = endpoint
+            except BaseException:
+                await client.close()
+                raise
+        log.debug("connector %s uses %s", settings.name, client._endpoint)
+        return client
+
+    async def close(self) -> None:
+        """Close the session if this client created it. Idempotent."""
+        if self._own_session and not self._session.closed:
+            await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"DotDigitalClient(connector={self.settings.name!r}, "
+            f"username={self.settings.username!r}, endpoint={self._endpoint!r})"
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The regional base URL in use, without a trailing slash."""
+        if self._endpoint is None:
+            raise RuntimeError("the client is not connected: use DotDigitalClient.connect()")
+        return self._endpoint
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._retry
+
+    def limiter(self, operation: Operation) -> RateLimiter:
+        """The rate limiter of ``operation`` (``"add"`` or ``"remove"``)."""
+        return self._limiters[operation]
+
+    def rate_limit_status(self) -> dict[str, RateLimitStatus]:
+        """What each operation's limiter knows now (limit, available, server's view)."""
+        return {name: limiter.status() for name, limiter in self._limiters.items()}
+
+    def known_contact_id(self, email: str) -> int | None:
+        """The contact id an import returned for ``email``, if remembered."""
+        return self._contact_ids.get(normalize_email(email))
+
+    # -- account ---------------------------------------------------------------------------
+
+    async def account_info(self, *, deadline: float | None = None) -> AccountInfo:
+        """``GET /v2/account-info`` on the account's endpoint."""
+        return await self._account_info(self.endpoint, deadline)
+
+    async def _account_info(self, base: str, deadline: float | None) -> AccountInfo:
+        response = await self._call_full("GET", "/v2/account-info", base=base, deadline=deadline)
+        if not isinstance(response.data, Mapping):
+            raise TransientError("GET /v2/account-info answered with an unexpected body")
+        rate_limit = {
+            key.lower(): value
+            for key, value in response.headers.items()
+            if key.lower().startswith("x-ratelimit-")
+        }
+        return AccountInfo.from_json(response.data, rate_limit_headers=rate_limit)
+
+    # -- address books ---------------------------------------------------------------------
+
+    async def list_address_books(
+        self, *, page_size: int = PAGE_SIZE, deadline: float | None = None
+    ) -> list[AddressBook]:
+        """Every address book, fetched in pages of ``page_size`` (1..1000) until a short one."""
+        if not 1 <= page_size <= PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {PAGE_SIZE}")
+        books: list[AddressBook] = []
+        skip = 0
+        while True:
+            query = urlencode({"select": page_size, "skip": skip})
+            page = await self._call("GET", f"/v2/address-books?{query}", deadline=deadline)
+            if not isinstance(page, list):
+                raise TransientError("GET /v2/address-books answered with an unexpected body")
+            books.extend(AddressBook.from_json(item) for item in page if isinstance(item, Mapping))
+            if len(page) < page_size:
+                return books
+            skip += page_size
+
+    async def get_address_book(
+        self, address_book_id: int, *, deadline: float | None = None
+    ) -> AddressBook:
+        """One address book; :class:`AddressBookNotFoundError` when it does not exist."""
+        data = await self._call(
+            "GET",
+            f"/v2/address-books/{int(address_book_id)}",
+            not_found=AddressBookNotFoundError,
+            deadline=deadline,
+        )
+        if not isinstance(data, Mapping):
+            raise TransientError("GET /v2/address-books/{id} answered with an unexpected body")
+        return AddressBook.from_json(data)
+
+    async def create_address_book(
+        self,
+        name: str,
+        visibility: str = "Private",
+        *,
+        exist_ok: bool = False,
+        deadline: float | None = None,
+    ) -> AddressBook:
+        """Create an address book (DotDigital answers 200 or 201, both accepted).
+
+        A name in use raises :class:`DuplicateAddressBookError`, unless ``exist_ok``: then the
+        existing book of that name is returned. A retry that finds the name taken after an
+        earlier attempt's response was lost also returns the existing book, since that book is
+        most likely the one the lost attempt created.
+        """
+        if visibility not in VISIBILITIES:
+            raise ValueError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        attempts = 0
+
+        async def create() -> Any:
+            nonlocal attempts
+            attempts += 1
+            response = await self._send(
+                "POST", "/v2/address-books", body={"name": name, "visibility": visibility}
+            )
+            return response.data
+
+        try:
+            data = await self._retry.run(create, self._clock, deadline=deadline)
+        except DuplicateAddressBookError as error:
+            if not exist_ok and attempts <= 1:
+                raise DuplicateAddressBookError(
+                    f"an address book or segment named {name!r} already exists",
+                    status=error.status,
+                    code=error.code,
+                ) from None
+            existing = await self._find_address_book(name, deadline)
+            if existing is None:
+                raise DuplicateAddressBookError(
+                    f"the name {name!r} is in use, but not by an address book "
+                    "(DotDigital also reserves segment names and 'Test'/'All contacts')",
+                    status=error.status,
+                    code=error.code,
+                ) from None
+            return existing
+        if not isinstance(data, Mapping):
+            raise TransientError("POST /v2/address-books answered with an unexpected body")
+        return AddressBook.from_json(data)
+
+    async def _find_address_book(self, name: str, deadline: float | None) -> AddressBook | None:
+        books = await self.list_address_books(deadline=deadline)
+        for book in books:
+            if book.name == name:
+                return book
+        folded = name.casefold()
+        return next((book for book in books if book.name.casefold() == folded), None)
+
+    # -- bulk add --------------------------------------------------------------------------
+
+    async def import_contacts(
+        self,
+        address_book_id: int,
+        emails: Sequence[str],
+        *,
+        deadline: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> ImportOutcome:
+        """Add ``emails`` to the address book with one v3 import, polled until it finishes.
+
+        Returns every input email (the caller's spelling) as imported (with its contact id,
+        also remembered for :meth:`remove_contacts`) or rejected (DotDigital's failure code;
+        ``missingFromResult`` when the result does not mention it; ``invalidEmail`` for an
+        empty string, not sent). Emails compare case-insensitively; one contact is sent per
+        distinct email. Raises :class:`ImportFailedError` when the import as a whole ends
+        badly, :class:`RetriesExhausted` past ``deadline``, or the request's error when it is
+        not retryable. At most ``max_active_imports`` imports of this client run at once.
+        """
+        policy = retry or self._retry
+        deadline = deadline if deadline is not None else policy.deadline(self._clock)
+        names = _Names(emails)
+        rejected = names.empty_rejections()
+        if not names.sent:
+            return ImportOutcome(import_id=None, imported={}, rejected=rejected)
+        body = {
+            "mergeOption": "overwrite",
+            "contacts": [
+                {
+                    "matchIdentifier": "email",
+                    "identifiers": {"email": email},
+                    "lists": [int(address_book_id)],
+                }
+                for email in names.sent.values()
+            ],
+        }
+        async with self._imports:
+            accepted = await self._call(
+                "PUT",
+                "/contacts/v3/import",
+                body=body,
+                limiter="add",
+                policy=policy,
+                deadline=deadline,
+            )
+            import_id = accepted.get("importId") if isinstance(accepted, Mapping) else None
+            if not isinstance(import_id, str) or not import_id:
+                raise TransientError("PUT /contacts/v3/import answered without an importId")
+            result = await self._poll_import(import_id, policy, deadline)
+
+        imported_ids: dict[str, int] = {}
+        for section in ("created", "updated"):
+            for item in result.get(section) or ():
+                key = _email_of(item)
+                contact_id = item.get("contactId") if isinstance(item, Mapping) else None
+                if key in names.spellings and isinstance(contact_id, int):
+                    imported_ids[key] = contact_id
+        failed: dict[str, tuple[str, str]] = {}
+        for item in result.get("failures") or ():
+            key = _email_of(item)
+            # A contact both imported and failed (e.g. its consent records) is imported.
+            if key in names.spellings and key not in imported_ids and key not in failed:
+                failed[key] = _failure_of(item)
+
+        imported: dict[str, int] = {}
+        for key, spellings in names.spellings.items():
+            contact_id = imported_ids.get(key)
+            if contact_id is not None:
+                self._remember(key, contact_id)
+                for email in spellings:
+                    imported[email] = contact_id
+                continue
+            code, description = failed.get(
+                key, (MISSING_FROM_RESULT, f"import {import_id} did not report this contact")
+            )
+            for email in spellings:
+                rejected[email] = Rejection(email, code, description)
+        return ImportOutcome(import_id=import_id, imported=imported, rejected=rejected)
+
+    async def _poll_import(
+        self, import_id: str, policy: RetryPolicy, deadline: float
+    ) -> Mapping[str, Any]:
+        path = f"/contacts/v3/import/{quote(import_id, safe='')}"
+        delays = self._poll.delays()
+        last_status = "NotFinished"
+        while True:
+            await self._wait_for_job(next(delays), deadline, f"import {import_id}", last_status)
+            result = await self._call("GET", path, policy=policy, deadline=deadline)
+            if not isinstance(result, Mapping):
+                raise TransientError(f"GET {path} answered with an unexpected body")
+            last_status = str(result.get("status", ""))
+            if last_status == "Finished":
+                return result
+            if last_status in IMPORT_FAILED_STATUSES:
+                raise ImportFailedError(
+                    f"import {import_id} ended with status {last_status}",
+                    import_id=import_id,
+                    import_status=last_status,
+                )
+            if last_status != "NotFinished":
+                # Not documented: keep polling (as Dotdigital's Magento extension does); the
+                # deadline bounds it.
+                log.warning("import %s reports unknown status %r", import_id, last_status)
+
+    async def _wait_for_job(
+        self, delay: float, deadline: float, what: str, last_status: str
+    ) -> None:
+        now = self._clock.monotonic()
+        if now + delay > deadline:
+            raise RetriesExhausted(
+                TransientError(f"{what} still {last_status} at the deadline"),
+                attempts=1,
+                elapsed=0.0,
+            )
+        await self._clock.sleep(delay)
+
+    def _remember(self, key: str, contact_id: int) -> None:
+        cache = self._contact_ids
+        if key not in cache and len(cache) >= self._contact_cache_size:
+            # Oldest first (dicts keep insertion order): drop a tenth at once, amortized O(1).
+            for old in list(_take(iter(cache), max(1, self._contact_cache_size // 10))):
+                del cache[old]
+        cache[key] = contact_id
+
+    # -- bulk remove -----------------------------------------------------------------------
+
+    async def remove_contacts(
+        self,
+        address_book_id: int,
+        emails: Sequence[str],
+        *,
+        deadline: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> RemovalOutcome:
+        """Take ``emails`` out of the address book; the contacts themselves stay.
+
+        Contact ids come from earlier imports, else from ``GET /contacts/v3/email/{email}``
+        (bounded concurrency). A contact DotDigital does not know, or that is not in the book,
+        counts as removed (listed in ``not_found`` too). The rest go in bulk removals
+        (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``.
+        Raises :class:`AddressBookNotFoundError` when the book does not exist,
+        :class:`RemovalFailedError` when DotDigital reports the removal ``Failed``,
+        :class:`RetriesExhausted` past ``deadline``.
+        """
+        policy = retry or self._retry
+        deadline = deadline if deadline is not None else policy.deadline(self._clock)
+        book_id = int(address_book_id)
+        names = _Names(emails)
+        rejected = names.empty_rejections()
+        ids: dict[str, int] = {}
+        cached: set[str] = set()
+        to_look_up: list[str] = []
+        for key in names.spellings:
+            contact_id = self._contact_ids.get(key)
+            if contact_id is None:
+                to_look_up.append(key)
+            else:
+                ids[key] = contact_id
+                cached.add(key)
+        not_found: set[str] = set()
+        lookup_rejected: dict[str, Rejection] = {}
+        await self._look_up(
+            to_look_up, names, book_id, policy, deadline, ids, not_found, lookup_rejected
+        )
+
+        deletion_ids: list[str] = []
+        keys = list(ids)
+        for start in range(0, len(keys), self._removal_chunk_size):
+            chunk = keys[start : start + self._removal_chunk_size]
+            try:
+                deletion_ids.append(
+                    await self._delete_members(book_id, [ids[k] for k in chunk], policy, deadline)
+                )
+            except PermanentError as error:
+                stale = [k for k in chunk if k in cached]
+                if isinstance(error, AddressBookNotFoundError | RemovalFailedError) or not stale:
+                    raise
+                # A remembered id may be stale (contact deleted and re-created meanwhile):
+                # resolve those emails afresh and try the chunk once more.
+                log.info("removal failed (%s); looking up %d remembered ids", error, len(stale))
+                for key in stale:
+                    self._contact_ids.pop(key, None)
+                    cached.discard(key)
+                    del ids[key]
+                await self._look_up(
+                    stale, names, book_id, policy, deadline, ids, not_found, lookup_rejected
+                )
+                retry_ids = [ids[k] for k in chunk if k in ids]
+                if retry_ids:
+                    deletion_ids.append(
+                        await self._delete_members(book_id, retry_ids, policy, deadline)
+                    )
+
+        for key, rejection in lookup_rejected.items():
+            for email in names.spellings[key]:
+                rejected[email] = Rejection(email, rejection.failure_code, rejection.description)
+        done_keys = [k for k in names.spellings if k not in lookup_rejected]
+        return RemovalOutcome(
+            removed=frozenset(names.expand(done_keys)),
+            not_found=frozenset(names.expand(k for k in done_keys if k in not_found)),
+            rejected=rejected,
+            deletion_ids=tuple(deletion_ids),
+        )
+
+    async def _look_up(
+        self,
+        keys: Sequence[str],
+        names: _Names,
+        book_id: int,
+        policy: RetryPolicy,
+        deadline: float,
+        ids: dict[str, int],
+        not_found: set[str],
+        rejected: dict[str, Rejection],
+    ) -> None:
+        async def one(key: str) -> None:
+            email = names.sent[key]
+            path = f"/contacts/v3/email/{quote(email, safe='@')}"
+            async with self._lookups:
+                try:
+                    contact = await self._call("GET", path, policy=policy, deadline=deadline)
+                except PermanentError as error:
+                    if error.status == 404 or error.code in CONTACT_NOT_FOUND_CODES:
+                        not_found.add(key)
+                        return
+                    rejected[key] = Rejection(email, error.code or "invalidEmail", error.message)
+                    return
+            contact_id = contact.get("contactId") if isinstance(contact, Mapping) else None
+            if not isinstance(contact_id, int):
+                raise TransientError(f"GET {path} answered without a contactId")
+            self._remember(key, contact_id)
+            lists = contact.get("lists")
+            if isinstance(lists, list) and not any(
+                isinstance(item, Mapping) and item.get("id") == book_id for item in lists
+            ):
+                not_found.add(key)  # known, but not a member: nothing to remove
+                return
+            ids[key] = contact_id
+
+        if not keys:
+            return
+        async with asyncio.TaskGroup() as group:
+            for key in keys:
+                group.create_task(one(key))
+
+    async def _delete_members(
+        self, book_id: int, contact_ids: list[int], policy: RetryPolicy, deadline: float
+    ) -> str:
+        accepted = await self._call(
+            "POST",
+            f"/v2/address-books/{book_id}/contacts/delete",
+            body=contact_ids,
+            limiter="remove",
+            policy=policy,
+            deadline=deadline,
+            not_found=AddressBookNotFoundError,
+        )
+        deletion_id = accepted.get("id") if isinstance(accepted, Mapping) else None
+        if not isinstance(deletion_id, str) or not deletion_id:
+            raise TransientError("POST /v2/address-books/{id}/contacts/delete answered without id")
+        status = str(accepted.get("status", "Started"))
+        path = f"/v2/contacts/deletion/{quote(deletion_id, safe='')}"
+        delays = self._poll.delays()
+        while status != "Completed":
+            if status == "Failed":
+                raise RemovalFailedError(
+                    f"removal {deletion_id} from address book {book_id} ended Failed",
+                    deletion_id=deletion_id,
+                    deletion_status=status,
+                )
+            await self._wait_for_job(next(delays), deadline, f"removal {deletion_id}", status)
+            job = await self._call("GET", path, policy=policy, deadline=deadline)
+            if not isinstance(job, Mapping):
+                raise TransientError(f"GET {path} answered with an unexpected body")
+            status = str(job.get("status", ""))
+        return deletion_id
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        base: str | None = None,
+        body: Any = None,
+        limiter: Operation | None = None,
+        not_found: type[PermanentError] | None = None,
+        policy: RetryPolicy | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """One HTTP step under the retry policy; returns the decoded JSON body."""
+        response = await self._call_full(
+            method,
+            path,
+            base=base,
+            body=body,
+            limiter=limiter,
+            not_found=not_found,
+            policy=policy,
+            deadline=deadline,
+        )
+        return response.data
+
+    async def _call_full(
+        self,
+        method: str,
+        path: str,
+        *,
+        base: str | None = None,
+        body: Any = None,
+        limiter: Operation | None = None,
+        not_found: type[PermanentError] | None = None,
+        policy: RetryPolicy | None = None,
+        deadline: float | None = None,
+    ) -> _Response:
+        def attempt() -> Awaitable[_Response]:
+            return self._send(
+                method, path, base=base, body=body, limiter=limiter, not_found=not_found
+            )
+
+        return await (policy or self._retry).run(attempt, self._clock, deadline=deadline)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        base: str | None = None,
+        body: Any = None,
+        limiter: Operation | None = None,
+        not_found: type[PermanentError] | None = None,
+    ) -> _Response:
+        """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
+        classified :class:`DotDigitalError`. ``path`` is already URL-encoded."""
+        what = f"{method} {path.split('?', 1)[0]}"
+        url = URL(f"{base or self.endpoint}{path}", encoded=True)
+        pacer = self._limiters[limiter] if limiter is not None else None
+        sent_at = await pacer.acquire() if pacer is not None else None
+        headers = {"Accept": "application/json", "Authorization": self._authorization}
+        data: bytes | None = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, timeout=self._timeout
+            ) as response:
+                payload = await response.read()
+                status = response.status
+                response_headers = response.headers
+        except TimeoutError:
+            raise TransientError(
+                f"{what}: no response within {self.settings.request_timeout_seconds:g}s"
+            ) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise TransientError(f"{what}: {_describe(exc)}") from None
+        log.debug("%s -> %d", what, status)
+        if pacer is not None:
+            pacer.observe(response_headers, sent_at=sent_at)
+        if 200 <= status < 300:
+            if not payload.strip():
+                return _Response(None, response_headers)
+            try:
+                return _Response(orjson.loads(payload), response_headers)
+            except orjson.JSONDecodeError:
+                raise TransientError(
+                    f"{what}: HTTP {status} with a body that is not JSON"
+                ) from None
+        error = error_from_response(
+            status,
+            self._scrub(payload),
+            what=what,
+            retry_after=_retry_after(response_headers, self._clock.time()),
+            not_found=not_found,
+        )
+        if isinstance(error, ThrottledError):
+            if error.concurrency_cap:
+                # The rate-limit headers on this 429 describe the call budget, not when an
+                # import slot frees up.
+                error.retry_after = CONCURRENCY_RETRY_SECONDS
+            elif pacer is not None:
+                error.retry_after = pacer.throttled(error.retry_after)
+        raise error
+
+    def _scrub(self, payload: bytes) -> bytes:
+        # A server echoing credentials back must not put them into our messages and logs.
+        for secret in self._secrets:
+            if secret in payload:
+                payload = payload.replace(secret, b"***")
+        return payload
+
+
+def _new_session(settings: ConnectorSettings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.request_timeout_seconds),
+        headers={"User-Agent": "ddsync"},
+        # Look-ups run concurrently; keep connections reused rather than opened per call.
+        connector=aiohttp.TCPConnector(limit=64),
+    )
+
+
+def _retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:
+    value = headers.get("Retry-After")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    reset = headers.get("X-RateLimit-Reset")
+    return parse_reset(reset, now_epoch) if reset is not None else None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc})"
+    text = str(exc) or type(exc).__name__
+    return f"connection failed: {text}"
+
+
+def _email_of(item: object) -> str | None:
+    if not isinstance(item, Mapping):
+        return None
+    identifiers = item.get("identifiers")
+    email = identifiers.get("email") if isinstance(identifiers, Mapping) else None
+    return normalize_email(email) if isinstance(email, str) else None
+
+
+def _failure_of(item: Mapping[str, Any]) -> tuple[str, str]:
+    failures = [f for f in item.get("failures") or () if isinstance(f, Mapping)]
+    if not failures:
+        return "unknown", "the import reported a failure without details"
+    code = str(failures[0].get("failureCode") or "unknown")
+    description = "; ".join(str(f.get("description") or f.get("failureCode")) for f in failures)
+    return code, description
+
+
+def _take(items: Iterator[str], count: int) -> Iterator[str]:
+    for _, item in zip(range(count), items, strict=False):
+        yield item

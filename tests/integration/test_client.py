@@ -1,0 +1,663 @@
+"""The DotDigital client against the sandbox, over real HTTP.
+
+The client and the sandbox share one FakeClock: rate-limit windows, job delays, backoff and
+polling all run on it, so a test that waits out a minute's budget takes milliseconds. HTTP is
+real (aiohttp over localhost sockets). Every request the client sends is checked against
+DotDigital's published OpenAPI specifications (``tests/support/openapi.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from stream.clock import FakeClock, SystemClock
+from stream.config import ConnectorSettings, Secret
+from stream.dotdigital import (
+    AddressBookNotFoundError,
+    AuthenticationError,
+    DotDigitalClient,
+    DuplicateAddressBookError,
+    ImportFailedError,
+    PermanentError,
+    RetriesExhausted,
+    RetryPolicy,
+    ThrottledError,
+    TransientError,
+    WrongRegionError,
+)
+from stream.dotdigital.sandbox import (
+    JournalEntry,
+    Sandbox,
+    SandboxAccount,
+    SandboxAddressBook,
+    SandboxSettings,
+    run_sandbox,
+)
+from tests.support.openapi import validate_exchange, validate_request
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct-Horse-battery-staple-42"
+USER = "apiuser-main@apiconnector.com"  # lives in r2: detection has something to find
+TIGHT = "apiuser-tight@apiconnector.com"  # r1, tiny per-minute budgets
+FLAT = "apiuser-flat@apiconnector.com"  # r1, flat (hourly) scheme
+BOOK_A, BOOK_B, TIGHT_BOOK = 501, 502, 601
+
+
+def accounts() -> list[SandboxAccount]:
+    return [
+        SandboxAccount(
+            USER,
+            PASSWORD,
+            region="r2",
+            account_id=10,
+            import_delay_seconds=0.4,
+            deletion_delay_seconds=0.3,
+            address_books=(
+                SandboxAddressBook(BOOK_A, "Audience A"),
+                SandboxAddressBook(BOOK_B, "Audience B", "Public"),
+            ),
+        ),
+        SandboxAccount(
+            TIGHT,
+            PASSWORD,
+            region="r1",
+            account_id=11,
+            add_per_minute=2,
+            remove_per_minute=1,
+            address_books=(SandboxAddressBook(TIGHT_BOOK, "Tight"),),
+        ),
+        SandboxAccount(
+            FLAT, PASSWORD, region="r1", account_id=12, rate_limit_scheme="flat", flat_per_hour=3
+        ),
+    ]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sandbox(clock: FakeClock) -> AsyncIterator[Sandbox]:
+    async with run_sandbox(SandboxSettings(accounts=accounts(), clock=clock)) as sb:
+        yield sb
+
+
+def connector(sb: Sandbox, username: str = USER, **overrides: Any) -> ConnectorSettings:
+    fields: dict[str, Any] = {
+        "name": "test",
+        "username": username,
+        "password": Secret(PASSWORD),
+        "discovery_endpoint": sb.discovery_url,
+        # Fail fast if something hangs instead of waiting DotDigital's 121 s.
+        "request_timeout_seconds": 10.0,
+    }
+    fields.update(overrides)
+    return ConnectorSettings(**fields)
+
+
+def fast_retry(**overrides: Any) -> RetryPolicy:
+    return RetryPolicy(**{"total_seconds": 600.0, "random": lambda: 0.5, **overrides})
+
+
+async def connect(
+    sb: Sandbox,
+    clock: FakeClock,
+    username: str = USER,
+    retry: RetryPolicy | None = None,
+    **overrides: Any,
+) -> DotDigitalClient:
+    return await DotDigitalClient.connect(
+        connector(sb, username, **overrides), clock=clock, retry=retry or fast_retry()
+    )
+
+
+def calls(sb: Sandbox, method: str, prefix: str) -> list[JournalEntry]:
+    return [e for e in sb.journal if e.method == method and e.path.startswith(prefix)]
+
+
+def assert_requests_follow_the_specs(sb: Sandbox) -> None:
+    assert len(sb.journal) > 0
+    for entry in sb.journal:
+        validate_request(entry.method, entry.path, entry.body, query=entry.query)
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+async def test_detects_the_region_and_strips_the_trailing_slash(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        assert client.endpoint == sandbox.urls["r2"]
+        books = await client.list_address_books()
+    assert {b.id for b in books} >= {BOOK_A, BOOK_B}
+    detection = calls(sandbox, "GET", "/v2/account-info")
+    assert [(e.region, e.status) for e in detection] == [("r1", 200)]
+    assert calls(sandbox, "GET", "/v2/address-books")[0].region == "r2"
+    for entry in sandbox.journal:
+        validate_exchange(entry)
+
+
+async def test_an_explicit_endpoint_overrides_detection(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock, api_endpoint=sandbox.urls["r2"] + "/") as client:
+        assert client.endpoint == sandbox.urls["r2"]
+        await client.get_address_book(BOOK_A)
+    assert calls(sandbox, "GET", "/v2/account-info") == []
+
+
+async def test_the_wrong_region_is_a_wrong_region_error(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock, api_endpoint=sandbox.urls["r1"]) as client:
+        with pytest.raises(WrongRegionError) as caught:
+            await client.list_address_books()
+    assert caught.value.status == 403
+    assert len(calls(sandbox, "GET", "/v2/address-books")) == 1  # not retried
+
+
+async def test_bad_credentials_fail_at_once_and_never_show_the_password(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    settings = connector(sandbox, password=Secret("wrong-" + PASSWORD))
+    with pytest.raises(AuthenticationError) as caught:
+        await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry())
+    error = caught.value
+    assert error.status == 401
+    for text in (str(error), repr(error), error.message):
+        assert PASSWORD not in text
+        assert "Basic " not in text
+    assert len(sandbox.journal) == 1
+
+
+async def test_the_pipeline_retries_401_until_its_deadline(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    settings = connector(sandbox, password=Secret("rotating"), api_endpoint=sandbox.urls["r2"])
+    client = DotDigitalClient(
+        settings, clock=clock, retry=fast_retry(retry_authentication=True, total_seconds=30)
+    )
+    async with client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.import_contacts(BOOK_A, ["a@example.com"])
+    assert isinstance(caught.value.last_error, AuthenticationError)
+    assert caught.value.attempts > 2
+    assert "rotating" not in str(caught.value)
+    assert "rotating" not in repr(client)
+
+
+# -- address books ---------------------------------------------------------------------------
+
+
+async def test_address_books_list_pages_until_a_short_page(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        for i in range(3):
+            await client.create_address_book(f"Extra {i}")
+        books = await client.list_address_books(page_size=2)
+    assert [b.name for b in books] == ["Audience A", "Audience B", "Extra 0", "Extra 1", "Extra 2"]
+    assert books[1].visibility == "Public"
+    pages = [dict(e.query) for e in calls(sandbox, "GET", "/v2/address-books")]
+    assert pages == [
+        {"select": "2", "skip": "0"},
+        {"select": "2", "skip": "2"},
+        {"select": "2", "skip": "4"},
+    ]
+    assert_requests_follow_the_specs(sandbox)
+
+
+async def test_create_get_and_duplicates(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock) as client:
+        created = await client.create_address_book("New audience", "Public")
+        assert created.name == "New audience"
+        assert created.visibility == "Public"
+        assert created.contacts == 0
+        assert await client.get_address_book(created.id) == created
+        with pytest.raises(DuplicateAddressBookError, match="'New audience' already exists"):
+            await client.create_address_book("New audience")
+        again = await client.create_address_book("New audience", exist_ok=True)
+        assert again == created
+        # DotDigital reserves these names in every account; not listed, so not "existing".
+        with pytest.raises(DuplicateAddressBookError, match="not by an address book"):
+            await client.create_address_book("Test", exist_ok=True)
+        with pytest.raises(AddressBookNotFoundError) as caught:
+            await client.get_address_book(987654)
+        assert caught.value.code == "ERROR_ADDRESSBOOK_NOT_FOUND"
+        with pytest.raises(PermanentError) as invalid:
+            await client.create_address_book("   ")
+        assert invalid.value.code == "ERROR_PARAMETER_INVALID"
+        assert invalid.value.status == 400
+    assert len(calls(sandbox, "POST", "/v2/address-books")) == 5  # one per call: none retried
+    assert_requests_follow_the_specs(sandbox)
+
+
+async def test_account_info(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock) as client:
+        info = await client.account_info()
+    assert info.id == 10
+    assert info.api_endpoint == sandbox.urls["r2"]
+    assert info.properties["MainEmail"] == USER
+    assert "x-ratelimit-limit" in info.rate_limit_headers
+
+
+# -- imports ---------------------------------------------------------------------------------
+
+
+async def test_import_reports_every_contact(sandbox: Sandbox, clock: FakeClock) -> None:
+    emails = ["Jane@Example.com", "john@example.com", "not-an-email", " JANE@example.COM", ""]
+    async with await connect(sandbox, clock) as client:
+        outcome = await client.import_contacts(BOOK_A, emails)
+        assert set(outcome.imported) == {
+            "Jane@Example.com",
+            " JANE@example.COM",
+            "john@example.com",
+        }
+        assert outcome.imported["Jane@Example.com"] == outcome.imported[" JANE@example.COM"]
+        assert set(outcome.rejected) == {"not-an-email", ""}
+        assert outcome.rejected["not-an-email"].failure_code == "invalidEmail"
+        assert client.known_contact_id("jane@example.com") == outcome.imported["Jane@Example.com"]
+    members = sandbox.members(USER, BOOK_A)
+    assert {m.lower() for m in members} == {"jane@example.com", "john@example.com"}
+    assert len(members) == 2
+    (put,) = calls(sandbox, "PUT", "/contacts/v3/import")
+    # One contact per distinct email: no duplicateIdentifier failure of our own making.
+    assert put.body == {
+        "mergeOption": "overwrite",
+        "contacts": [
+            {"matchIdentifier": "email", "identifiers": {"email": e}, "lists": [BOOK_A]}
+            for e in ("Jane@Example.com", "john@example.com", "not-an-email")
+        ],
+    }
+    polls = calls(sandbox, "GET", "/contacts/v3/import/")
+    assert [p.response["status"] for p in polls][-1] == "Finished"
+    assert len(polls) >= 2  # the sandbox answered NotFinished first
+    for entry in sandbox.journal:
+        validate_exchange(entry)
+
+
+async def test_import_into_a_missing_book_rejects_each_contact(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        outcome = await client.import_contacts(999999, ["a@example.com"])
+    assert outcome.imported == {}
+    assert outcome.rejected["a@example.com"].failure_code.lower() == "invalidaddressbookids"
+
+
+async def test_import_with_nothing_to_send_sends_nothing(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        outcome = await client.import_contacts(BOOK_A, [" "])
+    assert outcome.import_id is None
+    assert set(outcome.rejected) == {" "}
+    assert calls(sandbox, "PUT", "/contacts/v3/import") == []
+
+
+async def test_at_most_max_active_imports_are_in_flight(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock, max_active_imports=25) as client:
+        outcomes = await asyncio.gather(
+            *(client.import_contacts(BOOK_A, [f"c{i}@example.com"]) for i in range(40))
+        )
+    assert all(len(o.imported) == 1 for o in outcomes)
+    assert [e for e in calls(sandbox, "PUT", "/contacts/v3/import") if e.status == 429] == []
+
+
+async def test_too_many_active_imports_is_throttling_and_retried(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    # Configured above DotDigital's cap of 25, the 26th concurrent import meets a 429.
+    async with await connect(sandbox, clock, max_active_imports=30) as client:
+        outcomes = await asyncio.gather(
+            *(client.import_contacts(BOOK_A, [f"c{i}@example.com"]) for i in range(30))
+        )
+    assert all(len(o.imported) == 1 for o in outcomes)
+    refused = [e for e in calls(sandbox, "PUT", "/contacts/v3/import") if e.status == 429]
+    assert refused
+    assert refused[0].response["errorCode"] == "contacts:tooManyActiveImports"
+    assert len(sandbox.members(USER, BOOK_A)) == 30
+
+
+# -- removals --------------------------------------------------------------------------------
+
+
+async def test_remove_uses_remembered_ids_and_keeps_the_contacts(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        imported = await client.import_contacts(
+            BOOK_A, ["a@example.com", "b@example.com", "c@example.com"]
+        )
+        outcome = await client.remove_contacts(BOOK_A, ["A@example.com", "b@example.com"])
+    assert outcome.removed == {"A@example.com", "b@example.com"}
+    assert outcome.not_found == frozenset()
+    assert outcome.rejected == {}
+    assert sandbox.members(USER, BOOK_A) == {"c@example.com"}
+    assert calls(sandbox, "GET", "/contacts/v3/email/") == []  # no look-ups needed
+    (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert sorted(post.body) == sorted(
+        [imported.imported["a@example.com"], imported.imported["b@example.com"]]
+    )
+    polls = calls(sandbox, "GET", "/v2/contacts/deletion/")
+    assert polls[-1].response["status"] == "Completed"
+    # Membership only: nothing deletes contacts.
+    assert not [e for e in sandbox.journal if e.method == "DELETE" or "/v3/delete" in e.path]
+    for entry in sandbox.journal:
+        validate_exchange(entry)
+
+
+async def test_remove_looks_up_unknown_ids_and_treats_unknown_contacts_as_removed(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["a+tag@example.com", "b@example.com"])
+        await client.import_contacts(BOOK_B, ["elsewhere@example.com"])
+    # A fresh client (as after a restart) knows no contact ids.
+    async with await connect(sandbox, clock) as client:
+        outcome = await client.remove_contacts(
+            BOOK_A,
+            ["A+tag@example.com", "nobody@example.com", "elsewhere@example.com", "not an email"],
+        )
+    assert outcome.removed == {"A+tag@example.com", "nobody@example.com", "elsewhere@example.com"}
+    assert outcome.not_found == {"nobody@example.com", "elsewhere@example.com"}
+    assert set(outcome.rejected) == {"not an email"}
+    assert outcome.rejected["not an email"].failure_code == "contacts:invalidId"
+    assert sandbox.members(USER, BOOK_A) == {"b@example.com"}
+    assert sandbox.members(USER, BOOK_B) == {"elsewhere@example.com"}
+    lookups = {e.path: e.status for e in calls(sandbox, "GET", "/contacts/v3/email/")}
+    assert lookups["/contacts/v3/email/A+tag@example.com"] == 200
+    assert lookups["/contacts/v3/email/nobody@example.com"] == 404
+    (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert len(post.body) == 1
+    assert_requests_follow_the_specs(sandbox)
+
+
+async def test_removing_only_unknown_contacts_sends_no_removal(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        outcome = await client.remove_contacts(BOOK_A, ["ghost@example.com"])
+    assert outcome.removed == outcome.not_found == {"ghost@example.com"}
+    assert calls(sandbox, "POST", "/v2/address-books/") == []
+
+
+async def test_removing_from_a_missing_book_is_address_book_not_found(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["a@example.com"])
+        with pytest.raises(AddressBookNotFoundError):
+            await client.remove_contacts(424242, ["a@example.com"])
+
+
+# -- rate limits -----------------------------------------------------------------------------
+
+
+async def test_headers_slow_the_client_down_before_any_429(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    started = clock.monotonic()
+    async with await connect(sandbox, clock, TIGHT) as client:
+        for i in range(5):
+            await client.import_contacts(TIGHT_BOOK, [f"x{i}@example.com"])
+        assert client.limiter("add").limit == 2  # learnt from X-RateLimit-Limit
+    puts = calls(sandbox, "PUT", "/contacts/v3/import")
+    assert [e.status for e in puts] == [202] * 5
+    # 5 imports at 2 a minute span at least two window boundaries.
+    assert clock.monotonic() - started >= 60.0
+
+
+async def test_429_waits_for_the_reset_and_retries(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock, TIGHT) as client:
+        # All three are sent before any answer tells the client that the budget is 2.
+        outcomes = await asyncio.gather(
+            *(client.import_contacts(TIGHT_BOOK, [f"y{i}@example.com"]) for i in range(3))
+        )
+    assert all(len(o.imported) == 1 for o in outcomes)
+    statuses = [e.status for e in calls(sandbox, "PUT", "/contacts/v3/import")]
+    assert statuses.count(429) == 1
+    assert statuses.count(202) == 3
+    # After the 429 nothing else went out until the window reset: exactly one refused call.
+    assert sandbox.members(TIGHT, TIGHT_BOOK) == {f"y{i}@example.com" for i in range(3)}
+
+
+async def test_429_until_the_deadline_is_retries_exhausted(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock, TIGHT) as client:
+        await client.import_contacts(TIGHT_BOOK, ["z0@example.com"])
+        await client.import_contacts(TIGHT_BOOK, ["z1@example.com"])
+    # Another instance, which has not seen any header yet, meets the spent budget.
+    async with await connect(sandbox, clock, TIGHT) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.import_contacts(
+                TIGHT_BOOK, ["z2@example.com"], deadline=clock.monotonic() + 1.0
+            )
+    assert isinstance(caught.value.last_error, ThrottledError)
+    assert caught.value.last_error.status == 429
+
+
+async def test_flat_scheme_apiusage_exceeded_is_throttling(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(
+        sandbox, clock, FLAT, retry=fast_retry(total_seconds=300), api_endpoint=sandbox.urls["r1"]
+    ) as client:
+        for _ in range(3):
+            await client.list_address_books()
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.list_address_books()
+        last = caught.value.last_error
+        assert isinstance(last, ThrottledError)
+        assert last.code == "ERROR_APIUSAGE_EXCEEDED"
+        assert last.status == 400
+        # With a budget beyond the hour the call goes through once the hour rolls over.
+        books = await client.list_address_books(deadline=clock.monotonic() + 4000)
+    assert books == []
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+async def test_server_errors_and_dropped_connections_are_retried(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        sandbox.faults.update({"fail_next": 2})
+        assert len(await client.list_address_books()) == 2
+        sandbox.faults.update({"drop_next": 2})
+        outcome = await client.import_contacts(BOOK_A, ["d@example.com"])
+        assert set(outcome.imported) == {"d@example.com"}
+        sandbox.faults.update({"drop_next": 1, "fail_next": 1})
+        removed = await client.remove_contacts(BOOK_A, ["d@example.com"])
+        assert removed.removed == {"d@example.com"}
+    statuses = [e.status for e in sandbox.journal]
+    assert statuses.count(503) == 3
+    assert statuses.count(None) == 3
+    assert sandbox.members(USER, BOOK_A) == set()
+
+
+async def test_persistent_failures_exhaust_the_budget(sandbox: Sandbox, clock: FakeClock) -> None:
+    async with await connect(sandbox, clock) as client:
+        sandbox.faults.update({"fail_next": 10_000})
+        started = clock.monotonic()
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.import_contacts(
+                BOOK_A, ["e@example.com"], deadline=clock.monotonic() + 120
+            )
+        assert clock.monotonic() - started <= 120
+    error = caught.value.last_error
+    assert isinstance(error, TransientError)
+    assert error.status == 503
+    assert caught.value.attempts > 3
+
+
+async def test_an_unreachable_host_is_transient(clock: FakeClock) -> None:
+    settings = ConnectorSettings(
+        name="x", username=USER, password=Secret(PASSWORD), api_endpoint="http://127.0.0.1:9"
+    )
+    async with DotDigitalClient(
+        settings, endpoint=settings.api_endpoint, clock=clock, retry=fast_retry(total_seconds=5)
+    ) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.list_address_books()
+    assert isinstance(caught.value.last_error, TransientError)
+    assert "cannot connect" in caught.value.message
+
+
+# -- outcomes the sandbox cannot produce, from a scripted DotDigital ---------------------------
+
+
+class Scripted:
+    """A tiny DotDigital stand-in answering imports from a script (what the sandbox can't)."""
+
+    def __init__(self, statuses: Sequence[dict[str, Any]]) -> None:
+        self.statuses = list(statuses)
+        self.puts = 0
+
+    async def put_import(self, request: web.Request) -> web.Response:
+        self.puts += 1
+        if self.puts == 1:
+            return web.json_response(
+                {"errorCode": "contacts:tooManyActiveImports", "description": "wait"}, status=429
+            )
+        return web.json_response({"importId": "job-1"}, status=202)
+
+    async def get_import(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        )
+
+
+@pytest.fixture
+async def scripted_url() -> AsyncIterator[tuple[str, list[Scripted]]]:
+    holder: list[Scripted] = []
+    app = web.Application()
+
+    async def put(request: web.Request) -> web.Response:
+        return await holder[0].put_import(request)
+
+    async def get(request: web.Request) -> web.Response:
+        return await holder[0].get_import(request)
+
+    app.router.add_put("/contacts/v3/import", put)
+    app.router.add_get("/contacts/v3/import/{id}", get)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", holder
+    finally:
+        await runner.cleanup()
+
+
+async def test_result_mapping_duplicates_partial_failures_and_missing_contacts(
+    scripted_url: tuple[str, list[Scripted]], clock: FakeClock
+) -> None:
+    url, holder = scripted_url
+    holder.append(
+        Scripted(
+            [
+                {"importId": "job-1", "status": "NotFinished"},
+                {
+                    "importId": "job-1",
+                    "status": "Finished",
+                    "created": [{"contactId": 1, "identifiers": {"email": "a@example.com"}}],
+                    "updated": [{"contactId": 2, "identifiers": {"email": "B@EXAMPLE.COM"}}],
+                    "failures": [
+                        {  # imported, but its consent failed: counts as imported
+                            "contactId": 2,
+                            "matchIdentifier": "email",
+                            "identifiers": {"email": "b@example.com"},
+                            "failures": [
+                                {"failureCode": "consentRecordsNotApplied", "description": "x"}
+                            ],
+                        },
+                        {
+                            "matchIdentifier": "email",
+                            "identifiers": {"email": "c@example.com"},
+                            "failures": [
+                                {
+                                    "failureCode": "duplicateIdentifier",
+                                    "description": "Duplicate identifier detected",
+                                }
+                            ],
+                        },
+                    ],
+                },
+            ]
+        )
+    )
+    settings = ConnectorSettings(
+        name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
+    )
+    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+        outcome = await client.import_contacts(
+            7, ["A@example.com", "b@example.com", "c@example.com", "d@example.com"]
+        )
+    assert outcome.imported == {"A@example.com": 1, "b@example.com": 2}
+    assert outcome.rejected["c@example.com"].failure_code == "duplicateIdentifier"
+    assert outcome.rejected["d@example.com"].failure_code == "missingFromResult"
+    assert holder[0].puts == 2  # the first answer was 429 tooManyActiveImports
+
+
+@pytest.mark.parametrize("status", ["RejectedByWatchdog", "Failed", "ExceedsAllowedContactLimit"])
+async def test_a_failed_import_is_import_failed_error(
+    scripted_url: tuple[str, list[Scripted]], clock: FakeClock, status: str
+) -> None:
+    url, holder = scripted_url
+    holder.append(Scripted([{"importId": "job-1", "status": status}]))
+    settings = ConnectorSettings(
+        name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
+    )
+    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+        with pytest.raises(ImportFailedError) as caught:
+            await client.import_contacts(7, ["a@example.com"])
+    assert caught.value.import_status == status
+    assert caught.value.import_id == "job-1"
+
+
+# -- volume ----------------------------------------------------------------------------------
+
+
+async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None:
+    account = SandboxAccount(
+        USER,
+        PASSWORD,
+        region="r1",
+        rate_limits_enabled=False,
+        import_delay_seconds=0.05,
+        address_books=(SandboxAddressBook(BOOK_A, "Big"),),
+    )
+    settings_kwargs: dict[str, Any] = {"accounts": [account], "journal_limit": 1000}
+    async with run_sandbox(SandboxSettings(**settings_kwargs)) as sb:
+        settings = connector(sb, add_requests_per_minute=10_000, remove_requests_per_minute=10_000)
+        emails = [f"user{i}@example.com" for i in range(20_000)]
+        started = time.monotonic()
+        async with await DotDigitalClient.connect(settings, clock=SystemClock()) as client:
+            outcomes = await asyncio.gather(
+                *(
+                    client.import_contacts(BOOK_A, emails[i : i + 1000])
+                    for i in range(0, len(emails), 1000)
+                )
+            )
+            assert sum(len(o.imported) for o in outcomes) == 20_000
+            assert len(sb.members(USER, BOOK_A)) == 20_000
+            removals = await asyncio.gather(
+                *(
+                    client.remove_contacts(BOOK_A, emails[i : i + 1000])
+                    for i in range(0, 10_000, 1000)
+                )
+            )
+        elapsed = time.monotonic() - started
+    assert sum(len(r.removed) for r in removals) == 10_000
+    assert len(sb.members(USER, BOOK_A)) == 10_000
+    assert elapsed < 20, f"20,000 adds and 10,000 removes took {elapsed:.1f}s"
