@@ -163,7 +163,7 @@ def test_a_hundred_thousand_open_records_are_cheap() -> None:
         if offset % 10_000 == 0:
             tracker.committable()
     assert tracker.committable() == {TP: 100_000}
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 3.0
 
 
 class TrackerMachine(RuleBasedStateMachine):

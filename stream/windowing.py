@@ -1,0 +1,349 @@
+"""Batching transitions per address book: epoch-aligned tumbling windows, coalesced per contact.
+
+Contract:
+
+* Records are grouped per address book, i.e. per ``(connector_id, address_book_id)``. Each group
+  has at most one *pending* batch, which holds each contact (normalised email) once.
+* **Latest wins.** A later record of a contact already pending replaces it (its action, its event
+  id, its record), in the order records are given to :meth:`Windower.add` -- which is partition
+  order, and one profile's records share a partition. ``occurred_at`` is not compared: it could
+  only order records inside one pending batch, never against a batch already sent, so it would
+  make the outcome depend on where window boundaries fall. A contact that enters and leaves within
+  one window is therefore sent once, as a remove.
+* **Nothing is lost.** The replaced record is not dropped: it travels in the winner's
+  :attr:`Contact.refs` and becomes final when the winner does (the caller finishes every ref of a
+  contact once its outcome is final). Every record given to :meth:`add` comes out in exactly one
+  emitted :class:`Batch` or in the result of :meth:`drop_partitions`.
+* **Windows.** Processing time from the clock, tumbling windows of ``window_seconds`` aligned to
+  the Unix epoch (window start = ``floor(now / window_seconds) * window_seconds``), so every
+  instance closes the same windows at the same moments. A pending batch belongs to the window in
+  which its first record arrived.
+* **A batch is emitted** (leaves the windower, ready for dispatch) when it holds ``max_contacts``
+  contacts of one operation -- at once, from :meth:`add` --, when its window has closed
+  (:meth:`due`; also from :meth:`add` if a record for it arrives after its window closed and
+  before :meth:`due` ran), on shutdown (:meth:`drain`), or on revoke (:meth:`drain_partitions`).
+  Neither ``adds`` nor ``removes`` of a batch ever exceeds ``max_contacts``.
+* **Order.** Batches of one address book carry a ``sequence`` increasing by one from 0, in the
+  order they were emitted; the dispatcher sends them one at a time in that order, so a remove is
+  never overtaken by an earlier add of the same contact. Batches of different address books are
+  independent.
+* Costs: :meth:`add` O(1) (dict operations; plus building the batch when one is emitted);
+  :meth:`due` and :meth:`next_deadline` O(pending address books); the partition operations
+  O(buffered records) -- they run on rebalances only.
+
+Not thread-safe: call it from one thread (or one event loop).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeAlias
+
+from stream.clock import Clock
+from stream.config import BatchingSettings
+from stream.events import Action, Transition
+from stream.offsets import RecordRef, TopicPartitionKey
+
+AddressBookKey: TypeAlias = tuple[str, int]
+"""``(connector_id, address_book_id)``."""
+
+
+class Trigger(StrEnum):
+    """Why a batch was emitted (a metric label)."""
+
+    FULL = "full"
+    WINDOW = "window"
+    SHUTDOWN = "shutdown"
+    REVOKE = "revoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One contact of a batch: the winning transition and every record it stands for."""
+
+    email: str
+    transition: Transition
+    winner: RecordRef
+    refs: tuple[RecordRef, ...]
+    """The winner and the records it superseded, in consumption order (the winner last)."""
+
+    @property
+    def action(self) -> Action:
+        return self.transition.action
+
+    @property
+    def event_id(self) -> str:
+        return self.transition.event_id
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What to send to one address book: contacts to add and contacts to remove."""
+
+    connector_id: str
+    address_book_id: int
+    window_start: float
+    sequence: int
+    adds: tuple[Contact, ...]
+    removes: tuple[Contact, ...]
+    trigger: Trigger
+
+    @property
+    def key(self) -> AddressBookKey:
+        return (self.connector_id, self.address_book_id)
+
+    @property
+    def contact_count(self) -> int:
+        return len(self.adds) + len(self.removes)
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(contact.refs) for contact in self.contacts())
+
+    def contacts(self) -> Iterator[Contact]:
+        yield from self.adds
+        yield from self.removes
+
+    def refs(self) -> Iterator[RecordRef]:
+        """Every record this batch stands for (winners and superseded)."""
+        for contact in self.contacts():
+            yield from contact.refs
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """What :meth:`Windower.drop_partitions` took out of the buffers.
+
+    ``dropped``: records of the revoked partitions. Leave them open (the tracker forgets them on
+    revoke); the partitions' new owner reads them again from the last committed offset.
+
+    ``superseded``: records of partitions still owned whose contact's winning record was dropped.
+    Finish them now: the newer record that replaces them is uncommitted in its partition, so its
+    new owner will read and sync it; syncing the older state here could only overwrite that.
+    """
+
+    dropped: tuple[RecordRef, ...]
+    superseded: tuple[RecordRef, ...]
+
+
+class _Entry:
+    __slots__ = ("refs", "transition", "winner")
+
+    def __init__(self, transition: Transition, ref: RecordRef) -> None:
+        self.transition = transition
+        self.winner = ref
+        self.refs = [ref]
+
+    def contact(self) -> Contact:
+        return Contact(
+            email=self.transition.email,
+            transition=self.transition,
+            winner=self.winner,
+            refs=tuple(self.refs),
+        )
+
+
+class _Pending:
+    __slots__ = ("adds", "entries", "index", "records", "removes")
+
+    def __init__(self, index: int) -> None:
+        self.index = index  # window number since the epoch
+        self.entries: dict[str, _Entry] = {}
+        self.adds = 0
+        self.removes = 0
+        self.records = 0
+
+    def count(self, action: Action, delta: int) -> None:
+        if action is Action.ADD:
+            self.adds += delta
+        else:
+            self.removes += delta
+
+
+class Windower:
+    """Pending batches of every address book. See the module docstring for the contract."""
+
+    def __init__(self, clock: Clock, *, window_seconds: float, max_contacts: int) -> None:
+        if window_seconds <= 0:
+            raise ValueError("window_seconds must be greater than 0")
+        if max_contacts < 1:
+            raise ValueError("max_contacts must be at least 1")
+        self._clock = clock
+        self._window_seconds = float(window_seconds)
+        self._max_contacts = max_contacts
+        self._pending: dict[AddressBookKey, _Pending] = {}
+        self._sequences: dict[AddressBookKey, int] = {}
+        self._buffered = 0
+
+    @classmethod
+    def from_settings(cls, clock: Clock, settings: BatchingSettings) -> Windower:
+        return cls(
+            clock, window_seconds=settings.window_seconds, max_contacts=settings.max_contacts
+        )
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def buffered_records(self) -> int:
+        """Records held in pending batches (superseded ones included), for backpressure."""
+        return self._buffered
+
+    @property
+    def pending_batches(self) -> int:
+        return len(self._pending)
+
+    def window_start(self, now: float) -> float:
+        return self._index(now) * self._window_seconds
+
+    def next_deadline(self) -> float | None:
+        """Wall time at which the earliest pending window closes; ``None`` if nothing pends."""
+        if not self._pending:
+            return None
+        return (min(p.index for p in self._pending.values()) + 1) * self._window_seconds
+
+    # --- records in ------------------------------------------------------------------------
+
+    def add(self, transition: Transition, ref: RecordRef) -> list[Batch]:
+        """Buffer one record; return the batches this emits (usually none)."""
+        index = self._index(self._clock.time())
+        key = (transition.connector_id, transition.address_book_id)
+        emitted: list[Batch] = []
+        pending = self._pending.get(key)
+        if pending is not None and pending.index < index:
+            # Its window closed and due() has not run yet: close it now rather than let a record
+            # of the new window ride in an old batch.
+            emitted.append(self._emit_all(key, pending, Trigger.WINDOW))
+            pending = None
+        if pending is None:
+            pending = self._pending[key] = _Pending(index)
+
+        entry = pending.entries.get(transition.email)
+        if entry is None:
+            pending.entries[transition.email] = _Entry(transition, ref)
+            pending.count(transition.action, +1)
+        else:
+            pending.count(entry.transition.action, -1)
+            pending.count(transition.action, +1)
+            entry.transition = transition
+            entry.winner = ref
+            entry.refs.append(ref)
+        pending.records += 1
+        self._buffered += 1
+
+        if pending.adds >= self._max_contacts or pending.removes >= self._max_contacts:
+            emitted.append(self._emit_all(key, pending, Trigger.FULL))
+        return emitted
+
+    # --- batches out -----------------------------------------------------------------------
+
+    def due(self, now: float | None = None) -> list[Batch]:
+        """Emit every pending batch whose window has closed by ``now`` (default: the clock)."""
+        index = self._index(self._clock.time() if now is None else now)
+        closed = [(key, p) for key, p in self._pending.items() if p.index < index]
+        return [self._emit_all(key, pending, Trigger.WINDOW) for key, pending in closed]
+
+    def drain(self) -> list[Batch]:
+        """Emit every pending batch (shutdown); the windower is empty afterwards."""
+        pending = list(self._pending.items())
+        return [self._emit_all(key, p, Trigger.SHUTDOWN) for key, p in pending]
+
+    def drain_partitions(self, partitions: Collection[TopicPartitionKey]) -> list[Batch]:
+        """Emit now the contacts holding any record of ``partitions`` (revoke, flush in time).
+
+        Other contacts stay pending in their windows. A contact is taken whole (all its refs),
+        so records of partitions still owned may leave early with it; that only makes a batch
+        smaller. What cannot be synced before the revoke deadline is the dispatcher's to abandon.
+        """
+        if not partitions:
+            return []
+        emitted: list[Batch] = []
+        for key, pending in list(self._pending.items()):
+            taken = [
+                entry
+                for entry in pending.entries.values()
+                if any(ref.tp in partitions for ref in entry.refs)
+            ]
+            if not taken:
+                continue
+            if len(taken) == len(pending.entries):
+                emitted.append(self._emit_all(key, pending, Trigger.REVOKE))
+                continue
+            for entry in taken:
+                self._remove_entry(pending, entry)
+            emitted.append(self._batch(key, pending.index, taken, Trigger.REVOKE))
+        return emitted
+
+    def drop_partitions(self, partitions: Collection[TopicPartitionKey]) -> Dropped:
+        """Take the records of ``partitions`` out of the buffers, unsent (revoke).
+
+        A contact whose winning record is in ``partitions`` is removed whole; its records from
+        other partitions come back as ``superseded`` (see :class:`Dropped`). A contact whose
+        winner stays keeps it and loses only the revoked superseded records. (One profile's
+        records share a partition, so mixed contacts need two profiles with one email.)
+        """
+        dropped: list[RecordRef] = []
+        superseded: list[RecordRef] = []
+        if not partitions:
+            return Dropped((), ())
+        for key, pending in list(self._pending.items()):
+            for entry in list(pending.entries.values()):
+                if not any(ref.tp in partitions for ref in entry.refs):
+                    continue
+                if entry.winner.tp in partitions:
+                    self._remove_entry(pending, entry)
+                    for ref in entry.refs:
+                        (dropped if ref.tp in partitions else superseded).append(ref)
+                    continue
+                kept = [ref for ref in entry.refs if ref.tp not in partitions]
+                dropped.extend(ref for ref in entry.refs if ref.tp in partitions)
+                lost = len(entry.refs) - len(kept)
+                entry.refs = kept
+                pending.records -= lost
+                self._buffered -= lost
+            if not pending.entries:
+                del self._pending[key]
+        return Dropped(tuple(dropped), tuple(superseded))
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _index(self, now: float) -> int:
+        # Comparing integer window numbers, not float boundaries, keeps add() and due() agreeing
+        # exactly on which window a moment belongs to.
+        return math.floor(now / self._window_seconds)
+
+    def _remove_entry(self, pending: _Pending, entry: _Entry) -> None:
+        del pending.entries[entry.transition.email]
+        pending.count(entry.transition.action, -1)
+        pending.records -= len(entry.refs)
+        self._buffered -= len(entry.refs)
+
+    def _emit_all(self, key: AddressBookKey, pending: _Pending, trigger: Trigger) -> Batch:
+        del self._pending[key]
+        self._buffered -= pending.records
+        return self._batch(key, pending.index, pending.entries.values(), trigger)
+
+    def _batch(
+        self,
+        key: AddressBookKey,
+        index: int,
+        entries: Collection[_Entry],
+        trigger: Trigger,
+    ) -> Batch:
+        sequence = self._sequences.get(key, 0)
+        self._sequences[key] = sequence + 1
+        adds: list[Contact] = []
+        removes: list[Contact] = []
+        for entry in entries:
+            (adds if entry.transition.action is Action.ADD else removes).append(entry.contact())
+        return Batch(
+            connector_id=key[0],
+            address_book_id=key[1],
+            window_start=index * self._window_seconds,
+            sequence=sequence,
+            adds=tuple(adds),
+            removes=tuple(removes),
+            trigger=trigger,
+        )
