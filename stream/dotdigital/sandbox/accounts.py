@@ -99,7 +99,7 @@ def default_accounts() -> tuple[SandboxAccount, ...]:
     Both use the password ``demo-password``; the r1 account has address books 1001-1003 and
     the r2 account address book 2001, so a demo can name them without creating them first.
     """
-    source = "built-in demo password 'demo-password' (see --help)"
+    source = "the built-in demo password (see --help)"
     return (
         SandboxAccount(
             username=DEMO_USERNAME,

@@ -27,9 +27,9 @@ from aiohttp import web
 
 from stream.dotdigital.sandbox import bodies
 from stream.dotdigital.sandbox.core import (
-    ACCOUNT,
-    BODY,
     CORE,
+    CURRENT_ACCOUNT,
+    CURRENT_BODY,
     INVALID_JSON,
     REGION,
     SandboxCore,
@@ -69,7 +69,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = INVALID_JSON
-    request[BODY] = body
+    CURRENT_BODY.set(body)
     username: str | None = None
     response: web.StreamResponse | None
     if core.faults.latency_seconds > 0:
@@ -90,7 +90,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = bodies.v2_error(401, bodies.AUTH_DENIED)
         else:
             username = account.account.username
-            request[ACCOUNT] = account
+            CURRENT_ACCOUNT.set(account)
             response = await _serve_account(request, handler, core, account, region)
     core.journal.record(
         JournalEntry(
@@ -101,7 +101,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
             account=username,
             region=region,
             status=None if response is None else response.status,
-            response=None if response is None else response.get(bodies.PAYLOAD),
+            response=bodies.payload_of(response),
             raw_body=raw if body is INVALID_JSON else b"",
         )
     )

@@ -2,8 +2,8 @@
 
 v2 errors are ``{"message": "<text> <ERROR_TOKEN>"}`` (the token is the last word); v3 errors
 are ``{"errorCode": "contacts:<code>", "description": ..., "details"?: [...]}``. Every JSON
-response keeps its payload under ``response[PAYLOAD]`` so the journal can record it without
-decoding it again.
+response is a :class:`JsonResponse`, which keeps its payload so the journal can record it
+without decoding it again.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-PAYLOAD = "sandbox_payload"
 
 AUTH_DENIED = "Authorization has been denied for this request."
 FORBIDDEN_REGION = "Forbidden: Access is denied."
@@ -45,15 +43,20 @@ UNAVAILABLE_HTML = (
 )
 
 
-def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(
-        status=status,
-        body=orjson.dumps(payload),
-        content_type="application/json",
-        headers=headers,
-    )
-    response[PAYLOAD] = payload
-    return response
+class JsonResponse(web.Response):
+    """A JSON response that remembers its payload."""
+
+    def __init__(self, status: int, payload: Any) -> None:
+        super().__init__(status=status, body=orjson.dumps(payload), content_type="application/json")
+        self.payload = payload
+
+
+def json_response(status: int, payload: Any) -> web.Response:
+    return JsonResponse(status, payload)
+
+
+def payload_of(response: web.StreamResponse | None) -> Any:
+    return response.payload if isinstance(response, JsonResponse) else None
 
 
 def empty_response(status: int = 204) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import random
 from collections import Counter
 from typing import Any
@@ -16,10 +17,12 @@ from stream.dotdigital.sandbox.ratelimits import RateLimiter
 from stream.dotdigital.sandbox.settings import SandboxSettings
 from stream.dotdigital.sandbox.state import AccountState, SandboxState
 
-# Request-scoped values (aiohttp's request mapping).
-ACCOUNT = "sandbox_account"
-BODY = "sandbox_body"
+# Request-scoped values. aiohttp runs each request in its own task, so context variables set
+# by the middleware are what its handler sees (and work on every aiohttp 3.x, unlike typed
+# request keys).
 INVALID_JSON: Any = object()
+CURRENT_ACCOUNT: contextvars.ContextVar[AccountState] = contextvars.ContextVar("sandbox_account")
+CURRENT_BODY: contextvars.ContextVar[Any] = contextvars.ContextVar("sandbox_body")
 
 
 class Stats:

@@ -25,7 +25,13 @@ import orjson
 from aiohttp import web
 
 from stream.dotdigital.sandbox import bodies
-from stream.dotdigital.sandbox.core import ACCOUNT, BODY, CORE, INVALID_JSON, REGION
+from stream.dotdigital.sandbox.core import (
+    CORE,
+    CURRENT_ACCOUNT,
+    CURRENT_BODY,
+    INVALID_JSON,
+    REGION,
+)
 from stream.dotdigital.sandbox.state import AccountState, Contact, SandboxError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,8 +66,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def _account(request: web.Request) -> AccountState:
-    account: AccountState = request[ACCOUNT]
-    return account
+    return CURRENT_ACCOUNT.get()
 
 
 def _book_id(request: web.Request, key: str = "id") -> int | None:
@@ -166,7 +171,7 @@ def _book_error(exc: SandboxError) -> web.Response:
 
 
 async def create_book(request: web.Request) -> web.Response:
-    fields = _book_fields(request[BODY])
+    fields = _book_fields(CURRENT_BODY.get())
     if isinstance(fields, web.Response):
         return fields
     try:
@@ -188,7 +193,7 @@ async def get_book(request: web.Request) -> web.Response:
 
 async def update_book(request: web.Request) -> web.Response:
     book_id = _book_id(request)
-    fields = _book_fields(request[BODY])
+    fields = _book_fields(CURRENT_BODY.get())
     if isinstance(fields, web.Response):
         return fields
     if book_id is None:
@@ -240,7 +245,7 @@ async def list_book_contacts(request: web.Request) -> web.Response:
 
 async def bulk_remove(request: web.Request) -> web.Response:
     book_id = _book_id(request)
-    body = request[BODY]
+    body = CURRENT_BODY.get()
     if (
         body is INVALID_JSON
         or not isinstance(body, list)
@@ -300,7 +305,7 @@ async def get_v2_contact(request: web.Request) -> web.Response:
 
 
 async def submit_import(request: web.Request) -> web.Response:
-    body = request[BODY]
+    body = CURRENT_BODY.get()
     if body is INVALID_JSON or not isinstance(body, dict):
         return bodies.v3_error(400, "badJson", "The request JSON is badly formed")
     contacts = body.get("contacts")

@@ -116,10 +116,15 @@ async def run_sandbox(settings: SandboxSettings | None = None) -> AsyncIterator[
             core.urls[region] = f"http://{advertised}:{sock.getsockname()[1]}"
         for region, sock in zip(REGIONS, sockets, strict=True):
             # No access log: at benchmark rates it would cost more than the handlers.
-            runner = web.AppRunner(build_app(core, region), access_log=None, handle_signals=False)
+            runner = web.AppRunner(
+                build_app(core, region),
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=1.0,
+            )
             await runner.setup()
             runners.append(runner)
-            await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+            await web.SockSite(runner, sock).start()
         yield Sandbox(core)
     finally:
         for runner in reversed(runners):

@@ -325,14 +325,7 @@ class AccountState:
                     duplicate_count += 1
                 else:
                     invalid += 1
-                identifiers = item.get("identifiers") if isinstance(item, dict) else None
-                failures.append(
-                    {
-                        "matchIdentifier": _match_of(item),
-                        "identifiers": identifiers if isinstance(identifiers, dict) else {},
-                        "failures": [{"failureCode": code, "description": description}],
-                    }
-                )
+                failures.append(_failure(item, code, description))
                 continue
             contact, is_new = self._upsert(item, now)
             reference = {"contactId": contact.id, "identifiers": contact.identifiers()}
@@ -485,6 +478,22 @@ class SandboxState:
 
     def account(self, username: str) -> AccountState | None:
         return self.accounts.get(username.lower())
+
+
+def _failure(item: Any, code: str, description: str) -> dict[str, Any]:
+    """A failure entry echoing the item's identifiers the way the spec types them: string
+    identifiers under ``identifiers``, a numeric contact id as ``contactId``."""
+    given = item.get("identifiers") if isinstance(item, dict) else None
+    given = given if isinstance(given, dict) else {}
+    entry: dict[str, Any] = {
+        "matchIdentifier": _match_of(item),
+        "identifiers": {k: v for k, v in given.items() if isinstance(v, str) and k != "contactId"},
+        "failures": [{"failureCode": code, "description": description}],
+    }
+    contact_id = given.get("contactId")
+    if isinstance(contact_id, int) and not isinstance(contact_id, bool):
+        entry["contactId"] = contact_id
+    return entry
 
 
 def _is_done(job: ImportJob | DeletionJob) -> bool:
