@@ -85,7 +85,7 @@ def test_nonsense_settings_are_refused(window: int, ratio: float, min_records: i
         DeadLetterBreaker(window=window, ratio=ratio, min_records=min_records)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     outcomes=st.lists(st.booleans(), max_size=80),
     window=st.integers(1, 20),

@@ -423,7 +423,7 @@ def schema_reason(value: Any) -> Reason | None:
     return Reason.MISSING_IDENTIFIER
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutations=MUTATIONS)
 def test_decoder_and_schema_agree(mutations: list[tuple[tuple[str, ...], Any]]) -> None:
     """Accept/reject agree, and the reason follows where the schema finds the problem.

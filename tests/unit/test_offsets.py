@@ -248,5 +248,5 @@ class TrackerMachine(RuleBasedStateMachine):
             assert offset == self.next_offset[tp]
 
 
-TrackerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TrackerMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 test_tracker_state_machine = TrackerMachine.TestCase
