@@ -261,7 +261,8 @@ def replay_headers(
 
     Keeps ``original`` headers that are not ``ddsync.*`` and adds ``ddsync.replay_count`` =
     ``dead_letter.replay_count + 1``. Deciding whether to refuse (too many replays) is the replay
-    tool's: compare ``dead_letter.replay_count`` with ``dead_letter.max_replays`` first.
+    tool's: refuse when ``dead_letter.replay_count`` has reached the setting
+    ``dead_letter.max_replays`` (:class:`stream.config.DeadLetterSettings`).
     """
     kept = [
         (name, value)
