@@ -1,0 +1,200 @@
+"""The Kafka consumer edge: one thread that owns the confluent-kafka consumer.
+
+Everything that touches the consumer (poll, pause, resume, commit, rebalance callbacks) happens
+in this thread, so a commit can never interleave with a revocation: a revoked partition's final
+commit is made inside its revoke callback, and afterwards the tracker no longer offers it.
+
+Contract with the :class:`SourceHandler` (the pipeline), whose methods are called from this
+thread and must be thread-safe:
+
+* ``on_records`` receives records in partition order; the handler opens each one.
+* ``on_assign`` / ``on_revoke`` bracket ownership; ``on_revoke`` returns the offsets to commit for
+  the revoked partitions after it flushed what it could within its time bound. ``on_lost``
+  (partitions taken without a clean revoke) commits nothing.
+* ``committable`` returns offsets that moved since the last confirmed commit; they are
+  committed at most about once every ``commit_interval`` seconds, and ``committed`` confirms
+  those the broker took.
+* ``should_pause`` is asked every loop: True pauses every assigned partition (backpressure or an
+  open circuit breaker); the consumer keeps polling so the group keeps it as a member.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from stream.config import KafkaSettings
+from stream.metrics import Metrics
+from stream.offsets import TopicPartitionKey
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+
+
+class SourceHandler(Protocol):
+    def on_records(self, messages: list[Message]) -> None: ...
+
+    def on_assign(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def on_revoke(self, partitions: list[TopicPartitionKey]) -> Mapping[TopicPartitionKey, int]: ...
+
+    def on_lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def committable(self) -> Mapping[TopicPartitionKey, int]: ...
+
+    def committed(self, offsets: Mapping[TopicPartitionKey, int]) -> None: ...
+
+    def should_pause(self) -> bool: ...
+
+
+def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """librdkafka settings: ddsync's defaults, then the user's, then what correctness needs."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group_id,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "max.poll.interval.ms": 300_000,
+    }
+    config.update(settings.consumer)
+    # Offsets move only when records are final; these two are not negotiable.
+    config["enable.auto.commit"] = False
+    config["enable.auto.offset.store"] = False
+    return config
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        handler: SourceHandler,
+        metrics: Metrics,
+        commit_interval: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._metrics = metrics
+        self._commit_interval = commit_interval
+        self._consumer = Consumer(consumer_config(settings))
+        self._stop = threading.Event()
+        self._paused = False
+        self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            list(self._settings.topics),
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop fetching; the thread ends after its current poll."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def commit_and_close(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Final commit and leave the group. Call after the thread ended."""
+        try:
+            self._commit(offsets)
+        finally:
+            self._consumer.close()
+
+    def _run(self) -> None:
+        next_commit = time.monotonic() + self._commit_interval
+        try:
+            while not self._stop.is_set():
+                self._apply_pause()
+                messages = self._consumer.consume(BATCH_SIZE, timeout=0.1)
+                good = [m for m in messages if self._usable(m)]
+                if good:
+                    self._handler.on_records(good)
+                now = time.monotonic()
+                if now >= next_commit:
+                    offsets = self._handler.committable()
+                    if self._commit(offsets):
+                        self._handler.committed(offsets)
+                    next_commit = now + self._commit_interval
+        except BaseException as exc:  # the pipeline must learn that its source died
+            log.exception("the Kafka consumer loop failed")
+            self.error = exc
+
+    def _usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() == KafkaError._PARTITION_EOF:
+            return False
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("Kafka consumer error: %s", error)
+        return False
+
+    def _apply_pause(self) -> None:
+        want = self._handler.should_pause()
+        if want == self._paused:
+            return
+        assignment = self._consumer.assignment()
+        if want:
+            self._consumer.pause(assignment)
+            log.warning("pausing %d partitions", len(assignment))
+        else:
+            self._consumer.resume(assignment)
+            log.info("resuming %d partitions", len(assignment))
+        self._paused = want
+        self._metrics.paused.set(1 if want else 0)
+
+    def _commit(self, offsets: Mapping[TopicPartitionKey, int]) -> bool:
+        """Commit synchronously; True when the broker took every offset."""
+        if not offsets:
+            return False
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=partitions, asynchronous=False)
+        except KafkaException as exc:
+            self._metrics.commits.labels("error").inc()
+            log.warning("offset commit failed (offered again next time): %s", exc)
+            return False
+        self._metrics.commits.labels("ok").inc()
+        for (topic, partition), offset in offsets.items():
+            self._metrics.committed_offset.labels(topic, str(partition)).set(offset)
+        return True
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("assigned %s", _describe(keys))
+        self._metrics.rebalances.labels("assigned").inc(len(keys))
+        self._handler.on_assign(keys)
+        if self._paused and partitions:
+            # New partitions arrive resumed; keep backpressure in force for them too.
+            consumer.pause(partitions)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("revoked %s", _describe(keys))
+        self._metrics.rebalances.labels("revoked").inc(len(keys))
+        self._commit(self._handler.on_revoke(keys))
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        log.warning("lost %s without a clean revoke; their records will be read again", keys)
+        self._metrics.rebalances.labels("lost").inc(len(keys))
+        self._handler.on_lost(keys)
+
+
+def _describe(keys: list[TopicPartitionKey]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(keys)) or "nothing"
