@@ -1,0 +1,199 @@
+"""Dispatch: send flushed batches to DotDigital and report each contact's outcome.
+
+Contract:
+
+* Batches of one address book (one connector's book) run one at a time, in the order they were
+  submitted, so a removal is never overtaken by an earlier add of the same contact. Different
+  address books and connectors run concurrently; each connector's client enforces its own rate
+  limits and import cap.
+* Within a batch the adds (one v3 import) and the removes (one bulk list removal) concern
+  different contacts, so they run concurrently.
+* Transient failures are retried by the client until ``retry_timeout`` has passed since the
+  flush; then every contact of that operation fails with ``retries_exhausted`` (``auth_failed``
+  when the last error was a 401). Authentication errors are retried too: a password may be
+  being rotated.
+* Every contact submitted is reported exactly once to the listener: ``synced`` or ``failed``.
+  A bug (an unexpected exception) fails the contacts with ``dispatch_error`` rather than
+  leaving them open forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from stream.clients import ClientPool
+from stream.clock import Clock
+from stream.deadletter_headers import Reason
+from stream.dotdigital import (
+    AddressBookNotFoundError,
+    AuthenticationError,
+    DotDigitalError,
+    ImportFailedError,
+    Operation,
+    PermanentError,
+    RemovalFailedError,
+    RetriesExhausted,
+    RetryPolicy,
+)
+from stream.metrics import Metrics
+from stream.windowing import Batch, Contact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one contact of a batch did not reach DotDigital."""
+
+    reason: Reason
+    code: str | None
+    message: str
+    attempts: int = 1
+
+
+class DispatchListener(Protocol):
+    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+        """These contacts' transitions are in DotDigital."""
+
+    def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
+        """This contact's transition failed for good; it belongs on the dead-letter topic."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        clients: ClientPool,
+        listener: DispatchListener,
+        *,
+        retry_timeout: float,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self._clients = clients
+        self._listener = listener
+        self._clock = clock
+        self._metrics = metrics
+        self._retry = RetryPolicy(total_seconds=retry_timeout, retry_authentication=True)
+        # The last flush of each address book: the next one waits for it.
+        self._tails: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, batch: Batch) -> asyncio.Task[None]:
+        """Queue ``batch`` behind the earlier flushes of its address book."""
+        key = (batch.connector_id, batch.address_book_id)
+        previous = self._tails.get(key)
+        task = asyncio.create_task(self._after(previous, batch), name=f"flush {key}")
+        self._tails[key] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(key, t))
+        self._metrics.batches_flushed.labels(batch.connector_id, batch.trigger.value).inc()
+        return task
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until every submitted batch is done or ``seconds`` passed; True when idle."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=seconds)
+        return not pending
+
+    def _finished(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+
+    async def _after(self, previous: asyncio.Task[None] | None, batch: Batch) -> None:
+        if previous is not None:
+            # Order only: the earlier flush reports its own outcome.
+            await asyncio.wait([previous])
+        started = self._clock.monotonic()
+        deadline = started + self._retry.total_seconds
+        await asyncio.gather(
+            self._run(batch, "add", batch.adds, deadline),
+            self._run(batch, "remove", batch.removes, deadline),
+        )
+        self._metrics.flush_seconds.labels(batch.connector_id).observe(
+            self._clock.monotonic() - started
+        )
+
+    async def _run(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+        deadline: float,
+    ) -> None:
+        if not contacts:
+            return
+        self._metrics.batch_contacts.labels(operation).observe(len(contacts))
+        emails = [c.email for c in contacts]
+        try:
+            client = await self._clients.get(
+                batch.connector_id, retry=self._retry, deadline=deadline
+            )
+            if operation == "add":
+                outcome = await client.import_contacts(
+                    batch.address_book_id, emails, deadline=deadline, retry=self._retry
+                )
+                rejected = outcome.rejected
+            else:
+                removal = await client.remove_contacts(
+                    batch.address_book_id, emails, deadline=deadline, retry=self._retry
+                )
+                rejected = removal.rejected
+        except Exception as exc:  # every contact must get an outcome, whatever went wrong
+            failure = _failure_of(exc)
+            log.warning(
+                "%s of %d contacts to address book %s (connector %s) failed: %s %s",
+                operation,
+                len(contacts),
+                batch.address_book_id,
+                batch.connector_id,
+                failure.reason.value,
+                failure.message,
+            )
+            self._metrics.dispatch_failures.labels(
+                batch.connector_id, operation, failure.reason.value
+            ).inc()
+            for contact in contacts:
+                self._listener.failed(batch, contact, failure)
+            return
+        done = [c for c in contacts if c.email not in rejected]
+        if done:
+            self._listener.synced(batch, operation, done)
+        for contact in contacts:
+            rejection = rejected.get(contact.email)
+            if rejection is not None:
+                self._listener.failed(
+                    batch,
+                    contact,
+                    Failure(Reason.CONTACT_REJECTED, rejection.failure_code, rejection.description),
+                )
+
+
+def _failure_of(exc: BaseException) -> Failure:
+    if isinstance(exc, RetriesExhausted):
+        last = exc.last_error
+        reason = (
+            Reason.AUTH_FAILED
+            if isinstance(last, AuthenticationError)
+            else Reason.RETRIES_EXHAUSTED
+        )
+        return Failure(reason, last.code, str(last), exc.attempts)
+    if isinstance(exc, AddressBookNotFoundError):
+        return Failure(Reason.ADDRESS_BOOK_NOT_FOUND, exc.code, str(exc))
+    if isinstance(exc, ImportFailedError | RemovalFailedError):
+        return Failure(Reason.IMPORT_FAILED, exc.code, str(exc))
+    if isinstance(exc, AuthenticationError):
+        return Failure(Reason.AUTH_FAILED, exc.code, str(exc))
+    if isinstance(exc, PermanentError | DotDigitalError):
+        return Failure(Reason.IMPORT_FAILED, exc.code, str(exc))
+    log.exception("unexpected error while dispatching", exc_info=exc)
+    return Failure(Reason.IMPORT_FAILED, type(exc).__name__, "internal error while dispatching")

@@ -1,0 +1,375 @@
+"""The pipeline: consume, window per address book, dispatch, dead-letter, commit.
+
+Threads: the Kafka consumer runs in its own thread (:mod:`stream.source`); everything else —
+windows, offset tracker, dispatcher, dead-letter producer — lives on one asyncio event loop and
+is touched only from it. The consumer thread hands over records and rebalance events by running
+a coroutine on the loop and waiting for it, so the two never race and the consumer cannot run
+ahead of what the loop has taken in.
+
+Contract:
+
+* Every consumed record is *open* until it is final: synced to DotDigital, superseded by a later
+  record of the same contact whose outcome is final, or on the dead-letter topic with the
+  broker's acknowledgement. Committed offsets never pass an open record.
+* Past ``batching.max_buffered_records`` open records the consumer pauses; it resumes below
+  half of that.
+* Revoke: the revoked partitions' buffered records are flushed and awaited for at most
+  ``batching.revoke_flush_seconds``; their offsets are committed as far as they are final; the
+  rest is dropped, uncommitted, for the new owner to read again.
+* Shutdown (:meth:`Pipeline.stop`): stop fetching, flush everything for at most
+  ``batching.shutdown_flush_seconds``, wait for dead-letter acknowledgements, commit, leave.
+* The dead-letter circuit breaker opening pauses consumption for good (log line + metric); the
+  process stays up so that its metrics can be scraped and an operator can look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar, cast
+
+from confluent_kafka import Message
+
+from stream.breaker import DeadLetterBreaker
+from stream.clients import ClientPool
+from stream.clock import Clock, SystemClock
+from stream.config import Settings
+from stream.deadletter import DeadLetterPublisher
+from stream.deadletter_headers import DeadLetter, replay_count_of
+from stream.dispatch import Dispatcher, Failure
+from stream.dotdigital import Operation
+from stream.events import InvalidRecord, decode_transition
+from stream.metrics import Metrics
+from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
+from stream.source import KafkaSource
+from stream.windowing import Batch, Contact, Windower
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TICK_SECONDS = 0.2
+
+# What the dead-letter record needs of the source record: key, value, headers.
+Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        batching = settings.batching
+        self.windows = Windower.from_settings(self.clock, batching)
+        self.tracker = OffsetTracker()
+        dlq = settings.dead_letter
+        self.breaker = DeadLetterBreaker(
+            dlq.breaker_window, dlq.breaker_ratio, dlq.breaker_min_records
+        )
+        self.clients = ClientPool(settings.connectors, clock=self.clock)
+        self.dispatcher = Dispatcher(
+            self.clients,
+            self,
+            retry_timeout=settings.dispatch.retry_timeout_seconds,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        self._originals: dict[TopicPartitionKey, dict[int, Original]] = {}
+        # A dead-letter record in flight -> the records it makes final once acknowledged.
+        self._covers: dict[RecordRef, tuple[RecordRef, ...]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = asyncio.Event()
+        self._closing = False
+        self._pause = False
+        self._circuit_logged = False
+        self.source: KafkaSource | None = None
+        self.dead_letters: DeadLetterPublisher | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` (or the consumer fails), then shut down cleanly."""
+        self._loop = asyncio.get_running_loop()
+        kafka = self.settings.kafka
+        self.dead_letters = DeadLetterPublisher(
+            kafka.bootstrap_servers, kafka.dead_letter_topic, self._dead_lettered, kafka.producer
+        )
+        self.source = KafkaSource(
+            kafka,
+            self,
+            self.metrics,
+            commit_interval=self.settings.dispatch.commit_interval_seconds,
+        )
+        self.source.start()
+        log.info(
+            "consuming %s as group %s; dead letters to %s",
+            ", ".join(kafka.topics),
+            kafka.group_id,
+            kafka.dead_letter_topic,
+        )
+        try:
+            while not self._stopping.is_set():
+                self._tick()
+                if not self.source.running:
+                    raise RuntimeError(
+                        "the Kafka consumer stopped unexpectedly"
+                    ) from self.source.error
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), TICK_SECONDS)
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the pipeline to shut down (safe from a signal handler on the loop)."""
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        assert self.source is not None
+        assert self.dead_letters is not None
+        log.info("shutting down: flushing buffered batches")
+        self.source.stop()
+        await asyncio.to_thread(self.source.join)
+        self._closing = True
+        for batch in self.windows.drain():
+            self.dispatcher.submit(batch)
+        deadline = self.clock.monotonic() + self.settings.batching.shutdown_flush_seconds
+        if not await self.dispatcher.wait(self.settings.batching.shutdown_flush_seconds):
+            log.warning("shutdown deadline passed with flushes in flight; they stay uncommitted")
+        await self._drain_dead_letters(deadline)
+        offsets = self.tracker.committable()
+        await asyncio.to_thread(self.source.commit_and_close, offsets)
+        log.info("committed %s and left the group", _describe(offsets))
+        await self.clients.close()
+
+    async def _drain_dead_letters(self, deadline: float) -> None:
+        assert self.dead_letters is not None
+        while self.dead_letters.pending and self.clock.monotonic() < deadline:
+            self.dead_letters.poll(0.05)
+            await asyncio.sleep(0)
+
+    def _tick(self) -> None:
+        """Periodic work on the loop: closed windows, delivery reports, backpressure."""
+        assert self.dead_letters is not None
+        for batch in self.windows.due():
+            self.dispatcher.submit(batch)
+        self.dead_letters.poll(0)
+        self._update_pause()
+
+    def _update_pause(self) -> None:
+        open_records = self.tracker.open_records
+        self.metrics.buffered_records.set(open_records)
+        cap = self.settings.batching.max_buffered_records
+        if self.breaker.is_open:
+            if not self._circuit_logged:
+                log.error(
+                    "dead-letter circuit breaker OPEN: most recent records were dead-lettered; "
+                    "consuming stopped. Check the configuration and DotDigital, then restart."
+                )
+                self.metrics.circuit_open.set(1)
+                self._circuit_logged = True
+            self._pause = True
+        elif open_records > cap:
+            self._pause = True
+        elif open_records <= cap // 2:
+            self._pause = False
+
+    # -- SourceHandler: called from the consumer thread ----------------------------------
+
+    def _on_loop(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` on the loop and wait for it (the consumer thread's only way in)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(_awaited(work), self._loop).result()
+
+    def on_records(self, messages: list[Message]) -> None:
+        self._on_loop(_sync(self._ingest, messages))
+
+    def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
+        self._on_loop(_sync(self._assign, partitions))
+
+    def on_revoke(self, partitions: list[TopicPartitionKey]) -> Mapping[TopicPartitionKey, int]:
+        return self._on_loop(lambda: self._revoke(partitions))
+
+    def on_lost(self, partitions: list[TopicPartitionKey]) -> None:
+        self._on_loop(_sync(self._forget, partitions))
+
+    def committable(self) -> Mapping[TopicPartitionKey, int]:
+        return self._on_loop(_sync(self.tracker.committable))
+
+    def committed(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        self._on_loop(_sync(self.tracker.mark_committed, offsets))
+
+    def should_pause(self) -> bool:
+        return self._pause
+
+    # -- on the loop -----------------------------------------------------------------------
+
+    def _assign(self, partitions: Sequence[TopicPartitionKey]) -> None:
+        for tp in partitions:
+            self.tracker.assign(tp)
+            self._originals.setdefault(tp, {})
+
+    def _ingest(self, messages: Sequence[Message]) -> None:
+        connectors = self.settings.connectors
+        for message in messages:
+            # A consumed record always has its coordinates; only produced ones lack them.
+            topic, partition, offset = cast(
+                tuple[str, int, int], (message.topic(), message.partition(), message.offset())
+            )
+            ref = RecordRef(topic, partition, offset)
+            if not self.tracker.consumed(ref):
+                # Not ours any more, or already being processed (a re-delivery after seek).
+                continue
+            self.metrics.records_consumed.labels(topic).inc()
+            headers = message.headers()
+            original: Original = (
+                message.key(),
+                message.value(),
+                list(headers.items() if isinstance(headers, dict) else headers or ()),
+            )
+            try:
+                transition = decode_transition(original[1], connectors)
+            except InvalidRecord as invalid:
+                self._publish_dead_letter(
+                    ref,
+                    original,
+                    (ref,),
+                    Failure(invalid.reason, invalid.reason.value, invalid.detail),
+                    connector_id=None,
+                    address_book_id=None,
+                    event_id=None,
+                )
+                continue
+            self._originals.setdefault((topic, partition), {})[offset] = original
+            for batch in self.windows.add(transition, ref):
+                self.dispatcher.submit(batch)
+        self._update_pause()
+
+    async def _revoke(
+        self, partitions: Sequence[TopicPartitionKey]
+    ) -> dict[TopicPartitionKey, int]:
+        revoked = set(partitions)
+        if not self._closing:
+            for batch in self.windows.drain_partitions(revoked):
+                self.dispatcher.submit(batch)
+            bound = self.settings.batching.revoke_flush_seconds
+            deadline = self.clock.monotonic() + bound
+            if not await self.dispatcher.wait(bound):
+                log.warning("revoke: flushes still in flight after %.0f s", bound)
+            await self._drain_dead_letters(deadline)
+        positions = self.tracker.committable(revoked)
+        self._forget(partitions)
+        return positions
+
+    def _forget(self, partitions: Sequence[TopicPartitionKey]) -> None:
+        """Drop a partition's buffered records and its offsets; nothing of it is committed
+        afterwards, so the next owner reads its open records again."""
+        revoked = set(partitions)
+        dropped = self.windows.drop_partitions(revoked)
+        if dropped.dropped:
+            log.info(
+                "dropped %d buffered records of revoked partitions, uncommitted",
+                len(dropped.dropped),
+            )
+        # Older records of partitions we keep, whose newer record the next owner will sync.
+        for ref in dropped.superseded:
+            self._finish(ref, dead_lettered=False)
+        for tp in partitions:
+            self.tracker.revoke(tp)
+            self._originals.pop(tp, None)
+
+    # -- DispatchListener --------------------------------------------------------------------
+
+    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+        count = 0
+        for contact in contacts:
+            for ref in contact.refs:
+                self._finish(ref, dead_lettered=False)
+                count += 1
+        self.metrics.records_synced.labels(batch.connector_id, operation).inc(count)
+
+    def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
+        original = self._originals.get((contact.winner.topic, contact.winner.partition), {}).get(
+            contact.winner.offset
+        )
+        if original is None:
+            # Its partition was revoked meanwhile: the new owner reads the record again.
+            return
+        self._publish_dead_letter(
+            contact.winner,
+            original,
+            contact.refs,
+            failure,
+            connector_id=batch.connector_id,
+            address_book_id=batch.address_book_id,
+            event_id=contact.event_id,
+        )
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def _publish_dead_letter(
+        self,
+        ref: RecordRef,
+        original: Original,
+        covers: Sequence[RecordRef],
+        failure: Failure,
+        *,
+        connector_id: str | None,
+        address_book_id: int | None,
+        event_id: str | None,
+    ) -> None:
+        assert self.dead_letters is not None
+        key, value, headers = original
+        letter = DeadLetter(
+            reason=failure.reason,
+            error_code=failure.code or failure.reason.value,
+            error_message=failure.message,
+            source_topic=ref.topic,
+            source_partition=ref.partition,
+            source_offset=ref.offset,
+            connector_id=connector_id,
+            address_book_id=address_book_id,
+            event_id=event_id,
+            attempts=failure.attempts,
+            failed_at=datetime.fromtimestamp(self.clock.time(), UTC),
+            replay_count=replay_count_of(headers),
+        )
+        self._covers[ref] = tuple(covers)
+        self.dead_letters.publish(ref, key, value, headers, letter)
+
+    def _dead_lettered(self, ref: RecordRef, letter: DeadLetter) -> None:
+        """The broker acknowledged a dead-letter record: it and what it covers are final."""
+        self.metrics.records_dead_lettered.labels(letter.reason.value).inc()
+        for covered in self._covers.pop(ref, (ref,)):
+            self._finish(covered, dead_lettered=True)
+
+    def _finish(self, ref: RecordRef, *, dead_lettered: bool) -> None:
+        self.tracker.finished(ref)
+        self.breaker.record(dead_lettered)
+        records = self._originals.get((ref.topic, ref.partition))
+        if records is not None:
+            records.pop(ref.offset, None)
+
+
+async def _awaited(work: Callable[[], Awaitable[T]]) -> T:
+    return await work()
+
+
+def _sync(function: Callable[..., T], *args: object) -> Callable[[], Awaitable[T]]:
+    """A plain function call as an awaitable factory, so it runs on the loop."""
+
+    async def run() -> T:
+        return function(*args)
+
+    return run
+
+
+def _describe(offsets: Mapping[TopicPartitionKey, int]) -> str:
+    return ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items())) or "nothing new"
