@@ -1,0 +1,55 @@
+"""``ddsync run --config FILE``: consume and sync until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from stream.config import ConfigError, Settings, load_settings
+from stream.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="consume transitions and keep DotDigital address books in step",
+        description="Consume transitions and keep DotDigital address books in step. "
+        "SIGTERM or SIGINT flushes what is buffered, commits and exits 0.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the TOML configuration file")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"ddsync: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(settings))
+
+
+async def run(settings: Settings) -> int:
+    pipeline = Pipeline(settings)
+    if settings.metrics.enabled:
+        try:
+            pipeline.metrics.serve(settings.metrics.host, settings.metrics.port)
+        except OSError as exc:
+            print(
+                f"ddsync: metrics.port {settings.metrics.port} cannot be opened: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 2
+        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, pipeline.stop)
+    await pipeline.run()
+    return 0
