@@ -1,0 +1,283 @@
+"""Real processes for end-to-end tests: the sandbox and ddsync itself, plus Kafka helpers.
+
+The sandbox runs as ``python -m stream.dotdigital.sandbox`` and is queried over HTTP through its
+control API; ddsync runs as ``python -m stream run`` so that it can be SIGKILLed like a crashed
+pod. Nothing here fakes Kafka or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream.demo import DemoRecord
+
+PASSWORD = "sandbox-secret-password"
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    region: str
+    address_books: tuple[int, ...]
+    password: str = PASSWORD
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "password": self.password,
+            "region": self.region,
+            "address_books": [{"id": b, "name": f"book {b}"} for b in self.address_books],
+            **self.extra,
+        }
+
+
+class SandboxProcess:
+    def __init__(self, workdir: Path, accounts: Iterable[Account], *args: str) -> None:
+        self.accounts = list(accounts)
+        accounts_file = workdir / "accounts.json"
+        accounts_file.write_text(json.dumps({"accounts": [a.to_json() for a in self.accounts]}))
+        ready = workdir / "sandbox-ready.json"
+        self.log = workdir / "sandbox.log"
+        command = [
+            sys.executable, "-m", "stream.dotdigital.sandbox", "--port", "0",
+            "--accounts", str(accounts_file), "--ready-file", str(ready), *args,
+        ]  # fmt: skip
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(ready.exists, 30, "the sandbox did not start", self.process)
+        info = json.loads(ready.read_text())
+        self.urls: dict[str, str] = info["urls"]
+        self.discovery_url: str = info["discovery_url"]
+
+    def control(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        request = urllib.request.Request(
+            f"{self.discovery_url}/_sandbox/{path}",
+            data=data,
+            method="GET" if body is None else "POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return orjson.loads(response.read())
+
+    def members(self, username: str, address_book_id: int) -> set[str]:
+        answer = self.control(f"accounts/{username}/address-books/{address_book_id}/members")
+        return set(answer["emails"])
+
+    def set_faults(self, **faults: float) -> None:
+        self.control("faults", faults)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+class DdsyncProcess:
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str]) -> None:
+        self.log = log
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream", "run", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+            )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    message: str,
+    process: subprocess.Popen[bytes] | None = None,
+    interval: float = 0.2,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{message}: the process exited with {process.returncode}")
+        time.sleep(interval)
+    raise AssertionError(f"{message} within {timeout} s")
+
+
+def write_config(
+    path: Path,
+    *,
+    bootstrap: str,
+    topics: list[str],
+    dead_letter_topic: str,
+    group: str,
+    connectors: Mapping[str, tuple[str, str]],
+    max_contacts: int = 1000,
+    window_seconds: float = 2.0,
+    retry_timeout_seconds: float = 60.0,
+    requests_per_minute: int | None = None,
+    extra: str = "",
+) -> Path:
+    """``connectors``: name -> (username, discovery URL); passwords via DDSYNC_TEST_PASSWORD_*."""
+    lines = [
+        "[kafka]",
+        f'bootstrap_servers = "{bootstrap}"',
+        f'group_id = "{group}"',
+        f"topics = {json.dumps(topics)}",
+        f'dead_letter_topic = "{dead_letter_topic}"',
+        "[kafka.consumer]",
+        '"session.timeout.ms" = 10000',
+        '"heartbeat.interval.ms" = 1000',
+        "[batching]",
+        f"max_contacts = {max_contacts}",
+        f"window_seconds = {window_seconds}",
+        "revoke_flush_seconds = 10",
+        "shutdown_flush_seconds = 30",
+        "[dispatch]",
+        f"retry_timeout_seconds = {retry_timeout_seconds}",
+        "commit_interval_seconds = 0.5",
+        "[metrics]",
+        "enabled = false",
+    ]
+    for name, (username, discovery) in connectors.items():
+        lines += [
+            f'[connectors."{name}"]',
+            f'username = "{username}"',
+            f'password_env = "{password_env(name)}"',
+            f'discovery_endpoint = "{discovery}"',
+        ]
+        if requests_per_minute is not None:
+            # With the sandbox's limits off it sends no X-RateLimit headers to learn from.
+            lines += [
+                f"add_requests_per_minute = {requests_per_minute}",
+                f"remove_requests_per_minute = {requests_per_minute}",
+            ]
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def password_env(connector: str) -> str:
+    return "DDSYNC_TEST_PASSWORD_" + "".join(c if c.isalnum() else "_" for c in connector).upper()
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[DemoRecord]) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    count = 0
+    for record in records:
+        while True:
+            try:
+                producer.produce(topic, key=record.key, value=record.value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+    assert producer.flush(60) == 0
+    return count
+
+
+def expected_membership(records: Iterable[DemoRecord]) -> dict[tuple[str, int], set[str]]:
+    """What the address books must hold after every good record was applied in order."""
+    books: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for record in records:
+        if record.bad:
+            continue
+        event = orjson.loads(record.value)
+        key = (event["connector_id"], event["address_book_id"])
+        email = event["profile"]["partner_ids"]["34"].lower()
+        if event["action"] == "add":
+            books[key].add(email)
+        else:
+            books[key].discard(email)
+    return books
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+    def header(self, name: str) -> str:
+        return self.headers[name].decode()
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 60
+) -> list[DeadLetterRecord]:
+    """Read a topic from the beginning until ``expected`` records came or ``timeout`` passed,
+    then a little longer, so that a surplus shows up too."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    found: list[DeadLetterRecord] = []
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if len(found) >= expected:
+                quiet_until = quiet_until or time.monotonic() + 2
+                if time.monotonic() > quiet_until:
+                    break
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                continue
+            headers = {k: v for k, v in (message.headers() or []) if v is not None}
+            found.append(DeadLetterRecord(message.key(), message.value(), headers))
+    finally:
+        consumer.close()
+    return found
+
+
+def committed_and_end(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> tuple[list[int], list[int]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = [tp.offset for tp in consumer.committed(tps, timeout=30)]
+        ends = [consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in tps]
+    finally:
+        consumer.close()
+    return committed, ends
