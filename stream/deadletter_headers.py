@@ -45,9 +45,12 @@ class Reason(StrEnum):
     CONTACT_REJECTED = "contact_rejected"
     ADDRESS_BOOK_NOT_FOUND = "address_book_not_found"
     IMPORT_FAILED = "import_failed"
+    REMOVAL_FAILED = "removal_failed"
     # Transient failures that outlasted dispatch.retry_timeout_seconds.
     RETRIES_EXHAUSTED = "retries_exhausted"
     AUTH_FAILED = "auth_failed"
+    # A defect in ddsync itself; the record is kept for replay once it is fixed.
+    INTERNAL_ERROR = "internal_error"
 
 
 HEADER_PREFIX: Final = "ddsync."

@@ -13,7 +13,7 @@ Contract:
   when the last error was a 401). Authentication errors are retried too: a password may be
   being rotated.
 * Every contact submitted is reported exactly once to the listener: ``synced`` or ``failed``.
-  A bug (an unexpected exception) fails the contacts with ``dispatch_error`` rather than
+  A bug (an unexpected exception) fails the contacts with ``internal_error`` rather than
   leaving them open forever.
 """
 
@@ -115,12 +115,24 @@ class Dispatcher:
             await asyncio.wait([previous])
         started = self._clock.monotonic()
         deadline = started + self._retry.total_seconds
-        await asyncio.gather(
+        added, removed = await asyncio.gather(
             self._run(batch, "add", batch.adds, deadline),
             self._run(batch, "remove", batch.removes, deadline),
         )
-        self._metrics.flush_seconds.labels(batch.connector_id).observe(
-            self._clock.monotonic() - started
+        elapsed = self._clock.monotonic() - started
+        self._metrics.flush_seconds.labels(batch.connector_id).observe(elapsed)
+        log.info(
+            "flushed %s/%s #%d (%s): +%d -%d in %.2f s%s",
+            batch.connector_id,
+            batch.address_book_id,
+            batch.sequence,
+            batch.trigger.value,
+            added,
+            removed,
+            elapsed,
+            ""
+            if added + removed == len(batch.adds) + len(batch.removes)
+            else " (failures dead-lettered)",
         )
 
     async def _run(
@@ -129,9 +141,10 @@ class Dispatcher:
         operation: Operation,
         contacts: Sequence[Contact],
         deadline: float,
-    ) -> None:
+    ) -> int:
+        """Send one operation of a batch; returns how many contacts it synced."""
         if not contacts:
-            return
+            return 0
         self._metrics.batch_contacts.labels(operation).observe(len(contacts))
         emails = [c.email for c in contacts]
         try:
@@ -164,7 +177,7 @@ class Dispatcher:
             ).inc()
             for contact in contacts:
                 self._listener.failed(batch, contact, failure)
-            return
+            return 0
         done = [c for c in contacts if c.email not in rejected]
         if done:
             self._listener.synced(batch, operation, done)
@@ -176,6 +189,7 @@ class Dispatcher:
                     contact,
                     Failure(Reason.CONTACT_REJECTED, rejection.failure_code, rejection.description),
                 )
+        return len(done)
 
 
 def _failure_of(exc: BaseException) -> Failure:
@@ -189,11 +203,12 @@ def _failure_of(exc: BaseException) -> Failure:
         return Failure(reason, last.code, str(last), exc.attempts)
     if isinstance(exc, AddressBookNotFoundError):
         return Failure(Reason.ADDRESS_BOOK_NOT_FOUND, exc.code, str(exc))
-    if isinstance(exc, ImportFailedError | RemovalFailedError):
-        return Failure(Reason.IMPORT_FAILED, exc.code, str(exc))
+    if isinstance(exc, RemovalFailedError):
+        return Failure(Reason.REMOVAL_FAILED, exc.code, str(exc))
     if isinstance(exc, AuthenticationError):
         return Failure(Reason.AUTH_FAILED, exc.code, str(exc))
-    if isinstance(exc, PermanentError | DotDigitalError):
+    if isinstance(exc, ImportFailedError | PermanentError | DotDigitalError):
+        # Not retryable (4xx other than auth, a failed import): the same request fails again.
         return Failure(Reason.IMPORT_FAILED, exc.code, str(exc))
-    log.exception("unexpected error while dispatching", exc_info=exc)
-    return Failure(Reason.IMPORT_FAILED, type(exc).__name__, "internal error while dispatching")
+    log.error("unexpected error while dispatching", exc_info=exc)
+    return Failure(Reason.INTERNAL_ERROR, type(exc).__name__, "internal error while dispatching")

@@ -242,9 +242,9 @@ class Pipeline:
                     original,
                     (ref,),
                     Failure(invalid.reason, invalid.reason.value, invalid.detail),
-                    connector_id=None,
-                    address_book_id=None,
-                    event_id=None,
+                    connector_id=invalid.connector_id,
+                    address_book_id=invalid.address_book_id,
+                    event_id=invalid.event_id,
                 )
                 continue
             self._originals.setdefault((topic, partition), {})[offset] = original
@@ -300,7 +300,10 @@ class Pipeline:
             contact.winner.offset
         )
         if original is None:
-            # Its partition was revoked meanwhile: the new owner reads the record again.
+            # The winner's partition was revoked meanwhile: its new owner reads it again. Older
+            # records of the contact on partitions still ours are superseded by that read.
+            for ref in contact.refs:
+                self._finish(ref, dead_lettered=False)
             return
         self._publish_dead_letter(
             contact.winner,

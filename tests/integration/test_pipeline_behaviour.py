@@ -1,0 +1,216 @@
+"""Batching semantics, observed from DotDigital's side.
+
+The pipeline runs in-process on the test's event loop against the real broker and an in-process
+sandbox over real HTTP; the sandbox's journal of received requests is the witness of what was
+sent, when, and in which order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.config import Settings, load_settings
+from stream.demo import DemoRecord, Target, transition
+from stream.dotdigital.sandbox import (
+    SandboxAccount,
+    SandboxAddressBook,
+    SandboxSettings,
+    run_sandbox,
+)
+from stream.dotdigital.sandbox.server import Sandbox
+from stream.pipeline import Pipeline
+from tests.conftest import KafkaCluster
+from tests.support.processes import PASSWORD, password_env, produce, write_config
+
+pytestmark = pytest.mark.integration
+
+USER = "behaviour@apiconnector.com"
+BOOK = 501
+
+
+def record(profile: str, action: str, book: int = BOOK) -> DemoRecord:
+    value = transition(
+        event_id=uuid.uuid4().hex,
+        profile_id=profile,
+        email=f"{profile}@example.com",
+        target=Target("main", book),
+        action=action,
+        occurred_at=datetime.now(UTC),
+    )
+    return DemoRecord(profile.encode(), orjson.dumps(value))
+
+
+def imports(sandbox: Sandbox) -> list[list[str]]:
+    """The emails of each import DotDigital accepted, in order."""
+    return [
+        [c["identifiers"]["email"] for c in entry.body["contacts"]]
+        for entry in sandbox.journal
+        if entry.method == "PUT" and entry.path == "/contacts/v3/import" and entry.status == 202
+    ]
+
+
+def removals(sandbox: Sandbox) -> list[list[int]]:
+    return [
+        list(entry.body)
+        for entry in sandbox.journal
+        if entry.method == "POST" and entry.path.endswith("/contacts/delete")
+    ]
+
+
+def lookups(sandbox: Sandbox, email: str) -> int:
+    return sum(1 for e in sandbox.journal if e.path == f"/contacts/v3/email/{email}")
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def window_just_opened(window_seconds: float) -> None:
+    """Sleep until just after an epoch-aligned window boundary, so that what the test produces
+    next lands in one window."""
+    await asyncio.sleep(window_seconds - time.time() % window_seconds + 0.05)
+
+
+class Harness:
+    def __init__(self, kafka: KafkaCluster, sandbox: Sandbox, settings: Settings, topic: str):
+        self.kafka = kafka
+        self.sandbox = sandbox
+        self.settings = settings
+        self.topic = topic
+
+    def produce(self, *records: DemoRecord) -> None:
+        produce(self.kafka.bootstrap_servers, self.topic, records)
+
+    def members(self) -> set[str]:
+        return self.sandbox.members(USER, BOOK)
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[Pipeline]:
+        pipeline = Pipeline(self.settings)
+        task = asyncio.create_task(pipeline.run())
+        await eventually(lambda: bool(pipeline.tracker.owned) or task.done(), 30, "no assignment")
+        try:
+            yield pipeline
+        finally:
+            pipeline.stop()
+            await asyncio.wait_for(task, 60)
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    kafka: KafkaCluster,
+    tmp_path: Path,
+    *,
+    max_contacts: int,
+    window_seconds: float,
+    import_delay: float = 0.0,
+    **account: Any,
+) -> AsyncIterator[Harness]:
+    sandbox_account = SandboxAccount(
+        username=USER,
+        password=PASSWORD,
+        region="r1",
+        import_delay_seconds=import_delay,
+        address_books=(SandboxAddressBook(BOOK, "behaviour"),),
+        **account,
+    )
+    async with run_sandbox(SandboxSettings(accounts=(sandbox_account,), port=0)) as sandbox:
+        topic = kafka.create_topic(partitions=2)
+        config = write_config(
+            tmp_path / "ddsync.toml",
+            bootstrap=kafka.bootstrap_servers,
+            topics=[topic],
+            dead_letter_topic=kafka.create_topic(),
+            group=f"behaviour-{uuid.uuid4().hex[:8]}",
+            connectors={"main": (USER, sandbox.discovery_url)},
+            max_contacts=max_contacts,
+            window_seconds=window_seconds,
+        )
+        settings = load_settings(config, {password_env("main"): PASSWORD})
+        yield Harness(kafka, sandbox, settings, topic)
+
+
+async def test_a_full_batch_flushes_at_once_and_the_rest_on_shutdown(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    async with harness(kafka, tmp_path, max_contacts=5, window_seconds=3600) as h:
+        profiles = [f"count-{n}" for n in range(12)]
+        h.produce(*(record(p, "add") for p in profiles))
+        async with h.pipeline():
+            await eventually(lambda: len(imports(h.sandbox)) >= 2, 30, "two full batches")
+            await asyncio.sleep(1.0)  # nothing else may flush before the window closes
+            assert [len(batch) for batch in imports(h.sandbox)] == [5, 5]
+        # Shutdown flushes what is buffered.
+        assert sorted(len(batch) for batch in imports(h.sandbox)) == [2, 5, 5]
+        assert h.members() == {f"{p}@example.com" for p in profiles}
+
+
+async def test_a_closing_window_flushes_a_small_batch(kafka: KafkaCluster, tmp_path: Path) -> None:
+    async with harness(kafka, tmp_path, max_contacts=1000, window_seconds=1) as h:
+        async with h.pipeline():
+            await window_just_opened(1)
+            h.produce(*(record(f"window-{n}", "add") for n in range(3)))
+            await eventually(lambda: len(h.members()) == 3, 15, "the window did not flush")
+            assert [len(batch) for batch in imports(h.sandbox)] == [3]
+
+
+async def test_entering_and_leaving_within_one_window_is_one_removal(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    async with harness(kafka, tmp_path, max_contacts=1000, window_seconds=2) as h:
+        async with h.pipeline():
+            h.produce(record("stays", "add"), record("member", "add"))
+            await eventually(lambda: len(h.members()) == 2, 15, "first window did not flush")
+            first_imports = len(imports(h.sandbox))
+            await window_just_opened(2)
+            # One window: a new contact enters and leaves; a member leaves, re-enters, leaves.
+            h.produce(
+                record("passing", "add"),
+                record("member", "remove"),
+                record("member", "add"),
+                record("passing", "remove"),
+                record("member", "remove"),
+            )
+            await eventually(
+                lambda: h.members() == {"stays@example.com"}, 15, "second window did not flush"
+            )
+            await asyncio.sleep(2.5)  # a further window: nothing more may be sent
+        assert len(imports(h.sandbox)) == first_imports, "a coalesced contact was imported"
+        assert len(removals(h.sandbox)) == 1
+        assert len(removals(h.sandbox)[0]) == 1  # the member's id, once
+        # The contact DotDigital never knew is looked up once, found absent: already removed.
+        assert lookups(h.sandbox, "passing@example.com") == 1
+
+
+async def test_flushes_of_one_address_book_keep_their_order(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    # One contact per batch and slow imports: a removal overtaking the add before it would
+    # leave the contact in (or out) wrongly.
+    async with harness(kafka, tmp_path, max_contacts=1, window_seconds=3600, import_delay=0.3) as h:
+        actions = ["add", "remove", "add", "remove", "add", "remove", "add"]
+        h.produce(*(record("flipper", a) for a in actions))
+        async with h.pipeline():
+            await eventually(lambda: len(imports(h.sandbox)) == 4, 30, "four imports")
+            await eventually(lambda: len(removals(h.sandbox)) == 3, 30, "three removals")
+            await eventually(lambda: h.members() == {"flipper@example.com"}, 10, "final state")
+        sent = [
+            "add" if e.method == "PUT" else "remove"
+            for e in h.sandbox.journal
+            if (e.method == "PUT" and e.status == 202) or e.path.endswith("/contacts/delete")
+        ]
+        assert sent == actions
