@@ -71,11 +71,11 @@ def lookups(sandbox: Sandbox, email: str) -> int:
     return sum(1 for e in sandbox.journal if e.path == f"/contacts/v3/email/{email}")
 
 
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s")
+            raise AssertionError(f"{what} within {seconds} s")
         await asyncio.sleep(0.1)
 
 
@@ -160,12 +160,11 @@ async def test_a_full_batch_flushes_at_once_and_the_rest_on_shutdown(
 
 
 async def test_a_closing_window_flushes_a_small_batch(kafka: KafkaCluster, tmp_path: Path) -> None:
-    async with harness(kafka, tmp_path, max_contacts=1000, window_seconds=1) as h:
-        async with h.pipeline():
-            await window_just_opened(1)
-            h.produce(*(record(f"window-{n}", "add") for n in range(3)))
-            await eventually(lambda: len(h.members()) == 3, 15, "the window did not flush")
-            assert [len(batch) for batch in imports(h.sandbox)] == [3]
+    async with harness(kafka, tmp_path, max_contacts=1000, window_seconds=1) as h, h.pipeline():
+        await window_just_opened(1)
+        h.produce(*(record(f"window-{n}", "add") for n in range(3)))
+        await eventually(lambda: len(h.members()) == 3, 15, "the window did not flush")
+        assert [len(batch) for batch in imports(h.sandbox)] == [3]
 
 
 async def test_entering_and_leaving_within_one_window_is_one_removal(
