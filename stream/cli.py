@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "stream.commands.run",
     "stream.commands.demo",
+    "stream.commands.replay",
     "stream.dotdigital.commands",
     "stream.dotdigital.sandbox.command",
 )

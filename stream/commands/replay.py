@@ -1,0 +1,156 @@
+"""``ddsync replay --config FILE``: re-produce dead-letter records to their source topics.
+
+Exit status: 0 when the replay reached the end offsets or ``--limit``; 1 when it stopped on an
+error (printed as one line; what was acknowledged is committed, so a rerun resumes); 2 for a bad
+configuration or arguments; 128 + the signal number when SIGINT/SIGTERM interrupted it (after
+committing what was acknowledged). The report goes to stdout, logs to stderr; neither holds record
+values, error messages or secrets. See ``docs/replay.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+from stream.config import ConfigError, Settings, load_settings
+from stream.deadletter_headers import Reason
+from stream.replay import (
+    Replayer,
+    ReplayError,
+    ReplayFilter,
+    ReplayOptions,
+    ReplaySummary,
+    StopReason,
+    format_summary,
+    replay_group,
+    run_replay,
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="re-produce dead-letter records to their source topics",
+        description="Re-produce chosen dead-letter records, key and value unchanged, to their "
+        "source topics. Commits as it goes, so an interrupted replay resumes; stops at the end "
+        "offsets it saw when it started; refuses records replayed dead_letter.max_replays times. "
+        "Repeat a filter to accept several values; different filters must all match.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the TOML configuration file")
+    parser.add_argument(
+        "--reason",
+        action="append",
+        choices=[r.value for r in Reason],
+        metavar="REASON",
+        help=f"only records dead-lettered for this reason ({', '.join(r.value for r in Reason)})",
+    )
+    parser.add_argument("--connector", action="append", metavar="C", help="only this connector")
+    parser.add_argument(
+        "--address-book", action="append", type=int, metavar="N", help="only this address book id"
+    )
+    parser.add_argument(
+        "--source-topic", action="append", metavar="T", help="only records from this topic"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report what would be replayed; produce nothing, commit nothing",
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="stop after replaying N records"
+    )
+    parser.add_argument(
+        "--group",
+        metavar="G",
+        help="the replay's consumer group (default: <kafka.group_id>.replay)",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"ddsync: {exc}", file=sys.stderr)
+        return 2
+    if args.group is not None and not args.group.strip():
+        print("ddsync: --group must not be empty", file=sys.stderr)
+        return 2
+    return replay(settings, build_options(settings, args))
+
+
+def build_options(settings: Settings, args: argparse.Namespace) -> ReplayOptions:
+    """The replay the parsed arguments ask for; repeated filter flags accept several values."""
+    return ReplayOptions(
+        group=replay_group(settings, args.group),
+        record_filter=ReplayFilter(
+            reasons=frozenset(Reason(r) for r in args.reason or ()),
+            connector_ids=frozenset(args.connector or ()),
+            address_book_ids=frozenset(args.address_book or ()),
+            source_topics=frozenset(args.source_topic or ()),
+        ),
+        dry_run=args.dry_run,
+        limit=args.limit,
+    )
+
+
+def replay(settings: Settings, options: ReplayOptions) -> int:
+    """Run the replay and print its report; returns the exit status."""
+    signalled: list[int] = []
+
+    def install(replayer: Replayer) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            signalled.append(signum)
+            replayer.stop()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+        print(
+            f"{'dry run of replay' if options.dry_run else 'replaying'} "
+            f"{settings.kafka.dead_letter_topic} as group {options.group} "
+            f"({options.record_filter.describe()}; max_replays "
+            f"{settings.dead_letter.max_replays}): {replayer.backlog} record(s) to look at",
+            flush=True,
+        )
+
+    try:
+        summary = run_replay(settings, options, on_open=install)
+    except ReplayError as exc:
+        _report(exc.summary)
+        print(f"ddsync replay: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        text = error.str() if isinstance(error, KafkaError) else str(exc)
+        print(f"ddsync replay: Kafka: {text}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C while connecting, before the handler that stops cleanly was installed.
+        print("ddsync replay: interrupted before it started; nothing replayed", file=sys.stderr)
+        return 128 + signal.SIGINT
+    _report(summary)
+    if summary.stopped is StopReason.INTERRUPTED:
+        return 128 + (signalled[0] if signalled else signal.SIGINT)
+    return 0
+
+
+def _report(summary: ReplaySummary) -> None:
+    for line in format_summary(summary):
+        print(line)
+    sys.stdout.flush()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -1,0 +1,705 @@
+"""Replaying the dead-letter topic: re-produce chosen records to their source topic.
+
+An operator fixes what made records fail (a password, an address book, a bug) and then replays
+them: each chosen dead-letter record's original key and value go back, unchanged, to the topic
+they came from (header ``ddsync.source_topic``), where ddsync consumes them like new records.
+
+Contract:
+
+* Choice: :class:`ReplayFilter` keeps records whose reason, connector, address book and source
+  topic are each among the given values (an empty set accepts anything). Records it rejects are
+  *skipped by filter*.
+* Guard: a chosen record whose ``ddsync.replay_count`` has reached ``max_replays`` is *refused*
+  (counted and logged, never produced), so a record that keeps failing cannot loop for ever.
+* Malformed records (no or broken ``ddsync.*`` headers, or a source topic that is the dead-letter
+  topic itself) are reported and skipped; they never stop the run.
+* A replayed record carries the original record's own headers plus ``ddsync.replay_count`` =
+  previous + 1 (:func:`stream.deadletter_headers.replay_headers`); no other ``ddsync.*`` header.
+* Offsets: the replay has its own consumer group. It starts at the group's committed offsets (the
+  earliest offset when there are none) and stops at the end offsets captured when it starts, so
+  it terminates while new dead letters keep arriving. Offsets are committed batch by batch and
+  only after every record produced in the batch was acknowledged (acks=all, idempotent
+  producer); a partition whose record failed to deliver is committed only up to that record.
+  An interrupted replay therefore resumes where it stopped: nothing is lost, and nothing is
+  replayed twice except what was produced but not yet committed when it died (at-least-once).
+  Skipped, refused and malformed records are committed past like replayed ones: a group's
+  committed offset means "this replay has decided about everything before it".
+* Dry run: the same decisions, nothing produced and nothing committed.
+* Reports never hold record values or error messages (either may be personal data); keys
+  (profile ids), reasons, error codes and positions are enough to act on.
+
+The pure part (:class:`ReplayFilter`, :func:`decide`, :func:`format_summary`) knows nothing of
+Kafka; :class:`Replayer` is the thin Kafka edge around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from stream.config import Settings
+from stream.deadletter_headers import DeadLetter, Reason, replay_headers
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE: Final = 500
+SAMPLE_SIZE: Final = 5
+KEY_PREVIEW_CHARS: Final = 64
+# librdkafka's "no committed offset" marker (OFFSET_INVALID).
+_NO_OFFSET: Final = -1001
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One consumed dead-letter record, as the replay needs it (headers normalised to bytes)."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"dead-letter [{self.partition}]@{self.offset}"
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFilter:
+    """Which dead-letter records to replay. Each empty set means "any"; sets combine with AND."""
+
+    reasons: frozenset[Reason] = frozenset()
+    connector_ids: frozenset[str] = frozenset()
+    address_book_ids: frozenset[int] = frozenset()
+    source_topics: frozenset[str] = frozenset()
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """True when ``letter`` passes every non-empty criterion.
+
+        A record whose connector or address book is unknown (``None``, e.g. its value was not
+        JSON) never matches a connector or address-book criterion.
+        """
+        if self.reasons and letter.reason not in self.reasons:
+            return False
+        if self.connector_ids and letter.connector_id not in self.connector_ids:
+            return False
+        if self.address_book_ids and letter.address_book_id not in self.address_book_ids:
+            return False
+        return not self.source_topics or letter.source_topic in self.source_topics
+
+    def describe(self) -> str:
+        """One line for the report, e.g. ``reason in {auth_failed}, connector in {eu-main}``."""
+        parts = [
+            f"{name} in {{{', '.join(sorted(str(v) for v in values))}}}"
+            for name, values in (
+                ("reason", self.reasons),
+                ("connector", self.connector_ids),
+                ("address book", self.address_book_ids),
+                ("source topic", self.source_topics),
+            )
+            if values
+        ]
+        return ", ".join(parts) or "all records"
+
+
+class Verdict(StrEnum):
+    REPLAY = "replay"
+    REFUSED = "refused"  # replayed max_replays times already
+    FILTERED = "filtered"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one dead-letter record. ``letter`` is None only when MALFORMED, and
+    ``problem`` says why (it names a header, never a record value)."""
+
+    verdict: Verdict
+    letter: DeadLetter | None = None
+    problem: str | None = None
+
+
+def decide(
+    headers: Iterable[tuple[str, bytes | str | None]] | None,
+    record_filter: ReplayFilter,
+    max_replays: int,
+    dead_letter_topic: str,
+) -> Decision:
+    """Decide about one dead-letter record from its headers. Never raises.
+
+    Order: malformed, then the filter, then the max-replays guard, so "refused" only counts
+    records the operator actually chose.
+    """
+    try:
+        letter = DeadLetter.from_headers(list(headers or ()))
+    except ValueError as exc:  # MalformedDeadLetter, or a value DeadLetter itself rejects
+        return Decision(Verdict.MALFORMED, problem=str(exc))
+    if not letter.source_topic:
+        return Decision(Verdict.MALFORMED, letter, "header ddsync.source_topic is empty")
+    if letter.source_topic == dead_letter_topic:
+        # Producing it would put the record straight back where it is: a loop, not a replay.
+        return Decision(Verdict.MALFORMED, letter, "its source topic is the dead-letter topic")
+    if not record_filter.matches(letter):
+        return Decision(Verdict.FILTERED, letter)
+    if letter.replay_count >= max_replays:
+        return Decision(Verdict.REFUSED, letter)
+    return Decision(Verdict.REPLAY, letter)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One record for the report: where it is, where it came from, why it failed."""
+
+    dead_letter_partition: int
+    dead_letter_offset: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    error_code: str
+    replay_count: int
+    key: str
+
+    def describe(self) -> str:
+        code = f" code={self.error_code}" if self.error_code else ""
+        return (
+            f"{self.source_topic}[{self.source_partition}]@{self.source_offset}"
+            f" reason={self.reason}{code} key={self.key} replays={self.replay_count}"
+            f" (dead-letter [{self.dead_letter_partition}]@{self.dead_letter_offset})"
+        )
+
+
+def key_preview(key: bytes | None) -> str:
+    """A record key for humans: quoted, undecodable bytes replaced, cut to a bounded length."""
+    if key is None:
+        return "(none)"
+    text = key.decode("utf-8", errors="replace")
+    if len(text) > KEY_PREVIEW_CHARS:
+        text = text[:KEY_PREVIEW_CHARS] + "…"
+    return repr(text)
+
+
+class StopReason(StrEnum):
+    END = "end"  # reached the end offsets captured at start
+    LIMIT = "limit"  # replayed --limit records
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM
+    FAILED = "failed"  # a record could not be produced, or offsets could not be committed
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    """What a replay did (or, dry run, would do)."""
+
+    dry_run: bool
+    group: str
+    stopped: StopReason
+    replayed: int = 0
+    refused: int = 0
+    filtered: int = 0
+    malformed: int = 0
+    # (reason, source topic) -> records replayed (would be, in a dry run).
+    by_reason_and_topic: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    samples: tuple[Sample, ...] = ()
+    malformed_samples: tuple[str, ...] = ()
+
+
+def format_summary(summary: ReplaySummary) -> list[str]:
+    """The report's lines: per reason and source topic, samples (dry run), malformed, totals."""
+    verb = "would replay" if summary.dry_run else "replayed"
+    lines: list[str] = []
+    if summary.by_reason_and_topic:
+        lines.append(f"{verb} by reason and source topic:")
+        for (reason, topic), count in sorted(summary.by_reason_and_topic.items()):
+            lines.append(f"  {reason} -> {topic}: {count}")
+    if summary.dry_run and summary.samples:
+        lines.append(f"first {len(summary.samples)} to replay:")
+        lines.extend(f"  {sample.describe()}" for sample in summary.samples)
+    if summary.malformed_samples:
+        lines.append(f"malformed (skipped), first {len(summary.malformed_samples)}:")
+        lines.extend(f"  {text}" for text in summary.malformed_samples)
+    totals = (
+        f"{verb} {summary.replayed}, refused (too many replays) {summary.refused}, "
+        f"skipped by filter {summary.filtered}, malformed {summary.malformed}"
+    )
+    if summary.dry_run:
+        totals = f"dry run: {totals}; nothing produced, no offsets committed"
+    lines.append(totals)
+    if summary.stopped is StopReason.LIMIT:
+        lines.append("stopped at --limit; run again to continue where this run stopped")
+    elif summary.stopped is StopReason.INTERRUPTED:
+        lines.append("interrupted; run again to continue where this run stopped")
+    elif summary.stopped is StopReason.FAILED:
+        lines.append("stopped by an error; fix it and run again to continue")
+    return lines
+
+
+class _Tally:
+    """The mutable counts behind a :class:`ReplaySummary` (one run, one thread)."""
+
+    def __init__(self, sample_size: int) -> None:
+        self.counts: Counter[Verdict] = Counter()
+        self.by_reason_and_topic: Counter[tuple[str, str]] = Counter()
+        self.samples: list[Sample] = []
+        self.malformed_samples: list[str] = []
+        self._sample_size = sample_size
+
+    def add(self, decision: Decision, record: DeadLetterRecord) -> None:
+        self.counts[decision.verdict] += 1
+        letter = decision.letter
+        if decision.verdict is Verdict.MALFORMED:
+            if len(self.malformed_samples) < self._sample_size:
+                self.malformed_samples.append(f"{record.where}: {decision.problem}")
+        elif decision.verdict is Verdict.REPLAY and letter is not None:
+            self.by_reason_and_topic[(letter.reason.value, letter.source_topic)] += 1
+            if len(self.samples) < self._sample_size:
+                self.samples.append(
+                    Sample(
+                        dead_letter_partition=record.partition,
+                        dead_letter_offset=record.offset,
+                        source_topic=letter.source_topic,
+                        source_partition=letter.source_partition,
+                        source_offset=letter.source_offset,
+                        reason=letter.reason.value,
+                        error_code=letter.error_code,
+                        replay_count=letter.replay_count,
+                        key=key_preview(record.key),
+                    )
+                )
+
+    def summary(self, dry_run: bool, group: str, stopped: StopReason) -> ReplaySummary:
+        return ReplaySummary(
+            dry_run=dry_run,
+            group=group,
+            stopped=stopped,
+            replayed=self.counts[Verdict.REPLAY],
+            refused=self.counts[Verdict.REFUSED],
+            filtered=self.counts[Verdict.FILTERED],
+            malformed=self.counts[Verdict.MALFORMED],
+            by_reason_and_topic=dict(self.by_reason_and_topic),
+            samples=tuple(self.samples),
+            malformed_samples=tuple(self.malformed_samples),
+        )
+
+
+# --------------------------------------------------------------------------- the Kafka edge
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """One replay run. ``limit``: stop after this many records replayed (None: no limit).
+
+    ``idle_timeout``: give up when no record arrives for this long although some partition has
+    not reached its end offset (the broker is gone), instead of waiting for ever.
+    """
+
+    group: str
+    record_filter: ReplayFilter = ReplayFilter()
+    dry_run: bool = False
+    limit: int | None = None
+    batch_size: int = BATCH_SIZE
+    sample_size: int = SAMPLE_SIZE
+    idle_timeout: float = 60.0
+    flush_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            raise ValueError("the replay group must not be empty")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+
+class ReplayError(Exception):
+    """The replay stopped before its end. Offsets of what was done are committed (except in a
+    dry run); ``summary`` says what was done."""
+
+    def __init__(self, message: str, summary: ReplaySummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def replay_group(settings: Settings, group: str | None = None) -> str:
+    """The replay's consumer group: ``group`` if given, else ``<kafka.group_id>.replay``."""
+    return group or f"{settings.kafka.group_id}.replay"
+
+
+class Replayer:
+    """Replays the dead-letter topic of ``settings`` once, from the group's committed offsets to
+    the end offsets captured on :meth:`open` (or on entering the ``with`` block).
+
+    Use::
+
+        with Replayer(settings, options) as replayer:
+            summary = replayer.run()
+
+    :meth:`stop` may be called from another thread or a signal handler; the run then finishes
+    the record in hand, commits what was acknowledged and returns with ``StopReason.INTERRUPTED``.
+    """
+
+    def __init__(self, settings: Settings, options: ReplayOptions) -> None:
+        self._settings = settings
+        self._options = options
+        self._topic = settings.kafka.dead_letter_topic
+        self._max_replays = settings.dead_letter.max_replays
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._tally = _Tally(options.sample_size)
+        self.start_offsets: dict[int, int] = {}
+        self.end_offsets: dict[int, int] = {}
+        # Next dead-letter offset to commit per partition: everything below it was decided and,
+        # when replayed, handed to the producer.
+        self._positions: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        # Lowest dead-letter offset per partition whose replay the broker refused.
+        self._failed: dict[int, int] = {}
+        self._failure: str | None = None
+        self._known_topics: set[str] = set()
+
+    # -- lifecycle
+
+    def __enter__(self) -> Replayer:
+        try:
+            self.open()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: leave no client behind.
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect, read the group's committed offsets and capture the end offsets.
+
+        Raises :class:`ReplayError` when the dead-letter topic does not exist, and
+        ``KafkaException`` when the cluster cannot be reached.
+        """
+        self._consumer = Consumer(self._consumer_config())
+        if not self._options.dry_run:
+            self._producer = Producer(self._producer_config())
+        metadata = self._consumer.list_topics(self._topic, timeout=30)
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise ReplayError(f"dead-letter topic {self._topic} does not exist", self._summary())
+        partitions = sorted(topic.partitions)
+        committed = self._consumer.committed(
+            [TopicPartition(self._topic, p) for p in partitions], timeout=30
+        )
+        for tp in committed:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+            # No commit yet: from the beginning. A commit below the low watermark: those records
+            # were deleted by retention, so start at what is left.
+            start = low if tp.offset == _NO_OFFSET else max(tp.offset, low)
+            self.start_offsets[tp.partition] = start
+            self.end_offsets[tp.partition] = high
+            self._positions[tp.partition] = start
+            self._committed[tp.partition] = start
+        pending = [
+            TopicPartition(self._topic, p, self.start_offsets[p])
+            for p in partitions
+            if self.start_offsets[p] < self.end_offsets[p]
+        ]
+        if pending:
+            self._consumer.assign(pending)
+        log.debug(
+            "replaying %s as group %s: %d record(s) before the end offsets",
+            self._topic,
+            self._options.group,
+            self.backlog,
+        )
+
+    def close(self) -> None:
+        if self._producer is not None:
+            # Anything still queued was not committed; flushing only saves a duplicate later.
+            self._producer.flush(self._options.flush_timeout)
+            self._producer = None
+        if self._consumer is not None:
+            # Auto commit is off, so closing commits nothing (the dry run's promise).
+            self._consumer.close()
+            self._consumer = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def backlog(self) -> int:
+        """Dead-letter records between the start and the end offsets (the upper bound of work)."""
+        return sum(self.end_offsets[p] - self.start_offsets[p] for p in self.end_offsets)
+
+    # -- the run
+
+    def run(self) -> ReplaySummary:
+        """Replay until the end offsets, the limit, or :meth:`stop`. Raises :class:`ReplayError`
+        when a record cannot be produced or offsets cannot be committed."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("Replayer.run() before open()")
+        pending = {p for p in self.end_offsets if self._positions[p] < self.end_offsets[p]}
+        stopped = StopReason.END
+        last_progress = time.monotonic()
+        while pending:
+            if self._stop.is_set():
+                stopped = StopReason.INTERRUPTED
+                break
+            messages = consumer.consume(self._options.batch_size, timeout=0.5)
+            for message in messages:
+                if self._stop.is_set():
+                    stopped = StopReason.INTERRUPTED
+                    break
+                record = self._record(message)
+                if record is None or record.partition not in pending:
+                    continue
+                partition = record.partition
+                if record.offset >= self.end_offsets[partition]:
+                    # Arrived after the start: the next replay's business.
+                    self._finish_partition(partition, pending)
+                    continue
+                self._handle(record)
+                last_progress = time.monotonic()
+                if self._positions[partition] >= self.end_offsets[partition]:
+                    self._finish_partition(partition, pending)
+                if pending and self._limit_reached():
+                    stopped = StopReason.LIMIT
+                    break
+            self._checkpoint()
+            if stopped is not StopReason.END:
+                break
+            if not messages:
+                self._skip_gaps(pending)
+                if pending and time.monotonic() - last_progress > self._options.idle_timeout:
+                    raise ReplayError(
+                        f"no dead-letter record arrived for {self._options.idle_timeout:.0f} s "
+                        "before the end offsets",
+                        self._summary(),
+                    )
+        return self._summary(stopped)
+
+    def _handle(self, record: DeadLetterRecord) -> None:
+        decision = decide(
+            record.headers, self._options.record_filter, self._max_replays, self._topic
+        )
+        where = record.where
+        letter = decision.letter
+        if decision.verdict is Verdict.MALFORMED:
+            log.warning("%s is malformed, skipped: %s", where, decision.problem)
+        elif decision.verdict is Verdict.REFUSED and letter is not None:
+            log.warning(
+                "%s (from %s[%d]@%d, %s) refused: replayed %d times, dead_letter.max_replays is %d",
+                where,
+                letter.source_topic,
+                letter.source_partition,
+                letter.source_offset,
+                letter.reason.value,
+                letter.replay_count,
+                self._max_replays,
+            )
+        elif (
+            decision.verdict is Verdict.REPLAY and letter is not None and not self._options.dry_run
+        ):
+            self._produce(record, letter)
+        self._tally.add(decision, record)
+        self._positions[record.partition] = record.offset + 1
+
+    def _produce(self, record: DeadLetterRecord, letter: DeadLetter) -> None:
+        producer = self._producer
+        assert producer is not None  # open() made one unless dry run
+        self._require_topic(letter.source_topic)
+        partition, offset = record.partition, record.offset
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                return
+            # The idempotent producer already retried until delivery.timeout.ms: give up on this
+            # partition from here, so the commit stops below this record.
+            self._failed[partition] = min(self._failed.get(partition, offset), offset)
+            self._failure = self._failure or (
+                f"could not replay dead-letter [{partition}]@{offset} to "
+                f"{letter.source_topic}: {error.str()}"
+            )
+
+        # confluent-kafka's produce() takes str-or-bytes values; the list type must say so.
+        headers: list[tuple[str, str | bytes | None]] = list(replay_headers(letter, record.headers))
+        while True:
+            try:
+                producer.produce(
+                    letter.source_topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=headers,
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room.
+                producer.poll(0.1)
+        producer.poll(0)
+
+    def _require_topic(self, topic: str) -> None:
+        """Refuse to produce to a topic that does not exist: the broker might create it with the
+        wrong layout, or the record would wait in the queue until it times out."""
+        if topic in self._known_topics:
+            return
+        assert self._consumer is not None
+        metadata = self._consumer.list_topics(topic, timeout=30)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            self._checkpoint()
+            raise ReplayError(
+                f"source topic {topic} does not exist; create it, or leave its records out "
+                f"with --source-topic; committed what was replayed before it",
+                self._summary(),
+            )
+        self._known_topics.add(topic)
+
+    def _checkpoint(self) -> None:
+        """Wait until every produced record is acknowledged, then commit the positions.
+
+        Raises :class:`ReplayError` (after committing below the failed record) when the broker
+        refused a record.
+        """
+        if self._options.dry_run:
+            return
+        assert self._producer is not None
+        assert self._consumer is not None
+        unacknowledged: int = self._producer.flush(self._options.flush_timeout)
+        offsets = {
+            p: min(position, self._failed.get(p, position))
+            for p, position in self._positions.items()
+        }
+        if unacknowledged:
+            # Not known to be on the source topic: commit nothing this round; a rerun re-reads.
+            raise ReplayError(
+                f"{unacknowledged} replayed record(s) not acknowledged within "
+                f"{self._options.flush_timeout:.0f} s; offsets not committed",
+                self._summary(),
+            )
+        moved = [
+            TopicPartition(self._topic, p, offset)
+            for p, offset in offsets.items()
+            if offset > self._committed[p]
+        ]
+        if moved:
+            try:
+                self._consumer.commit(offsets=moved, asynchronous=False)
+            except KafkaException as exc:
+                raise ReplayError(
+                    f"could not commit the replay's offsets: {exc}; a rerun replays this batch "
+                    "again",
+                    self._summary(),
+                ) from None
+            for tp in moved:
+                self._committed[tp.partition] = tp.offset
+            log.debug("committed %s", {tp.partition: tp.offset for tp in moved})
+        if self._failure:
+            raise ReplayError(self._failure, self._summary())
+
+    def _skip_gaps(self, pending: set[int]) -> None:
+        """Finish partitions whose position passed their end offset without a record to show
+        for it (transaction markers, compaction): otherwise the run would wait for ever."""
+        assert self._consumer is not None
+        tps = [TopicPartition(self._topic, p) for p in pending]
+        for tp in self._consumer.position(tps):
+            if tp.offset >= self.end_offsets[tp.partition]:
+                self._positions[tp.partition] = self.end_offsets[tp.partition]
+                self._finish_partition(tp.partition, pending)
+
+    def _finish_partition(self, partition: int, pending: set[int]) -> None:
+        pending.discard(partition)
+        self._positions[partition] = max(self._positions[partition], self.end_offsets[partition])
+        assert self._consumer is not None
+        # Stop fetching records that arrived after the start.
+        self._consumer.pause([TopicPartition(self._topic, partition)])
+
+    def _limit_reached(self) -> bool:
+        limit = self._options.limit
+        return limit is not None and self._tally.counts[Verdict.REPLAY] >= limit
+
+    def _record(self, message: Message) -> DeadLetterRecord | None:
+        """The record of a consumed message; None for an event (an error that is not fatal)."""
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return None
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("consuming %s: %s", self._topic, error.str())
+            return None
+        partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None:
+            return None
+        raw = message.headers() or ()
+        pairs = raw.items() if isinstance(raw, Mapping) else raw
+        return DeadLetterRecord(
+            partition=partition,
+            offset=offset,
+            key=message.key(),
+            value=message.value(),
+            headers=tuple(
+                (name, value.encode("utf-8") if isinstance(value, str) else value)
+                for name, value in pairs
+            ),
+        )
+
+    def _summary(self, stopped: StopReason = StopReason.FAILED) -> ReplaySummary:
+        return self._tally.summary(self._options.dry_run, self._options.group, stopped)
+
+    def _consumer_config(self) -> dict[str, Any]:
+        kafka = self._settings.kafka
+        config: dict[str, Any] = {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "auto.offset.reset": "earliest",
+        }
+        config.update(kafka.consumer)
+        # What the replay's guarantees rest on; not overridable.
+        config.update(
+            {
+                "group.id": self._options.group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            }
+        )
+        return config
+
+    def _producer_config(self) -> dict[str, Any]:
+        kafka = self._settings.kafka
+        config: dict[str, Any] = {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+        }
+        config.update(kafka.producer)
+        config.update({"acks": "all", "enable.idempotence": True})
+        return config
+
+
+def run_replay(
+    settings: Settings,
+    options: ReplayOptions,
+    on_open: Callable[[Replayer], None] | None = None,
+) -> ReplaySummary:
+    """Open, run and close a :class:`Replayer`; ``on_open`` sees it before the run starts (the
+    CLI installs signal handlers there, tests add records after the end offsets were taken)."""
+    with Replayer(settings, options) as replayer:
+        if on_open is not None:
+            on_open(replayer)
+        return replayer.run()

@@ -1,0 +1,434 @@
+"""``ddsync replay`` against a real broker.
+
+Dead-letter records are built the way the pipeline builds them (the original key, value and
+headers plus :meth:`DeadLetter.to_headers`, through an idempotent producer), then replayed; each
+test reads the source topics and the replay group's committed offsets back from the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream.config import DeadLetterSettings, KafkaSettings, Settings
+from stream.deadletter_headers import (
+    H_REPLAY_COUNT,
+    H_SOURCE_TOPIC,
+    DeadLetter,
+    Reason,
+    replay_count_of,
+)
+from stream.replay import (
+    Replayer,
+    ReplayError,
+    ReplayFilter,
+    ReplayOptions,
+    StopReason,
+    run_replay,
+)
+from tests.conftest import KafkaCluster
+from tests.support.processes import password_env, write_config
+
+pytestmark = pytest.mark.integration
+
+FAILED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+NO_OFFSET = -1001
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead-letter record to put on the topic: the original record and why it failed."""
+
+    key: bytes | None
+    value: bytes | None
+    letter: DeadLetter
+    headers: tuple[tuple[str, bytes], ...] = (("traceparent", b"00-abc-def-01"),)
+
+
+@dataclass(frozen=True)
+class Read:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class Setup:
+    """Two source topics, a dead-letter topic and a unique replay group for one test."""
+
+    def __init__(self, kafka: KafkaCluster, dlq_partitions: int = 1, max_replays: int = 3) -> None:
+        self.kafka = kafka
+        self.audience = kafka.create_topic(partitions=2)
+        self.journey = kafka.create_topic(partitions=1)
+        self.dlq = kafka.create_topic(partitions=dlq_partitions)
+        self.dlq_partitions = dlq_partitions
+        self.group = f"replay-{uuid.uuid4().hex[:8]}"
+        self.settings = Settings(
+            kafka=KafkaSettings(
+                bootstrap_servers=kafka.bootstrap_servers,
+                group_id="ddsync-test",
+                topics=(self.audience, self.journey),
+                dead_letter_topic=self.dlq,
+            ),
+            connectors={},
+            dead_letter=DeadLetterSettings(max_replays=max_replays),
+        )
+        self._source_offset = 0
+
+    def letter(
+        self,
+        n: int,
+        *,
+        reason: Reason = Reason.RETRIES_EXHAUSTED,
+        topic: str | None = None,
+        connector: str | None = "eu-main",
+        book: int | None = 100,
+        replay_count: int = 0,
+    ) -> Letter:
+        self._source_offset += 1
+        return Letter(
+            key=f"profile-{n}".encode(),
+            value=f'{{"event_id": "evt-{n}", "email": "person{n}@example.com"}}'.encode(),
+            letter=DeadLetter(
+                reason=reason,
+                error_code="ERROR_X",
+                error_message=f"failed for person{n}@example.com",
+                source_topic=topic or self.audience,
+                source_partition=n % 2,
+                source_offset=self._source_offset,
+                failed_at=FAILED_AT,
+                attempts=3,
+                replay_count=replay_count,
+                connector_id=connector,
+                address_book_id=book,
+                event_id=f"evt-{n}",
+            ),
+        )
+
+    def put(self, letters: Iterable[Letter], *, partition: int | None = None) -> None:
+        """Produce dead letters as DeadLetterPublisher does: original headers + letter headers."""
+        producer = Producer(
+            {"bootstrap.servers": self.kafka.bootstrap_servers, "enable.idempotence": True}
+        )
+        for n, item in enumerate(letters):
+            producer.produce(
+                self.dlq,
+                key=item.key,
+                value=item.value,
+                headers=[*item.headers, *item.letter.to_headers()],
+                partition=n % self.dlq_partitions if partition is None else partition,
+            )
+        assert producer.flush(30) == 0
+
+    def put_raw(self, key: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:
+        producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers})
+        producer.produce(self.dlq, key=key, value=b"{}", headers=headers)
+        assert producer.flush(30) == 0
+
+    def options(self, **overrides: object) -> ReplayOptions:
+        fields: dict[str, object] = {"group": self.group}
+        fields.update(overrides)
+        return ReplayOptions(**fields)  # type: ignore[arg-type]
+
+    def read(self, topic: str) -> list[Read]:
+        """Everything on ``topic`` up to its current end (assign, no group: fast and exact)."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.kafka.bootstrap_servers, "group.id": "reader"}
+        )
+        try:
+            partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in partitions
+            }
+            wanted = {p: end for p, end in ends.items() if end > 0}
+            consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
+            found: list[Read] = []
+            while wanted:
+                message = consumer.poll(10)
+                assert message is not None, f"{topic} ran dry before its end offsets"
+                assert message.error() is None, message.error()
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None
+                assert offset is not None
+                raw = message.headers() or []
+                pairs = raw.items() if isinstance(raw, dict) else raw
+                headers = [(k, v) for k, v in pairs if isinstance(v, bytes)]
+                found.append(Read(partition, offset, message.key(), message.value(), headers))
+                if offset + 1 >= wanted.get(partition, 0):
+                    wanted.pop(partition, None)
+            return found
+        finally:
+            consumer.close()
+
+    def committed(self) -> list[int]:
+        consumer = Consumer(
+            {"bootstrap.servers": self.kafka.bootstrap_servers, "group.id": self.group}
+        )
+        try:
+            tps = [TopicPartition(self.dlq, p) for p in range(self.dlq_partitions)]
+            return [tp.offset for tp in consumer.committed(tps, timeout=30)]
+        finally:
+            consumer.close()
+
+
+def by_key(records: Iterable[Read]) -> dict[bytes | None, Read]:
+    return {r.key: r for r in records}
+
+
+def test_replays_the_filtered_subset_with_original_key_value_and_incremented_count(
+    kafka: KafkaCluster,
+) -> None:
+    setup = Setup(kafka)
+    chosen = [
+        setup.letter(1, reason=Reason.AUTH_FAILED),
+        setup.letter(2, reason=Reason.AUTH_FAILED, replay_count=1),
+        setup.letter(3, reason=Reason.AUTH_FAILED, topic=setup.journey),
+    ]
+    others = [
+        setup.letter(4, reason=Reason.CONTACT_REJECTED),
+        setup.letter(5, reason=Reason.AUTH_FAILED, connector="us-main"),
+        setup.letter(6, reason=Reason.AUTH_FAILED, book=200),
+        setup.letter(7, reason=Reason.INVALID_EVENT, connector=None, book=None),
+    ]
+    setup.put([chosen[0], others[0], chosen[1], others[1], others[2], chosen[2], others[3]])
+
+    summary = run_replay(
+        setup.settings,
+        setup.options(
+            record_filter=ReplayFilter(
+                reasons=frozenset({Reason.AUTH_FAILED}),
+                connector_ids=frozenset({"eu-main"}),
+                address_book_ids=frozenset({100}),
+            )
+        ),
+    )
+
+    assert (summary.replayed, summary.refused, summary.filtered, summary.malformed) == (3, 0, 4, 0)
+    assert summary.stopped is StopReason.END
+    assert summary.by_reason_and_topic == {
+        ("auth_failed", setup.audience): 2,
+        ("auth_failed", setup.journey): 1,
+    }
+    audience = by_key(setup.read(setup.audience))
+    journey = by_key(setup.read(setup.journey))
+    assert set(audience) == {b"profile-1", b"profile-2"}
+    assert set(journey) == {b"profile-3"}
+    for original in chosen:
+        landed = {**audience, **journey}[original.key]
+        assert landed.value == original.value
+        # The original's own headers travel on; of ddsync's, only the new replay count.
+        assert landed.headers == [
+            ("traceparent", b"00-abc-def-01"),
+            (H_REPLAY_COUNT, str(original.letter.replay_count + 1).encode()),
+        ]
+        assert replay_count_of(landed.headers) == original.letter.replay_count + 1
+    # Everything up to the end was decided about, the skipped records included.
+    assert setup.committed() == [7]
+
+
+def test_dry_run_produces_nothing_and_commits_nothing(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    setup.put(
+        [
+            setup.letter(1, reason=Reason.AUTH_FAILED),
+            setup.letter(2, reason=Reason.CONTACT_REJECTED, topic=setup.journey),
+            setup.letter(3, reason=Reason.AUTH_FAILED, replay_count=3),
+        ]
+    )
+
+    summary = run_replay(setup.settings, setup.options(dry_run=True))
+
+    assert summary.dry_run
+    assert (summary.replayed, summary.refused, summary.filtered) == (2, 1, 0)
+    assert [(s.key, s.reason, s.dead_letter_offset) for s in summary.samples] == [
+        ("'profile-1'", "auth_failed", 0),
+        ("'profile-2'", "contact_rejected", 1),
+    ]
+    assert setup.read(setup.audience) == []
+    assert setup.read(setup.journey) == []
+    assert setup.committed() == [NO_OFFSET]
+    # A real run afterwards still finds everything.
+    assert run_replay(setup.settings, setup.options()).replayed == 2
+
+
+def test_records_replayed_max_replays_times_are_refused(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka, max_replays=2)
+    setup.put(
+        [
+            setup.letter(1, replay_count=0),
+            setup.letter(2, replay_count=1),
+            setup.letter(3, replay_count=2),
+            setup.letter(4, replay_count=5),
+        ]
+    )
+
+    summary = run_replay(setup.settings, setup.options())
+
+    assert (summary.replayed, summary.refused) == (2, 2)
+    landed = by_key(setup.read(setup.audience))
+    assert set(landed) == {b"profile-1", b"profile-2"}
+    assert replay_count_of(landed[b"profile-2"].headers) == 2
+    assert setup.committed() == [4]
+
+
+def test_an_interrupted_replay_resumes_without_loss_or_repeats(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka, dlq_partitions=2)
+    letters = [setup.letter(n) for n in range(10)]
+    setup.put(letters)
+
+    first = run_replay(setup.settings, setup.options(limit=4, batch_size=3))
+    assert (first.replayed, first.stopped) == (4, StopReason.LIMIT)
+    # Whichever partitions the records came from, exactly those 4 are behind the commits.
+    assert sum(max(offset, 0) for offset in setup.committed()) == 4
+    assert len(setup.read(setup.audience)) == 4
+
+    second = run_replay(setup.settings, setup.options(batch_size=3))
+    assert (second.replayed, second.stopped) == (6, StopReason.END)
+    landed = [r.key or b"" for r in setup.read(setup.audience)]
+    assert sorted(landed) == sorted(letter.key or b"" for letter in letters)  # each exactly once
+    assert setup.committed() == [5, 5]
+
+    third = run_replay(setup.settings, setup.options())
+    assert (third.replayed, third.filtered, third.refused) == (0, 0, 0)
+
+
+def test_malformed_records_are_reported_and_skipped(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    setup.put([setup.letter(1)])
+    setup.put_raw(b"no-headers", [])
+    setup.put_raw(b"bad-reason", [*setup.letter(2).letter.to_headers(), ("ddsync.reason", b"??")])
+    setup.put_raw(
+        b"loop",
+        [*setup.letter(3).letter.to_headers(), (H_SOURCE_TOPIC, setup.dlq.encode())],
+    )
+    setup.put([setup.letter(4)])
+
+    summary = run_replay(setup.settings, setup.options())
+
+    assert (summary.replayed, summary.malformed) == (2, 3)
+    assert summary.malformed_samples == (
+        "dead-letter [0]@1: header ddsync.reason is missing",
+        "dead-letter [0]@2: header ddsync.reason is unknown: '??'",
+        "dead-letter [0]@3: its source topic is the dead-letter topic",
+    )
+    assert set(by_key(setup.read(setup.audience))) == {b"profile-1", b"profile-4"}
+    assert setup.committed() == [5]
+
+
+def test_stops_at_the_end_offsets_taken_at_start(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    setup.put([setup.letter(1), setup.letter(2)])
+
+    def more_arrive(replayer: Replayer) -> None:
+        assert replayer.backlog == 2
+        setup.put([setup.letter(3), setup.letter(4)])
+
+    summary = run_replay(setup.settings, setup.options(), on_open=more_arrive)
+
+    assert summary.replayed == 2
+    assert set(by_key(setup.read(setup.audience))) == {b"profile-1", b"profile-2"}
+    assert setup.committed() == [2]
+    assert run_replay(setup.settings, setup.options()).replayed == 2
+
+
+def test_stop_finishes_cleanly_and_a_rerun_does_the_rest(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    setup.put([setup.letter(1), setup.letter(2)])
+
+    summary = run_replay(setup.settings, setup.options(), on_open=lambda r: r.stop())
+
+    assert (summary.replayed, summary.stopped) == (0, StopReason.INTERRUPTED)
+    assert setup.committed() == [NO_OFFSET]
+    assert run_replay(setup.settings, setup.options()).replayed == 2
+    assert len(setup.read(setup.audience)) == 2
+
+
+def test_a_missing_source_topic_stops_the_run_before_that_record(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    setup.put(
+        [setup.letter(1), setup.letter(2, topic=f"gone-{uuid.uuid4().hex[:8]}"), setup.letter(3)]
+    )
+
+    with pytest.raises(ReplayError, match=r"source topic gone-\w+ does not exist") as failure:
+        run_replay(setup.settings, setup.options())
+
+    assert failure.value.summary.replayed == 1
+    assert set(by_key(setup.read(setup.audience))) == {b"profile-1"}
+    assert setup.committed() == [1]  # the record of the missing topic is read again next time
+
+
+def test_cli_dry_run_then_replay_as_a_real_process(kafka: KafkaCluster, tmp_path: Path) -> None:
+    setup = Setup(kafka)
+    setup.put(
+        [
+            setup.letter(1, reason=Reason.AUTH_FAILED),
+            setup.letter(2, reason=Reason.CONTACT_REJECTED),
+            setup.letter(3, reason=Reason.AUTH_FAILED, replay_count=3),
+        ]
+    )
+    config = write_config(
+        tmp_path / "ddsync.toml",
+        bootstrap=kafka.bootstrap_servers,
+        topics=[setup.audience, setup.journey],
+        dead_letter_topic=setup.dlq,
+        group="ddsync-cli",
+        connectors={"eu-main": ("apiuser-1@apiconnector.com", "http://127.0.0.1:9")},
+    )
+    env = {**os.environ, password_env("eu-main"): "cli-secret-password"}
+
+    def ddsync(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stream", "replay", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    dry = ddsync("--group", setup.group, "--reason", "auth_failed", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "auth_failed -> " + setup.audience + ": 1" in dry.stdout
+    assert f"{setup.audience}[1]@1 reason=auth_failed code=ERROR_X key='profile-1'" in dry.stdout
+    assert (
+        "dry run: would replay 1, refused (too many replays) 1, skipped by filter 1, malformed 0"
+        in dry.stdout
+    )
+    assert setup.committed() == [NO_OFFSET]
+
+    real = ddsync("--group", setup.group, "--reason", "auth_failed")
+    assert real.returncode == 0, real.stderr
+    assert (
+        "replayed 1, refused (too many replays) 1, skipped by filter 1, malformed 0"
+        in real.stdout.splitlines()
+    )
+    assert [r.key for r in setup.read(setup.audience)] == [b"profile-1"]
+    assert setup.committed() == [3]
+    for output in (dry.stdout + dry.stderr, real.stdout + real.stderr):
+        # No secret, no record value, no error message (personal data) in any output.
+        assert "cli-secret-password" not in output
+        assert "@example.com" not in output
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[kafka]\nbootstrap_servers = "x"\ntopics = "not-a-list"\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "stream", "replay", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0
+    assert run.stderr.startswith("ddsync: kafka.topics")
