@@ -1,0 +1,682 @@
+"""The deployment material under deploy/ checked against the code it deploys.
+
+* Prometheus rules and their unit tests pass ``promtool`` (Debian package ``prometheus``); each
+  alert's unit tests really pin it down (an always-firing or never-firing variant fails them).
+* Every metric and label the rules and the Grafana dashboard name is one ddsync exports
+  (``stream.metrics.Metrics``), so a rename breaks this test, not a dashboard in production.
+* The Kubernetes manifests agree with each other, with ``ddsync.toml`` as ``stream.config`` reads
+  it, and with the container image.
+* The Dockerfile's ENTRYPOINT and CMD parse as a real ``ddsync`` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from stream import cli
+from stream.commands import run as run_command
+from stream.config import MetricsSettings, Settings, load_settings
+from stream.metrics import Metrics
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+RULES = DEPLOY / "prometheus" / "ddsync-rules.yml"
+RULES_TEST = DEPLOY / "prometheus" / "ddsync-rules.test.yml"
+PROMETHEUS_EXAMPLE = DEPLOY / "prometheus" / "prometheus.example.yml"
+DASHBOARD = DEPLOY / "grafana" / "ddsync-dashboard.json"
+K8S = DEPLOY / "kubernetes"
+DOCKERFILE = DEPLOY / "container" / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+# Labels Prometheus attaches to every scraped series (plain scrape config and Prometheus
+# Operator), and the histogram bucket label. Anything else must be a label ddsync exports.
+TARGET_LABELS = frozenset(
+    {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
+)
+# Series a rule may use that Prometheus itself produces.
+PROMETHEUS_SERIES = frozenset({"up"})
+# Sections of README.md the runbook annotations point to (concept pages), and deploy/README.md.
+RUNBOOKS = frozenset(
+    {
+        "README.md#offsets",
+        "README.md#backpressure",
+        "README.md#dead-letter-topic",
+        "README.md#circuit-breaker",
+        "README.md#rate-limits",
+        "deploy/README.md",
+    }
+)
+
+
+# -- what ddsync exports -----------------------------------------------------------------------
+
+
+def exported_series() -> dict[str, frozenset[str]]:
+    """Every series name ddsync exports, with its label names, as prometheus_client renders it.
+
+    Labelled metrics export nothing until a child exists, so one child of each is created; the
+    names (``_total``, ``_bucket``/``_sum``/``_count``, ``_created``) then come from the client
+    library itself rather than from a rule of thumb.
+    """
+    metrics = Metrics()
+    for wrapper in vars(metrics).values():
+        if isinstance(wrapper, MetricWrapperBase) and wrapper._labelnames:
+            wrapper.labels(*("x" for _ in wrapper._labelnames))
+    series: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return {name: frozenset(labels) for name, labels in series.items()}
+
+
+EXPORTED = exported_series()
+
+
+def test_exported_series_are_derived_with_the_client_suffixes() -> None:
+    # The derivation itself: counters get _total, histograms _bucket/_sum/_count with `le`.
+    assert "ddsync_records_consumed_total" in EXPORTED
+    assert "ddsync_records_consumed" not in EXPORTED
+    assert EXPORTED["ddsync_flush_seconds_bucket"] == {"connector", "le"}
+    assert {"ddsync_flush_seconds_sum", "ddsync_flush_seconds_count"} <= EXPORTED.keys()
+    assert EXPORTED["ddsync_dead_letter_circuit_open"] == frozenset()
+    assert EXPORTED["ddsync_dispatch_failures_total"] == {"connector", "operation", "reason"}
+
+
+# -- PromQL references -------------------------------------------------------------------------
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_SELECTOR = re.compile(r"\b(ddsync_[a-zA-Z0-9_]*|up)\s*\{([^}]*)\}")
+_MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_IDENTIFIER = re.compile(r"(?<![\w:$.])[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def promql_problems(expr: str, recorded: frozenset[str] = frozenset()) -> list[str]:
+    """What in ``expr`` does not exist: metric names, matcher labels, grouping labels."""
+    problems: list[str] = []
+    used_labels: set[str] = set()
+    for name, matchers in _SELECTOR.findall(expr):
+        labels = set(_MATCHER_LABEL.findall(_STRING.sub('""', matchers)))
+        known = EXPORTED.get(name, frozenset()) | TARGET_LABELS
+        problems += [f"{name} has no label {label!r}" for label in sorted(labels - known)]
+    bare = _STRING.sub('""', expr)
+    bare = re.sub(r"\{[^}]*\}", "", bare)
+    metric_labels: set[str] = set()
+    for token in _IDENTIFIER.findall(bare):
+        if token.startswith("ddsync_"):
+            if token not in EXPORTED:
+                problems.append(f"{token} is not a series ddsync exports")
+            else:
+                metric_labels |= EXPORTED[token]
+        elif token.startswith("ddsync:") and token not in recorded:
+            problems.append(f"{token} is not a recording rule of {RULES.name}")
+    for group in _GROUPING.findall(bare):
+        used_labels.update(label.strip() for label in group.split(",") if label.strip())
+    known = metric_labels | TARGET_LABELS
+    problems += [f"grouping label {label!r} is on no series used" for label in used_labels - known]
+    return problems
+
+
+def test_promql_checker_flags_renamed_metrics_and_labels() -> None:
+    good = 'sum by (connector) (rate(ddsync_records_synced_total{operation="add"}[5m]))'
+    assert promql_problems(good) == []
+    assert promql_problems("rate(ddsync_records_synced[5m])") == [
+        "ddsync_records_synced is not a series ddsync exports"
+    ]
+    assert promql_problems('ddsync_records_synced_total{contact="a@b.c"}') == [
+        "ddsync_records_synced_total has no label 'contact'"
+    ]
+    assert promql_problems("sum by (topic) (ddsync_buffered_records)") == [
+        "grouping label 'topic' is on no series used"
+    ]
+    assert promql_problems("ddsync:nope:rate5m") == [
+        "ddsync:nope:rate5m is not a recording rule of ddsync-rules.yml"
+    ]
+
+
+# -- Prometheus rules --------------------------------------------------------------------------
+
+
+def load_rules() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    return data
+
+
+def all_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_rules()["groups"] for rule in group["rules"]]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def recorded_names() -> frozenset[str]:
+    return frozenset(rule["record"] for rule in all_rules() if "record" in rule)
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool is not installed: it comes with Debian's `prometheus` package "
+            "(apt-get install -y prometheus). The rule checks cannot run without it."
+        )
+    return path
+
+
+def run_promtool(promtool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"{result.args}:\n{result.stdout}\n{result.stderr}"
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = run_promtool(promtool, "check", "rules", str(RULES))
+    assert_ok(result)
+    assert f"SUCCESS: {len(all_rules())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    result = run_promtool(promtool, "test", "rules", RULES_TEST.name, cwd=RULES_TEST.parent)
+    assert_ok(result)
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_check_example_scrape_config(promtool: str) -> None:
+    result = run_promtool(
+        promtool, "check", "config", PROMETHEUS_EXAMPLE.name, cwd=PROMETHEUS_EXAMPLE.parent
+    )
+    assert_ok(result)
+    config = yaml.safe_load(PROMETHEUS_EXAMPLE.read_text(encoding="utf-8"))
+    assert config["rule_files"] == [RULES.name]
+    (job,) = config["scrape_configs"]
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert targets == [f"127.0.0.1:{MetricsSettings.port}"]
+    assert re.fullmatch(r".*ddsync.*", job["job_name"]), "DdsyncTargetDown matches on the job"
+
+
+def test_every_alert_is_pinned_by_a_firing_and_a_silent_case() -> None:
+    tests = yaml.safe_load(RULES_TEST.read_text(encoding="utf-8"))
+    assert tests["rule_files"] == [RULES.name]
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for case in tests["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - firing == set(), "alerts without a firing case"
+    assert names - silent == set(), "alerts without a not-firing case"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    alert: str
+    kind: str
+    expr: str
+
+
+def mutants() -> Iterator[Mutant]:
+    for rule in alert_rules():
+        yield Mutant(rule["alert"], "always fires", "vector(1)")
+        yield Mutant(rule["alert"], "never fires", "vector(1) > 2")
+
+
+def test_unit_tests_fail_when_an_alert_always_or_never_fires(promtool: str, tmp_path: Path) -> None:
+    """The unit tests are not vacuous: each alert's cases catch a broken expression."""
+
+    def survives(index: int, mutant: Mutant) -> bool:
+        workdir = tmp_path / str(index)
+        workdir.mkdir()
+        rules = load_rules()
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if rule.get("alert") == mutant.alert:
+                    rule["expr"] = mutant.expr
+                    rule.pop("for", None)
+        (workdir / RULES.name).write_text(yaml.safe_dump(rules), encoding="utf-8")
+        # Only this alert's cases: they alone must catch the mutant (and it keeps this fast).
+        tests = yaml.safe_load(RULES_TEST.read_text(encoding="utf-8"))
+        cases = []
+        for case in tests["tests"]:
+            checks = [c for c in case.get("alert_rule_test", []) if c["alertname"] == mutant.alert]
+            if checks:
+                cases.append({**case, "alert_rule_test": checks, "promql_expr_test": []})
+        tests["tests"] = cases
+        (workdir / RULES_TEST.name).write_text(yaml.safe_dump(tests), encoding="utf-8")
+        result = run_promtool(promtool, "test", "rules", RULES_TEST.name, cwd=workdir)
+        if result.returncode == 0:
+            return True
+        # Failed because of this alert's cases, not because the mutant did not load.
+        assert f"alertname: {mutant.alert}," in result.stderr + result.stdout, result.stderr
+        return False
+
+    cases = list(mutants())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        survived = list(pool.map(survives, range(len(cases)), cases))
+    assert [f"{m.alert} ({m.kind})" for m, s in zip(cases, survived, strict=True) if s] == []
+
+
+def test_rules_reference_only_exported_metrics_and_labels() -> None:
+    recorded = recorded_names()
+    problems = {
+        rule.get("alert") or rule["record"]: promql_problems(rule["expr"], recorded)
+        for rule in all_rules()
+    }
+    assert {name: p for name, p in problems.items() if p} == {}
+    # Names outside ddsync's own: only what Prometheus itself produces.
+    for rule in all_rules():
+        for name, _ in _SELECTOR.findall(rule["expr"]):
+            assert name.startswith("ddsync_") or name in PROMETHEUS_SERIES
+
+
+def test_rules_cover_the_operational_signals() -> None:
+    exprs = " ".join(rule["expr"] for rule in alert_rules())
+    for series in (
+        "ddsync_dead_letter_circuit_open",
+        "ddsync_records_dead_lettered_total",
+        "ddsync_consumer_paused",
+        "ddsync_offset_commits_total",
+        "ddsync_buffered_records",
+        "ddsync_dispatch_failures_total",
+        "ddsync_flush_seconds_bucket",
+    ):
+        assert series in exprs
+    assert 'reason="auth_failed"' in exprs
+    assert recorded_names(), "at least one recording rule"
+    assert all(name.startswith("ddsync:") for name in recorded_names())
+
+
+def test_alerts_carry_severity_summary_description_and_runbook() -> None:
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip(), rule["alert"]
+        assert len(annotations["description"]) > len(annotations["summary"]), rule["alert"]
+        assert annotations["runbook"] in RUNBOOKS, rule["alert"]
+
+
+def test_prometheus_rule_resource_matches_the_rule_file() -> None:
+    (resource,) = load_yaml_documents(K8S / "prometheusrule.yaml")
+    assert resource["kind"] == "PrometheusRule"
+    assert resource["spec"]["groups"] == load_rules()["groups"], (
+        "prometheusrule.yaml is stale: regenerate it from deploy/prometheus/ddsync-rules.yml"
+    )
+    check = subprocess.run(
+        [sys.executable, str(DEPLOY / "prometheus" / "render_prometheusrule.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+# -- Grafana dashboard -------------------------------------------------------------------------
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = []
+    for panel in dashboard()["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def dashboard_exprs() -> list[str]:
+    return [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
+
+
+def as_plain_promql(expr: str) -> str:
+    """A dashboard query with Grafana's variables replaced, as Prometheus would receive it."""
+    for variable in ("$__rate_interval", "$__interval", "$__range"):
+        expr = expr.replace(variable, "5m")
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+def test_dashboard_has_a_datasource_variable_used_by_every_panel() -> None:
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard_panels():
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+    ids = [p["id"] for p in dashboard_panels()]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+
+
+def test_dashboard_shows_the_operational_signals() -> None:
+    exprs = " ".join(dashboard_exprs())
+    for series in (
+        "ddsync_records_consumed_total",
+        "ddsync_records_synced_total",
+        "ddsync_records_dead_lettered_total",
+        "ddsync_buffered_records",
+        "ddsync_consumer_paused",
+        "ddsync_dead_letter_circuit_open",
+        "ddsync_offset_commits_total",
+        "ddsync_committed_offset",
+        "ddsync_flush_seconds_bucket",
+        "ddsync_batch_contacts_bucket",
+        "ddsync_rebalances_total",
+    ):
+        assert series in exprs
+    assert "histogram_quantile(0.95" in exprs
+
+
+def test_dashboard_references_only_exported_metrics_and_labels() -> None:
+    problems = {e: promql_problems(as_plain_promql(e)) for e in dashboard_exprs()}
+    assert {e: p for e, p in problems.items() if p} == {}
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            assert promql_problems(as_plain_promql(variable["definition"])) == []
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{i}", "expr": as_plain_promql(expr)}
+                    for i, expr in enumerate(dashboard_exprs())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    assert_ok(run_promtool(promtool, "check", "rules", str(path)))
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def kustomization() -> dict[str, Any]:
+    (data,) = load_yaml_documents(K8S / "kustomization.yaml")
+    return data
+
+
+def resources() -> dict[str, dict[str, Any]]:
+    """The resources kustomization.yaml lists, by kind."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for name in kustomization()["resources"]:
+        for document in load_yaml_documents(K8S / name):
+            assert document["kind"] not in by_kind, f"one {document['kind']} expected"
+            by_kind[document["kind"]] = document
+    return by_kind
+
+
+def secret_example() -> dict[str, Any]:
+    (secret,) = load_yaml_documents(K8S / "secret.example.yaml")
+    return secret
+
+
+def container() -> dict[str, Any]:
+    (only,) = resources()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def volume_mounts() -> dict[str, dict[str, Any]]:
+    """Mounts of the ddsync container, by volume, joined with the volume's source."""
+    pod = resources()["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["name"]: {**volumes[m["name"]], "mount": m} for m in container()["volumeMounts"]}
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_every_manifest_parses_and_is_namespace_agnostic() -> None:
+    files = sorted(K8S.glob("*.yaml"))
+    assert files
+    listed = set(kustomization()["resources"])
+    for path in files:
+        for document in load_yaml_documents(path):
+            if path.name == "kustomization.yaml":
+                assert "namespace" not in document
+                continue
+            assert {"apiVersion", "kind", "metadata"} <= document.keys(), path.name
+            assert document["metadata"]["name"], path.name
+            assert "namespace" not in document["metadata"], path.name
+        if path.name not in {"kustomization.yaml", "secret.example.yaml"}:
+            assert path.name in listed, f"{path.name} is not in kustomization.yaml"
+    assert "secret.example.yaml" not in listed, "the example Secret must not be applied"
+    assert set(resources()) == {
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+    }
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """ddsync.toml of the ConfigMap as ddsync reads it, the Secret's files in a temp dir."""
+    toml_text = resources()["ConfigMap"]["data"]["ddsync.toml"]
+    raw = tomllib.loads(toml_text)
+    password_files = {c["password_file"] for c in raw["connectors"].values()}
+    (secret_dir,) = {str(PurePosixPath(f).parent) for f in password_files}
+    for name in secret_example()["stringData"]:
+        (tmp_path / name).write_text("placeholder\n", encoding="utf-8")
+    config = tmp_path / "ddsync.toml"
+    config.write_text(toml_text.replace(secret_dir + "/", f"{tmp_path}/"), encoding="utf-8")
+    return load_settings(config, environ={})
+
+
+def test_configmap_is_a_valid_ddsync_configuration(settings: Settings) -> None:
+    assert settings.kafka.topics
+    assert settings.kafka.dead_letter_topic not in settings.kafka.topics
+    assert len(settings.connectors) >= 1
+    for connector in settings.connectors.values():
+        assert connector.password.reveal() == "placeholder", connector.name
+    assert settings.metrics.enabled
+    assert settings.metrics.host == "0.0.0.0"  # scraped from outside the pod
+
+
+def test_container_exposes_the_configured_metrics_port(settings: Settings) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert ports == {"metrics": settings.metrics.port}
+    service = resources()["Service"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in (ports["metrics"], "metrics")
+    assert service_port["port"] == settings.metrics.port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        spec = container()[probe]
+        action = spec.get("httpGet") or spec.get("tcpSocket")
+        assert action["port"] in ("metrics", settings.metrics.port), probe
+        if "httpGet" in spec:
+            assert spec["httpGet"]["path"] == "/metrics", probe
+    expose = dockerfile_instructions()["EXPOSE"]
+    assert [str(settings.metrics.port)] == [p.split("/")[0] for e in expose for p in e.split()]
+
+
+def test_grace_period_outlasts_the_shutdown_flush(settings: Settings) -> None:
+    pod = resources()["Deployment"]["spec"]["template"]["spec"]
+    margin = 10  # dead-letter acknowledgements, the final commit, leaving the group
+    assert pod["terminationGracePeriodSeconds"] >= settings.batching.shutdown_flush_seconds + margin
+
+
+def test_secret_is_mounted_where_password_files_point(settings: Settings) -> None:
+    raw = tomllib.loads(resources()["ConfigMap"]["data"]["ddsync.toml"])
+    password_files = [PurePosixPath(c["password_file"]) for c in raw["connectors"].values()]
+    secret = secret_example()
+    (mounted,) = [v for v in volume_mounts().values() if "secret" in v]
+    assert mounted["secret"]["secretName"] == secret["metadata"]["name"]
+    assert mounted["mount"]["readOnly"] is True
+    for path in password_files:
+        assert str(path.parent) == mounted["mount"]["mountPath"]
+        assert path.name in secret["stringData"], f"the Secret has no key {path.name}"
+    assert set(secret["stringData"]) == {p.name for p in password_files}
+
+
+def test_example_secret_holds_only_marked_placeholders() -> None:
+    secret = secret_example()
+    assert "data" not in secret, "no base64 values: placeholders in stringData only"
+    for key, value in secret["stringData"].items():
+        assert value.startswith("REPLACE-ME"), key
+    assert "EXAMPLE ONLY" in (K8S / "secret.example.yaml").read_text(encoding="utf-8")
+
+
+def test_config_is_mounted_where_the_image_looks_for_it() -> None:
+    argv = image_command()
+    config_path = PurePosixPath(argv[argv.index("--config") + 1])
+    (mounted,) = [v for v in volume_mounts().values() if "configMap" in v]
+    assert mounted["configMap"]["name"] == resources()["ConfigMap"]["metadata"]["name"]
+    assert mounted["mount"]["mountPath"] == str(config_path.parent)
+    assert {"key": "ddsync.toml", "path": config_path.name} in mounted["configMap"]["items"]
+    # The Deployment's args, when set, are a valid command too and use the same file.
+    args = cli.build_parser().parse_args(container()["args"])
+    assert args.handler is run_command.handle
+    assert PurePosixPath(args.config) == config_path
+
+
+def test_deployment_runs_two_hardened_replicas() -> None:
+    deployment = resources()["Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    assert matches(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == int(dockerfile_user().split(":")[0])
+    security = container()["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    resources_ = container()["resources"]
+    assert {"cpu", "memory"} <= resources_["requests"].keys()
+    assert "memory" in resources_["limits"]
+    # A read-only root file system still needs a writable /tmp.
+    assert any(
+        v["mount"]["mountPath"] == "/tmp" and "emptyDir" in v for v in volume_mounts().values()
+    )
+    assert container()["image"] in {i["name"] for i in kustomization()["images"]}
+
+
+def test_service_monitor_and_disruption_budget_select_the_pods() -> None:
+    r = resources()
+    pod_labels = r["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    service = r["Service"]
+    assert matches(service["spec"]["selector"], pod_labels)
+    monitor = r["ServiceMonitor"]
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    assert "metrics" in port_names
+    assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+    # The job label is the Service name; DdsyncTargetDown matches job=~".*ddsync.*".
+    assert "ddsync" in service["metadata"]["name"]
+    pdb = r["PodDisruptionBudget"]
+    assert matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+    assert pdb["spec"].get("maxUnavailable", 0) == 1 or pdb["spec"].get("minAvailable") == 1
+
+
+# -- Dockerfile --------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> dict[str, list[str]]:
+    """Instruction -> its arguments, in order; continuation lines joined, comments dropped."""
+    instructions: dict[str, list[str]] = {}
+    pending = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        whole = pending + stripped
+        pending = ""
+        keyword, _, rest = whole.partition(" ")
+        instructions.setdefault(keyword.upper(), []).append(rest.strip())
+    assert not pending, "a continuation line runs off the end of the Dockerfile"
+    return instructions
+
+
+def exec_form(instruction: str) -> list[str]:
+    (value,) = dockerfile_instructions()[instruction]
+    argv = json.loads(value)
+    assert isinstance(argv, list), f"{instruction} must use the exec (JSON) form"
+    assert all(isinstance(a, str) for a in argv)
+    return argv
+
+
+def dockerfile_user() -> str:
+    return dockerfile_instructions()["USER"][-1]
+
+
+def image_command() -> list[str]:
+    """The container's default argv after the `ddsync` entry point."""
+    entrypoint = exec_form("ENTRYPOINT")
+    assert entrypoint[0] == "ddsync"
+    return entrypoint[1:] + exec_form("CMD")
+
+
+def test_dockerfile_entrypoint_and_cmd_are_a_real_ddsync_command() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert exec_form("ENTRYPOINT") == ["ddsync"]
+    assert pyproject["project"]["scripts"]["ddsync"] == "stream.cli:main"
+    try:
+        args = cli.build_parser().parse_args(image_command())
+    except SystemExit:
+        pytest.fail(f"`ddsync {shlex.join(image_command())}` does not parse")
+    assert args.command == "run"
+    assert args.handler is run_command.handle
+    assert args.config == Path("/etc/ddsync/ddsync.toml")
+
+
+def test_dockerfile_builds_a_non_root_python_311_image_of_the_repo() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions["FROM"] == ["python:3.11-slim"]
+    user = dockerfile_user()
+    assert user.split(":")[0] not in {"root", "0"}
+    assert int(user.split(":")[0]) > 0, "a numeric uid lets Kubernetes verify runAsNonRoot"
+    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in instructions["RUN"])
+    assert instructions["STOPSIGNAL"] == ["SIGTERM"]
+    # What COPY takes from the build context exists and passes .dockerignore's allow-list.
+    allowed = {
+        line[1:].strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("!")
+    }
+    for copy in instructions["COPY"]:
+        *sources, _destination = copy.split()
+        for source in sources:
+            assert (REPO / source).exists(), source
+            assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
+    assert {"pyproject.toml", "README.md", "stream"} <= allowed
