@@ -276,13 +276,22 @@ async def test_faults_control_endpoint(session: aiohttp.ClientSession) -> None:
                 "error_rate": 1.0,
                 "latency_seconds": 0.01,
                 "drop_rate": 0.0,
+                "throttle_rate": 0.0,
+                "throttle_reset_seconds": 2.0,
                 "fail_next": 0,
                 "drop_next": 0,
             }
         assert sb.faults.error_rate == 1.0
         api = Api(session, sb.urls, USER, PASSWORD)
         assert (await api.call("GET", "/v2/address-books")).status in (500, 503)
-        for bad in ({"error_rate": 2}, {"drop_rate": -1}, {"bogus": 1}, {"fail_next": 1.5}, [1]):
+        for bad in (
+            {"error_rate": 2},
+            {"drop_rate": -1},
+            {"throttle_rate": 1.5},
+            {"bogus": 1},
+            {"fail_next": 1.5},
+            [1],
+        ):
             async with session.post(url, json=bad) as r:
                 assert r.status == 400, bad
         async with session.post(url, data=b"{nope") as r:
@@ -292,6 +301,21 @@ async def test_faults_control_endpoint(session: aiohttp.ClientSession) -> None:
         async with session.get(url) as r:
             assert (await r.json())["error_rate"] == 0.0
         assert (await api.call("GET", "/v2/address-books")).status == 200
+
+
+async def test_a_throttling_storm_answers_429_with_rate_limit_headers(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with run_sandbox(SandboxSettings(accounts=[account()], throttle_rate=1.0)) as sb:
+        api = Api(session, sb.urls, USER, PASSWORD)
+        for path in ("/v2/address-books", "/contacts/v3/email/a@example.com"):
+            answer = await api.call("GET", path)
+            assert answer.status == 429
+            assert answer.headers["X-RateLimit-Remaining"] == "0"
+            assert answer.headers["X-RateLimit-Reset"] == "2"
+        sb.faults.update({"throttle_rate": 0})
+        assert (await api.call("GET", "/v2/address-books")).status == 200
+        assert sb.stats.faults["429"] == 2
 
 
 async def test_concurrent_load_is_consistent(session: aiohttp.ClientSession) -> None:

@@ -18,6 +18,7 @@ answers are written to the journal. ``/_sandbox/...`` control paths skip all of 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -81,6 +82,11 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = None
         if request.transport is not None:
             request.transport.close()
+    elif fault == "429":
+        response = bodies.rate_limited(request.path)
+        reset = max(1, math.ceil(core.faults.throttle_reset_seconds))
+        response.headers["X-RateLimit-Remaining"] = "0"
+        response.headers["X-RateLimit-Reset"] = str(reset)
     elif fault is not None:
         response = bodies.server_error(int(fault))
     else:

@@ -97,6 +97,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drop-rate", type=float, default=0.0, help="share of calls whose connection is dropped"
     )
+    parser.add_argument(
+        "--throttle-rate",
+        type=float,
+        default=0.0,
+        help="share of calls answered 429 (Remaining 0, reset in 2 s): a throttling storm",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of fault randomness")
     parser.add_argument(
         "--reset-header",
@@ -129,6 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> SandboxSettings:
         error_rate=args.error_rate,
         latency_seconds=args.latency,
         drop_rate=args.drop_rate,
+        throttle_rate=args.throttle_rate,
         # A long-running sandbox has no reader of its journal beyond recent requests.
         journal_limit=1_000,
     )

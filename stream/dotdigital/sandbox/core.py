@@ -65,6 +65,7 @@ class SandboxCore:
             error_rate=settings.error_rate,
             latency_seconds=settings.latency_seconds,
             drop_rate=settings.drop_rate,
+            throttle_rate=settings.throttle_rate,
         )
         self.rng = random.Random(settings.seed)
         self.journal = Journal(settings.journal_limit)

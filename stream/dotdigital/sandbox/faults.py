@@ -1,4 +1,4 @@
-"""Switchable faults: errors, latency and dropped connections on API calls.
+"""Switchable faults: errors, throttling, latency and dropped connections on API calls.
 
 Faults model the network and DotDigital's front end, so they apply before authentication and
 rate limiting, to API paths only (never to ``/_sandbox/...``), and they consume no rate budget.
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-FaultKind = Literal["drop", "500", "503"]
+FaultKind = Literal["drop", "500", "503", "429"]
 
 
 @dataclass
@@ -23,6 +23,9 @@ class Faults:
     * ``error_rate``: share of API calls answered 500 or 503 (half each).
     * ``latency_seconds``: delay added before every API call is handled.
     * ``drop_rate``: share of API calls whose connection is closed without a response.
+    * ``throttle_rate``: share of API calls answered 429 with ``X-RateLimit-Remaining: 0`` and
+      a reset ``throttle_reset_seconds`` away: a throttling storm, as when other API users of
+      the same account spend its budget.
     * ``fail_next`` / ``drop_next``: the next N API calls fail with 503 / are dropped, for
       deterministic tests; they count down and take precedence over the rates.
     """
@@ -30,6 +33,8 @@ class Faults:
     error_rate: float = 0.0
     latency_seconds: float = 0.0
     drop_rate: float = 0.0
+    throttle_rate: float = 0.0
+    throttle_reset_seconds: float = 2.0
     fail_next: int = 0
     drop_next: int = 0
 
@@ -45,6 +50,8 @@ class Faults:
             return "drop"
         if self.error_rate > 0 and rng.random() < self.error_rate:
             return "500" if rng.random() < 0.5 else "503"
+        if self.throttle_rate > 0 and rng.random() < self.throttle_rate:
+            return "429"
         return None
 
     def update(self, changes: Mapping[str, Any]) -> None:
@@ -55,7 +62,7 @@ class Faults:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(sorted(_FIELDS))}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{key} must be a number")
-            if key in ("error_rate", "drop_rate") and not 0.0 <= value <= 1.0:
+            if key in ("error_rate", "drop_rate", "throttle_rate") and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must be between 0 and 1")
             if value < 0:
                 raise ValueError(f"{key} must not be negative")

@@ -27,8 +27,8 @@ class SandboxSettings:
     * ``seed`` makes fault injection reproducible (``None`` = random).
     * ``reset_header``: ``X-RateLimit-Reset`` as seconds until the window resets (``"seconds"``,
       what DotDigital's PHP SDK documents) or as the Unix time of the reset (``"epoch"``).
-    * ``error_rate``/``latency_seconds``/``drop_rate``: initial faults; change them at run time
-      through :attr:`Sandbox.faults` or ``POST /_sandbox/faults``.
+    * ``error_rate``/``latency_seconds``/``drop_rate``/``throttle_rate``: initial faults;
+      change them at run time through :attr:`Sandbox.faults` or ``POST /_sandbox/faults``.
     * ``unknown_contact_removal``: what ``DELETE /v2/address-books/{id}/contacts/{contactId}``
       answers for a contact id the account does not know ("404" ``ERROR_CONTACT_NOT_FOUND``,
       or "204" as if removed). A known contact that is not in the book always gets 204.
@@ -46,6 +46,7 @@ class SandboxSettings:
     error_rate: float = 0.0
     latency_seconds: float = 0.0
     drop_rate: float = 0.0
+    throttle_rate: float = 0.0
     unknown_contact_removal: UnknownContactRemoval = "404"
     journal_limit: int | None = 100_000
     # How many finished import/deletion jobs each account remembers for polling.
@@ -62,7 +63,7 @@ class SandboxSettings:
             raise ValueError("unknown_contact_removal must be '404' or '204'")
         if not 0 <= self.port <= 65533:
             raise ValueError("port must be 0 or a port number leaving room for N+1 and N+2")
-        for name in ("error_rate", "drop_rate"):
+        for name in ("error_rate", "drop_rate", "throttle_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.latency_seconds < 0:
