@@ -98,6 +98,8 @@ class ConnectorSettings:
     discovery_endpoint: str = DEFAULT_DISCOVERY_ENDPOINT
     add_requests_per_minute: int = 75
     remove_requests_per_minute: int = 35
+    # Status polls, contact look-ups and address-book calls; corrected from the headers too.
+    other_requests_per_minute: int = 600
     max_active_imports: int = 25
     # DotDigital asks clients to allow 121 s before timing a call out.
     request_timeout_seconds: float = 121.0
@@ -200,6 +202,12 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
     ratio = _get(dlq, "dead_letter.breaker_ratio", float, 0.9)
     if not 0 < ratio <= 1:
         raise ConfigError("dead_letter.breaker_ratio must be in (0, 1]")
+    window = _positive(dlq, "dead_letter.breaker_window", int, 1000)
+    if _positive(dlq, "dead_letter.breaker_min_records", int, 200) > window:
+        raise ConfigError(
+            "dead_letter.breaker_min_records must not exceed dead_letter.breaker_window "
+            "(the breaker could never open)"
+        )
     dlq_settings = DeadLetterSettings(
         breaker_window=_positive(dlq, "dead_letter.breaker_window", int, 1000),
         breaker_ratio=ratio,
@@ -242,6 +250,7 @@ def parse_connector(
         "discovery_endpoint",
         "add_requests_per_minute",
         "remove_requests_per_minute",
+        "other_requests_per_minute",
         "max_active_imports",
         "request_timeout_seconds",
     }
@@ -260,6 +269,7 @@ def parse_connector(
         or DEFAULT_DISCOVERY_ENDPOINT,
         add_requests_per_minute=_positive(raw, f"{where}.add_requests_per_minute", int, 75),
         remove_requests_per_minute=_positive(raw, f"{where}.remove_requests_per_minute", int, 35),
+        other_requests_per_minute=_positive(raw, f"{where}.other_requests_per_minute", int, 600),
         max_active_imports=_positive(raw, f"{where}.max_active_imports", int, 25),
         request_timeout_seconds=_positive(raw, f"{where}.request_timeout_seconds", float, 121.0),
     )

@@ -2,12 +2,17 @@
 
 One :class:`DotDigitalClient` per connector (DotDigital account). It owns one aiohttp session,
 one rate limiter per bulk operation (``add``: ``PUT /contacts/v3/import``; ``remove``:
-``POST /v2/address-books/{id}/contacts/delete``), a cap on concurrent imports, and a cache of
+``POST /v2/address-books/{id}/contacts/delete``) and one for every other call, a cap on
+concurrent imports, and a cache of
 the contact ids imports returned (so removals need no look-up).
 
-Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`; the bulk methods
-take a ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one call, after
-which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised.
+Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`. The bulk methods
+take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one
+call, after which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised. Without one,
+each step retries for up to the policy's ``total_seconds`` from its own first attempt, and a job
+DotDigital accepted is polled for up to ``total_seconds`` from its acceptance: waiting for the
+rate limiter is not failing, and giving up on a job that is still running would let a later
+flush of the same address book overtake it.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Operation = Literal["add", "remove"]
+# Limiters: the two bulk operations, and everything else (polls, look-ups, address books), so
+# that many concurrent polls cannot stampede the account's budget at each reset.
+Tier = Literal["add", "remove", "other"]
 
 PAGE_SIZE = 1000
 IMPORT_FAILED_STATUSES = frozenset(
@@ -164,10 +172,13 @@ class DotDigitalClient:
             s.encode() for s in (settings.password.reveal(), self._authorization[6:]) if s
         )
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
-        self._limiters: dict[Operation, RateLimiter] = {
+        self._limiters: dict[Tier, RateLimiter] = {
             "add": RateLimiter(settings.add_requests_per_minute, self._clock, operation="add"),
             "remove": RateLimiter(
                 settings.remove_requests_per_minute, self._clock, operation="remove"
+            ),
+            "other": RateLimiter(
+                settings.other_requests_per_minute, self._clock, operation="other"
             ),
         }
         self._imports = asyncio.Semaphore(settings.max_active_imports)
@@ -244,8 +255,8 @@ class DotDigitalClient:
     def retry_policy(self) -> RetryPolicy:
         return self._retry
 
-    def limiter(self, operation: Operation) -> RateLimiter:
-        """The rate limiter of ``operation`` (``"add"`` or ``"remove"``)."""
+    def limiter(self, operation: Tier) -> RateLimiter:
+        """The rate limiter of ``operation`` (``"add"``, ``"remove"`` or ``"other"``)."""
         return self._limiters[operation]
 
     def rate_limit_status(self) -> dict[str, RateLimitStatus]:
@@ -385,7 +396,6 @@ class DotDigitalClient:
         not retryable. At most ``max_active_imports`` imports of this client run at once.
         """
         policy = retry or self._retry
-        deadline = deadline if deadline is not None else policy.deadline(self._clock)
         names = _Names(emails)
         rejected = names.empty_rejections()
         if not names.sent:
@@ -445,13 +455,14 @@ class DotDigitalClient:
         return ImportOutcome(import_id=import_id, imported=imported, rejected=rejected)
 
     async def _poll_import(
-        self, import_id: str, policy: RetryPolicy, deadline: float
+        self, import_id: str, policy: RetryPolicy, deadline: float | None
     ) -> Mapping[str, Any]:
         path = f"/contacts/v3/import/{quote(import_id, safe='')}"
         delays = self._poll.delays()
         last_status = "NotFinished"
+        job_deadline = self._job_deadline(policy, deadline)
         while True:
-            await self._wait_for_job(next(delays), deadline, f"import {import_id}", last_status)
+            await self._wait_for_job(next(delays), job_deadline, f"import {import_id}", last_status)
             result = await self._call("GET", path, policy=policy, deadline=deadline)
             if not isinstance(result, Mapping):
                 raise TransientError(f"GET {path} answered with an unexpected body")
@@ -468,6 +479,10 @@ class DotDigitalClient:
                 # Not documented: keep polling (as Dotdigital's Magento extension does); the
                 # deadline bounds it.
                 log.warning("import %s reports unknown status %r", import_id, last_status)
+
+    def _job_deadline(self, policy: RetryPolicy, deadline: float | None) -> float:
+        """How long to wait for an accepted job: the call's deadline, else a budget from now."""
+        return deadline if deadline is not None else policy.deadline(self._clock)
 
     async def _wait_for_job(
         self, delay: float, deadline: float, what: str, last_status: str
@@ -510,7 +525,6 @@ class DotDigitalClient:
         :class:`RetriesExhausted` past ``deadline``.
         """
         policy = retry or self._retry
-        deadline = deadline if deadline is not None else policy.deadline(self._clock)
         book_id = int(address_book_id)
         names = _Names(emails)
         rejected = names.empty_rejections()
@@ -575,7 +589,7 @@ class DotDigitalClient:
         names: _Names,
         book_id: int,
         policy: RetryPolicy,
-        deadline: float,
+        deadline: float | None,
         ids: dict[str, int],
         not_found: set[str],
         rejected: dict[str, Rejection],
@@ -606,12 +620,16 @@ class DotDigitalClient:
 
         if not keys:
             return
-        async with asyncio.TaskGroup() as group:
-            for key in keys:
-                group.create_task(one(key))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for key in keys:
+                    group.create_task(one(key))
+        except ExceptionGroup as failures:
+            # Callers act on the error's class (auth, retries exhausted, ...), not on a group.
+            raise failures.exceptions[0] from None
 
     async def _delete_members(
-        self, book_id: int, contact_ids: list[int], policy: RetryPolicy, deadline: float
+        self, book_id: int, contact_ids: list[int], policy: RetryPolicy, deadline: float | None
     ) -> str:
         accepted = await self._call(
             "POST",
@@ -628,6 +646,7 @@ class DotDigitalClient:
         status = str(accepted.get("status", "Started"))
         path = f"/v2/contacts/deletion/{quote(deletion_id, safe='')}"
         delays = self._poll.delays()
+        job_deadline = self._job_deadline(policy, deadline)
         while status != "Completed":
             if status == "Failed":
                 raise RemovalFailedError(
@@ -635,7 +654,7 @@ class DotDigitalClient:
                     deletion_id=deletion_id,
                     deletion_status=status,
                 )
-            await self._wait_for_job(next(delays), deadline, f"removal {deletion_id}", status)
+            await self._wait_for_job(next(delays), job_deadline, f"removal {deletion_id}", status)
             job = await self._call("GET", path, policy=policy, deadline=deadline)
             if not isinstance(job, Mapping):
                 raise TransientError(f"GET {path} answered with an unexpected body")
@@ -702,8 +721,8 @@ class DotDigitalClient:
         classified :class:`DotDigitalError`. ``path`` is already URL-encoded."""
         what = f"{method} {path.split('?', 1)[0]}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
-        pacer = self._limiters[limiter] if limiter is not None else None
-        sent_at = await pacer.acquire() if pacer is not None else None
+        pacer = self._limiters[limiter or "other"]
+        sent_at = await pacer.acquire()
         headers = {"Accept": "application/json", "Authorization": self._authorization}
         data: bytes | None = None
         if body is not None:
@@ -723,8 +742,7 @@ class DotDigitalClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransientError(f"{what}: {_describe(exc)}") from None
         log.debug("%s -> %d", what, status)
-        if pacer is not None:
-            pacer.observe(response_headers, sent_at=sent_at)
+        pacer.observe(response_headers, sent_at=sent_at)
         if 200 <= status < 300:
             if not payload.strip():
                 return _Response(None, response_headers)
@@ -746,7 +764,7 @@ class DotDigitalClient:
                 # The rate-limit headers on this 429 describe the call budget, not when an
                 # import slot frees up.
                 error.retry_after = CONCURRENCY_RETRY_SECONDS
-            elif pacer is not None:
+            else:
                 error.retry_after = pacer.throttled(error.retry_after)
         raise error
 
