@@ -179,9 +179,14 @@ class KafkaSource:
         log.info("assigned %s", _describe(keys))
         self._metrics.rebalances.labels("assigned").inc(len(keys))
         self._handler.on_assign(keys)
-        if self._paused and partitions:
-            # New partitions arrive resumed; keep backpressure in force for them too.
+        # Take the partitions here instead of after this callback: librdkafka ignores pause()
+        # for partitions not yet assigned, and keeps a partition's pause across a revoke, so a
+        # partition that comes back must be resumed or paused explicitly, as the rest.
+        consumer.incremental_assign(partitions)
+        if self._paused:
             consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

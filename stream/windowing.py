@@ -58,6 +58,8 @@ class Trigger(StrEnum):
     WINDOW = "window"
     SHUTDOWN = "shutdown"
     REVOKE = "revoke"
+    # Buffered records passed the cap: waiting for windows to close would stall the consumer.
+    PRESSURE = "pressure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +247,10 @@ class Windower:
         closed = [(key, p) for key, p in self._pending.items() if p.index < index]
         return [self._emit_all(key, pending, Trigger.WINDOW) for key, pending in closed]
 
-    def drain(self) -> list[Batch]:
-        """Emit every pending batch (shutdown); the windower is empty afterwards."""
+    def drain(self, trigger: Trigger = Trigger.SHUTDOWN) -> list[Batch]:
+        """Emit every pending batch (shutdown, backpressure); the windower is empty afterwards."""
         pending = list(self._pending.items())
-        return [self._emit_all(key, p, Trigger.SHUTDOWN) for key, p in pending]
+        return [self._emit_all(key, p, trigger) for key, p in pending]
 
     def drain_partitions(self, partitions: Collection[TopicPartitionKey]) -> list[Batch]:
         """Emit now the contacts holding any record of ``partitions`` (revoke, flush in time).
