@@ -5,47 +5,80 @@ Contract:
 * A dead-letter record is the source record's key and value, byte for byte, with the source's
   own headers (minus any earlier ``ddsync.*`` ones) and the :class:`DeadLetter` headers.
 * ``on_delivered(ref, letter)`` is called once the broker acknowledged the record (acks=all,
-  idempotent producer); only then is the source record final. A record the broker refused is
-  produced again: it stays open (uncommitted) until it is on the topic, so nothing is lost even
-  while the dead-letter topic is unreachable.
-* Delivery reports are served by :meth:`poll`, in the caller's thread.
+  idempotent producer); only then is the source record final.
+* A record the producer refuses (synchronously, e.g. larger than ``message.max.bytes``) or the
+  broker does not acknowledge is tried again with exponential backoff, up to a minute apart,
+  and counted in ``ddsync_dead_letter_errors_total``. It stays open meanwhile, so its partition's
+  commits stop at it: visible and alerting, but never lost and never a crash loop.
+* Delivery reports and retries are served by :meth:`poll`, in the caller's thread.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from stream.config import KafkaSettings
 from stream.deadletter_headers import HEADER_PREFIX, DeadLetter
+from stream.metrics import Metrics
 from stream.offsets import RecordRef
 
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, str | bytes | None]]
+MAX_BACKOFF_SECONDS = 60.0
+
+
+# Settings of [kafka.consumer] that say how to reach the cluster; the producer needs them too.
+CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "client.", "socket.", "broker.address.")
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The dead-letter producer's librdkafka settings: the cluster's connection and security
+    settings as the consumer has them, then ``[kafka.producer]``."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    config.update({k: v for k, v in settings.consumer.items() if k.startswith(CONNECTION_PREFIXES)})
+    config.update(settings.producer)
+    return config
+
+
+@dataclass
+class _Letter:
+    ref: RecordRef
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]]
+    letter: DeadLetter
+    failures: int = 0
+    retry_at: float = 0.0
 
 
 class DeadLetterPublisher:
     def __init__(
         self,
-        bootstrap_servers: str,
+        producer_config: Mapping[str, Any],
         topic: str,
         on_delivered: Callable[[RecordRef, DeadLetter], None],
-        producer_config: Mapping[str, Any] | None = None,
+        metrics: Metrics,
     ) -> None:
+        """``producer_config``: librdkafka settings (bootstrap servers, security, overrides)."""
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 20,
             "compression.type": "lz4",
         }
-        config.update(producer_config or {})
+        config.update(producer_config)
         self._producer = Producer(config)
         self._topic = topic
         self._on_delivered = on_delivered
+        self._metrics = metrics
+        self._waiting: list[_Letter] = []
         self.pending = 0
 
     def publish(
@@ -60,46 +93,57 @@ class DeadLetterPublisher:
             (k, v) for k, v in (source_headers or ()) if not k.startswith(HEADER_PREFIX)
         ]
         headers.extend(letter.to_headers())
-        self._produce(ref, key, value, headers, letter)
+        self.pending += 1
+        self._produce(_Letter(ref, key, value, headers, letter))
 
-    def _produce(
-        self,
-        ref: RecordRef,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]],
-        letter: DeadLetter,
-    ) -> None:
+    def _produce(self, item: _Letter) -> None:
         def delivered(error: KafkaError | None, _message: Message) -> None:
-            self.pending -= 1
             if error is None:
-                self._on_delivered(ref, letter)
-                return
-            log.error(
-                "dead-letter topic %s refused the record from %s: %s; producing it again",
-                self._topic,
-                ref,
-                error,
-            )
-            self._produce(ref, key, value, headers, letter)
+                self.pending -= 1
+                self._on_delivered(item.ref, item.letter)
+            else:
+                self._failed(item, str(error))
 
         while True:
             try:
                 self._producer.produce(
-                    self._topic, key=key, value=value, headers=headers, on_delivery=delivered
+                    self._topic,
+                    key=item.key,
+                    value=item.value,
+                    headers=item.headers,
+                    on_delivery=delivered,
                 )
-                break
+                return
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.
                 self._producer.poll(0.1)
-        self.pending += 1
+            except KafkaException as exc:
+                self._failed(item, str(exc.args[0]))
+                return
+
+    def _failed(self, item: _Letter, why: str) -> None:
+        item.failures += 1
+        backoff = min(MAX_BACKOFF_SECONDS, 2.0 ** (item.failures - 1))
+        item.retry_at = time.monotonic() + backoff
+        self._waiting.append(item)
+        self._metrics.dead_letter_errors.inc()
+        log.error(
+            "dead-letter topic %s did not take the record from %s (%s); it stays open, "
+            "trying again in %.0f s",
+            self._topic,
+            item.ref,
+            why,
+            backoff,
+        )
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery reports; returns how many were served."""
+        """Serve delivery reports and due retries; returns how many reports were served."""
+        if self._waiting:
+            now = time.monotonic()
+            due = [item for item in self._waiting if item.retry_at <= now]
+            if due:
+                self._waiting = [item for item in self._waiting if item.retry_at > now]
+                for item in due:
+                    self._produce(item)
         served: int = self._producer.poll(timeout)
         return served
-
-    def flush(self, timeout: float) -> int:
-        """Wait for outstanding records; returns how many are still outstanding."""
-        remaining: int = self._producer.flush(timeout)
-        return remaining

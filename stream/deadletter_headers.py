@@ -248,7 +248,10 @@ def replay_count_of(
     """How often a consumed source record was replayed (0 for an original; never raises)."""
     if not headers:
         return 0
-    value = _header_map(headers).get(H_REPLAY_COUNT)
+    try:
+        value = _header_map(headers).get(H_REPLAY_COUNT)
+    except MalformedDeadLetter:  # a producer's stray non-UTF-8 ddsync.* header
+        return 0
     try:
         count = int(value) if value is not None else 0
     except ValueError:

@@ -8,10 +8,12 @@ Contract:
   limits and import cap.
 * Within a batch the adds (one v3 import) and the removes (one bulk list removal) concern
   different contacts, so they run concurrently.
-* Transient failures are retried by the client until ``retry_timeout`` has passed since the
-  flush; then every contact of that operation fails with ``retries_exhausted`` (``auth_failed``
-  when the last error was a 401). Authentication errors are retried too: a password may be
-  being rotated.
+* Transient failures are retried by the client until a step has kept failing for
+  ``retry_timeout`` seconds; then every contact of that operation fails with
+  ``retries_exhausted`` (``auth_failed`` when the last error was a 401). Authentication errors
+  are retried too: a password may be being rotated. Waiting for the connector's rate limiter
+  is not failing and does not count; a job DotDigital accepted is awaited (up to
+  ``retry_timeout`` from its acceptance), since a later flush must not overtake it.
 * Every contact submitted is reported exactly once to the listener: ``synced`` or ``failed``.
   A bug (an unexpected exception) fails the contacts with ``internal_error`` rather than
   leaving them open forever.
@@ -104,6 +106,14 @@ class Dispatcher:
         _, pending = await asyncio.wait(set(self._tasks), timeout=seconds)
         return not pending
 
+    async def cancel(self) -> None:
+        """Abandon every flush still running. Their contacts get no outcome, so their records
+        stay open and uncommitted: the next owner of their partitions reads them again."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _finished(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if self._tails.get(key) is task:
@@ -114,10 +124,9 @@ class Dispatcher:
             # Order only: the earlier flush reports its own outcome.
             await asyncio.wait([previous])
         started = self._clock.monotonic()
-        deadline = started + self._retry.total_seconds
         added, removed = await asyncio.gather(
-            self._run(batch, "add", batch.adds, deadline),
-            self._run(batch, "remove", batch.removes, deadline),
+            self._run(batch, "add", batch.adds),
+            self._run(batch, "remove", batch.removes),
         )
         elapsed = self._clock.monotonic() - started
         self._metrics.flush_seconds.labels(batch.connector_id).observe(elapsed)
@@ -140,7 +149,6 @@ class Dispatcher:
         batch: Batch,
         operation: Operation,
         contacts: Sequence[Contact],
-        deadline: float,
     ) -> int:
         """Send one operation of a batch; returns how many contacts it synced."""
         if not contacts:
@@ -149,16 +157,18 @@ class Dispatcher:
         emails = [c.email for c in contacts]
         try:
             client = await self._clients.get(
-                batch.connector_id, retry=self._retry, deadline=deadline
+                batch.connector_id,
+                retry=self._retry,
+                deadline=self._retry.deadline(self._clock),
             )
             if operation == "add":
                 outcome = await client.import_contacts(
-                    batch.address_book_id, emails, deadline=deadline, retry=self._retry
+                    batch.address_book_id, emails, retry=self._retry
                 )
                 rejected = outcome.rejected
             else:
                 removal = await client.remove_contacts(
-                    batch.address_book_id, emails, deadline=deadline, retry=self._retry
+                    batch.address_book_id, emails, retry=self._retry
                 )
                 rejected = removal.rejected
         except Exception as exc:  # every contact must get an outcome, whatever went wrong
@@ -176,7 +186,7 @@ class Dispatcher:
                 batch.connector_id, operation, failure.reason.value
             ).inc()
             for contact in contacts:
-                self._listener.failed(batch, contact, failure)
+                self._report_failure(batch, contact, failure)
             return 0
         done = [c for c in contacts if c.email not in rejected]
         if done:
@@ -184,12 +194,20 @@ class Dispatcher:
         for contact in contacts:
             rejection = rejected.get(contact.email)
             if rejection is not None:
-                self._listener.failed(
+                self._report_failure(
                     batch,
                     contact,
                     Failure(Reason.CONTACT_REJECTED, rejection.failure_code, rejection.description),
                 )
         return len(done)
+
+    def _report_failure(self, batch: Batch, contact: Contact, failure: Failure) -> None:
+        # One contact's trouble (say its dead letter cannot be built) must not keep the
+        # contacts after it from being reported, or their records would stay open for good.
+        try:
+            self._listener.failed(batch, contact, failure)
+        except Exception:
+            log.exception("reporting the failure of a contact of %s failed", batch.key)
 
 
 def _failure_of(exc: BaseException) -> Failure:

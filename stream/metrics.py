@@ -61,6 +61,11 @@ class Metrics:
             ["connector", "operation", "reason"],
             registry=r,
         )
+        self.dead_letter_errors = Counter(
+            "ddsync_dead_letter_errors",
+            "Dead-letter records the producer could not write yet (kept open, tried again).",
+            registry=r,
+        )
         self.buffered_records = Gauge(
             "ddsync_buffered_records",
             "Records consumed and not yet final (buffered or in flight).",

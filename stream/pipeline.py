@@ -11,8 +11,8 @@ Contract:
 * Every consumed record is *open* until it is final: synced to DotDigital, superseded by a later
   record of the same contact whose outcome is final, or on the dead-letter topic with the
   broker's acknowledgement. Committed offsets never pass an open record.
-* Past ``batching.max_buffered_records`` open records the consumer pauses; it resumes below
-  half of that.
+* Past ``batching.max_buffered_records`` open records the consumer pauses and what is buffered
+  in windows is flushed at once; it resumes below half of that.
 * Revoke: the revoked partitions' buffered records are flushed and awaited for at most
   ``batching.revoke_flush_seconds``; their offsets are committed as far as they are final; the
   rest is dropped, uncommitted, for the new owner to read again.
@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import Message
 
@@ -37,7 +37,7 @@ from stream.breaker import DeadLetterBreaker
 from stream.clients import ClientPool
 from stream.clock import Clock, SystemClock
 from stream.config import Settings
-from stream.deadletter import DeadLetterPublisher
+from stream.deadletter import DeadLetterPublisher, producer_config
 from stream.deadletter_headers import DeadLetter, replay_count_of
 from stream.dispatch import Dispatcher, Failure
 from stream.dotdigital import Operation
@@ -45,7 +45,7 @@ from stream.events import InvalidRecord, decode_transition
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource
-from stream.windowing import Batch, Contact, Windower
+from stream.windowing import Batch, Contact, Trigger, Windower
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Pipeline:
         self._originals: dict[TopicPartitionKey, dict[int, Original]] = {}
         # A dead-letter record in flight -> the records it makes final once acknowledged.
         self._covers: dict[RecordRef, tuple[RecordRef, ...]] = {}
+        self._consumed_counters: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self._closing = False
@@ -100,7 +101,7 @@ class Pipeline:
         self._loop = asyncio.get_running_loop()
         kafka = self.settings.kafka
         self.dead_letters = DeadLetterPublisher(
-            kafka.bootstrap_servers, kafka.dead_letter_topic, self._dead_lettered, kafka.producer
+            producer_config(kafka), kafka.dead_letter_topic, self._dead_lettered, self.metrics
         )
         self.source = KafkaSource(
             kafka,
@@ -143,6 +144,7 @@ class Pipeline:
         deadline = self.clock.monotonic() + self.settings.batching.shutdown_flush_seconds
         if not await self.dispatcher.wait(self.settings.batching.shutdown_flush_seconds):
             log.warning("shutdown deadline passed with flushes in flight; they stay uncommitted")
+            await self.dispatcher.cancel()
         await self._drain_dead_letters(deadline)
         offsets = self.tracker.committable()
         await asyncio.to_thread(self.source.commit_and_close, offsets)
@@ -170,14 +172,19 @@ class Pipeline:
         if self.breaker.is_open:
             if not self._circuit_logged:
                 log.error(
-                    "dead-letter circuit breaker OPEN: most recent records were dead-lettered; "
-                    "consuming stopped. Check the configuration and DotDigital, then restart."
+                    "dead-letter circuit breaker OPEN (%s); consuming stopped. Check the "
+                    "configuration and DotDigital, then restart.",
+                    self.breaker.describe(),
                 )
                 self.metrics.circuit_open.set(1)
                 self._circuit_logged = True
             self._pause = True
         elif open_records > cap:
             self._pause = True
+            # Pausing alone would wait for windows to close (up to window_seconds) when the
+            # buffer is spread over many address books; send what is buffered now instead.
+            for batch in self.windows.drain(Trigger.PRESSURE):
+                self.dispatcher.submit(batch)
         elif open_records <= cap // 2:
             self._pause = False
 
@@ -211,6 +218,13 @@ class Pipeline:
 
     # -- on the loop -----------------------------------------------------------------------
 
+    def _consumed_counter(self, topic: str) -> Any:
+        # labels() costs a lock and a dict lookup; once per record it shows in profiles.
+        counter = self._consumed_counters.get(topic)
+        if counter is None:
+            counter = self._consumed_counters[topic] = self.metrics.records_consumed.labels(topic)
+        return counter
+
     def _assign(self, partitions: Sequence[TopicPartitionKey]) -> None:
         for tp in partitions:
             self.tracker.assign(tp)
@@ -219,6 +233,9 @@ class Pipeline:
     def _ingest(self, messages: Sequence[Message]) -> None:
         connectors = self.settings.connectors
         for message in messages:
+            if self.breaker.is_open:
+                # Leave the rest unopened and uncommitted: a restart reads them again.
+                break
             # A consumed record always has its coordinates; only produced ones lack them.
             topic, partition, offset = cast(
                 tuple[str, int, int], (message.topic(), message.partition(), message.offset())
@@ -227,7 +244,7 @@ class Pipeline:
             if not self.tracker.consumed(ref):
                 # Not ours any more, or already being processed (a re-delivery after seek).
                 continue
-            self.metrics.records_consumed.labels(topic).inc()
+            self._consumed_counter(topic).inc()
             headers = message.headers()
             original: Original = (
                 message.key(),
@@ -280,7 +297,7 @@ class Pipeline:
             )
         # Older records of partitions we keep, whose newer record the next owner will sync.
         for ref in dropped.superseded:
-            self._finish(ref, dead_lettered=False)
+            self._finish(ref)
         for tp in partitions:
             self.tracker.revoke(tp)
             self._originals.pop(tp, None)
@@ -291,7 +308,8 @@ class Pipeline:
         count = 0
         for contact in contacts:
             for ref in contact.refs:
-                self._finish(ref, dead_lettered=False)
+                self._finish(ref)
+                self.breaker.record(False)
                 count += 1
         self.metrics.records_synced.labels(batch.connector_id, operation).inc(count)
 
@@ -303,7 +321,7 @@ class Pipeline:
             # The winner's partition was revoked meanwhile: its new owner reads it again. Older
             # records of the contact on partitions still ours are superseded by that read.
             for ref in contact.refs:
-                self._finish(ref, dead_lettered=False)
+                self._finish(ref)
             return
         self._publish_dead_letter(
             contact.winner,
@@ -345,17 +363,20 @@ class Pipeline:
             replay_count=replay_count_of(headers),
         )
         self._covers[ref] = tuple(covers)
+        # Counted when decided, not when acknowledged: the breaker must open before a whole
+        # poll's worth of records has gone to the dead-letter topic.
+        for _ in covers:
+            self.breaker.record(True)
         self.dead_letters.publish(ref, key, value, headers, letter)
 
     def _dead_lettered(self, ref: RecordRef, letter: DeadLetter) -> None:
         """The broker acknowledged a dead-letter record: it and what it covers are final."""
         self.metrics.records_dead_lettered.labels(letter.reason.value).inc()
         for covered in self._covers.pop(ref, (ref,)):
-            self._finish(covered, dead_lettered=True)
+            self._finish(covered)
 
-    def _finish(self, ref: RecordRef, *, dead_lettered: bool) -> None:
+    def _finish(self, ref: RecordRef) -> None:
         self.tracker.finished(ref)
-        self.breaker.record(dead_lettered)
         records = self._originals.get((ref.topic, ref.partition))
         if records is not None:
             records.pop(ref.offset, None)

@@ -51,6 +51,8 @@ def test_reason_values_are_the_documented_strings() -> None:
         "retries_exhausted",
         "auth_failed",
         "import_failed",
+        "removal_failed",
+        "internal_error",
     }
 
 
