@@ -7,13 +7,20 @@ dead-letter topic with the right reason, and the committed offsets reached the e
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from confluent_kafka import KafkaException
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.deadletter_headers import H_REASON, Reason
 from stream.demo import DemoRecord, Target, generate
@@ -157,3 +164,241 @@ def test_twenty_thousand_transitions_over_two_hundred_books(
 
     scenario.assert_membership(records)
     scenario.assert_dead_letters(records)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sum each sample name over its labels, from ddsync's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def test_metrics_are_scraped_over_http(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    books = tuple(range(1, 11))
+    port = free_port()
+    scenario = Scenario(
+        kafka, tmp_path, {"main": Account("metrics@apiconnector.com", "r1", books)},
+        "--import-delay", "0.05", window_seconds=1.0, metrics_port=port,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    records = list(generate([Target("main", b) for b in books], 500, bad_share=0.05, seed=3))
+    scenario.produce(records)
+    process = scenario.start_ddsync()
+    scenario.wait_caught_up(timeout=120)
+    metrics = scrape(port)
+    assert process.terminate() == 0
+    bad = sum(1 for r in records if r.bad)
+    assert metrics["ddsync_records_consumed_total"] == len(records)
+    assert metrics["ddsync_records_dead_lettered_total"] == bad
+    assert metrics["ddsync_records_synced_total"] == len(records) - bad
+    assert metrics["ddsync_buffered_records"] == 0
+    assert metrics["ddsync_offset_commits_total"] >= 1
+
+
+def test_a_crash_loses_nothing(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    books = tuple(range(1, 51))
+    scenario = Scenario(
+        kafka, tmp_path, {"main": Account("crash@apiconnector.com", "r1", books)},
+        "--no-rate-limits", "--import-delay", "0.3", "--latency", "0.02",
+        window_seconds=1.0, requests_per_minute=100_000,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    targets = [Target("main", b) for b in books]
+    records = list(generate(targets, 10_000, profiles=1500, bad_share=0.01, seed=5))
+    # A steady stream (about 10 s of it), so that the crash lands in the middle of it.
+    chunks = [records[i : i + 500] for i in range(0, len(records), 500)]
+    producer = threading.Thread(
+        target=lambda: [scenario.produce(chunk) or time.sleep(0.5) for chunk in chunks]
+    )
+    producer.start()
+    first = scenario.start_ddsync()
+
+    def committed_total() -> int:
+        committed, _ = committed_and_end(
+            kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
+        )
+        return sum(max(c, 0) for c in committed)
+
+    wait_until(lambda: committed_total() >= 2000, 120, "no progress", first.process, 0.2)
+    first.kill()  # SIGKILL: no flush, no commit, no goodbye
+    done_before = committed_total()
+    assert done_before < len(records) // 2, "the crash came too late to test anything"
+    second = scenario.start_ddsync()
+    producer.join()
+    scenario.wait_caught_up(timeout=300)
+    assert second.terminate() == 0, second.output()[-3000:]
+
+    scenario.assert_membership(records)
+    bad = [r for r in records if r.bad]
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, len(bad))
+    got = Counter((letter.key, letter.value, letter.header(H_REASON)) for letter in letters)
+    want = {(r.key, r.value, EXPECTED_REASON[r.bad].value) for r in bad}
+    assert set(got) == want
+    consumed_first = first.output().count("flushed main/")
+    print(
+        f"\ncrash: {done_before} records committed before SIGKILL "
+        f"({consumed_first} flushes done by then); dead letters written twice after the "
+        f"restart: {sum(got.values()) - len(got)} of {len(got)}"
+    )
+
+
+def test_throttling_storms_and_server_faults(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    books = tuple(range(1, 11))
+    # ddsync is configured for far more calls than the account allows: it must learn the real
+    # budget from the headers. On top, a third of all calls meet a throttling storm (429, as
+    # when other API users spend the account's budget), a tenth fail with 500/503, and one in
+    # twenty loses its connection.
+    account = Account(
+        "storm@apiconnector.com", "r1", books,
+        extra={"add_per_minute": 20, "remove_per_minute": 20, "import_delay_seconds": 0.2},
+    )  # fmt: skip
+    scenario = Scenario(
+        kafka, tmp_path, {"main": account},
+        "--throttle-rate", "0.3", "--error-rate", "0.1", "--drop-rate", "0.05", "--seed", "1",
+        window_seconds=2.0, requests_per_minute=10_000, retry_timeout_seconds=120,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    records = list(generate([Target("main", b) for b in books], 1500, bad_share=0.01, seed=9))
+    scenario.produce(records)
+    process = scenario.start_ddsync()
+    scenario.wait_caught_up(timeout=300)
+    assert process.terminate() == 0
+    faults = scenario.sandbox.control("stats")["faults"]
+    assert faults.get("429", 0) > 20, faults
+    assert faults.get("500", 0) + faults.get("503", 0) > 5, faults
+    assert faults.get("drop", 0) > 0, faults
+    scenario.assert_membership(records)
+    bad = [r for r in records if r.bad]
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, len(bad))
+    assert {letter.header(H_REASON) for letter in letters} <= {
+        r.value for r in EXPECTED_REASON.values()
+    }
+    print(f"\nstorm: faults served {faults}")
+
+
+def test_a_wrong_password_dead_letters_one_connector_only(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    good = Account("good@apiconnector.com", "r1", (1, 2, 3))
+    broken = Account("broken@apiconnector.com", "r2", (7, 8))
+    scenario = Scenario(
+        kafka, tmp_path, {"good": good, "broken": broken}, "--import-delay", "0.05",
+        window_seconds=1.0, retry_timeout_seconds=4,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    scenario.env[password_env("broken")] = "not-the-password"
+    targets = [Target("good", b) for b in good.address_books]
+    targets += [Target("broken", b) for b in broken.address_books]
+    records = list(generate(targets, 1000, seed=13))
+    scenario.produce(records)
+    started = time.monotonic()
+    process = scenario.start_ddsync()
+    scenario.wait_caught_up(timeout=120)
+    assert process.terminate() == 0
+    assert time.monotonic() - started >= 4, "dead-lettered before the retry timeout"
+
+    good_records = [r for r in records if b'"connector_id":"good"' in r.value]
+    broken_records = [r for r in records if b'"connector_id":"broken"' in r.value]
+    expected = expected_membership(good_records)
+    for book in good.address_books:
+        assert scenario.sandbox.members(good.username, book) == expected[("good", book)]
+    for book in broken.address_books:
+        assert scenario.sandbox.members(broken.username, book) == set()
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1)
+    assert letters, "nothing of the broken connector reached the dead-letter topic"
+    assert {letter.header(H_REASON) for letter in letters} == {Reason.AUTH_FAILED.value}
+    assert {letter.header("ddsync.connector_id") for letter in letters} == {"broken"}
+    # Coalescing: one dead letter per contact and book; the rest are covered by it.
+    winners = {(r.key, orjson.loads(r.value)["address_book_id"]) for r in broken_records}
+    assert len(letters) == len(winners)
+    assert "not-the-password" not in process.output()
+
+
+def test_a_second_instance_joins_mid_run(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    books = tuple(range(1, 31))
+    scenario = Scenario(
+        kafka, tmp_path, {"main": Account("pair@apiconnector.com", "r1", books)},
+        "--no-rate-limits", "--import-delay", "0.2", "--latency", "0.01",
+        window_seconds=1.0, requests_per_minute=100_000,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    records = list(generate([Target("main", b) for b in books], 8000, bad_share=0.01, seed=21))
+    third = len(records) // 3
+    scenario.produce(records[:third])
+    first = scenario.start_ddsync()
+    time.sleep(3)
+    second = scenario.start_ddsync()
+    scenario.produce(records[third : 2 * third])
+    time.sleep(3)
+    scenario.produce(records[2 * third :])
+    scenario.wait_caught_up(timeout=300)
+    assert first.terminate() == 0
+    assert second.terminate() == 0
+    assert "assigned" in second.output(), "the second instance never got partitions"
+    scenario.assert_membership(records)
+    bad = [r for r in records if r.bad]
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, len(bad))
+    got = {(letter.key, letter.value, letter.header(H_REASON)) for letter in letters}
+    assert got == {(r.key, r.value, EXPECTED_REASON[r.bad].value) for r in bad}
+
+
+def test_the_circuit_breaker_stops_consuming(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    breaker = "[dead_letter]\nbreaker_window = 100\nbreaker_ratio = 0.9\nbreaker_min_records = 50\n"
+    scenario = Scenario(
+        kafka, tmp_path, {"main": Account("breaker@apiconnector.com", "r1", (1,))},
+        window_seconds=1.0, extra=breaker,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    junk = [DemoRecord(f"k{n}".encode(), b"not json", "not_json") for n in range(2000)]
+    scenario.produce(junk)
+    process = scenario.start_ddsync()
+    wait_until(
+        lambda: "circuit breaker OPEN" in process.output(), 60, "the breaker did not open",
+        process.process,
+    )  # fmt: skip
+    time.sleep(3)
+    assert process.alive(), "the process should stay up (metrics, an operator's look)"
+    committed, _ = committed_and_end(
+        kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
+    )
+    # It stops within about a window of the breaker's (100 records), not a poll's (500).
+    assert sum(max(c, 0) for c in committed) <= 200, "it kept consuming"
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1, timeout=10)
+    assert len(letters) <= 200
+    assert process.terminate() == 0
+
+
+def test_a_bad_configuration_fails_with_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "ddsync.toml"
+    config.write_text(
+        '[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[batching]\nmax_contacts = "many"\n'
+        '[connectors.main]\nusername = "u"\npassword_env = "X"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ddsync: batching.max_contacts must be an integer, got 'many'"
+    ]

@@ -152,6 +152,7 @@ def write_config(
     window_seconds: float = 2.0,
     retry_timeout_seconds: float = 60.0,
     requests_per_minute: int | None = None,
+    metrics_port: int | None = None,
     extra: str = "",
 ) -> Path:
     """``connectors``: name -> (username, discovery URL); passwords via DDSYNC_TEST_PASSWORD_*."""
@@ -173,7 +174,11 @@ def write_config(
         f"retry_timeout_seconds = {retry_timeout_seconds}",
         "commit_interval_seconds = 0.5",
         "[metrics]",
-        "enabled = false",
+        *(
+            ["enabled = false"]
+            if metrics_port is None
+            else ['host = "127.0.0.1"', f"port = {metrics_port}"]
+        ),
     ]
     for name, (username, discovery) in connectors.items():
         lines += [
@@ -188,7 +193,8 @@ def write_config(
                 f"add_requests_per_minute = {requests_per_minute}",
                 f"remove_requests_per_minute = {requests_per_minute}",
             ]
-    path.write_text("\n".join(lines) + "\n" + extra)
+    # ``extra`` (TOML tables) goes first, where no table header precedes its lines.
+    path.write_text(extra + "\n" + "\n".join(lines) + "\n")
     return path
 
 
