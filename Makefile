@@ -31,6 +31,10 @@ lint: install
 	$(VENV)/bin/ruff format --check stream tests deploy
 	$(VENV)/bin/mypy
 
+# The broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the sandbox, ddsync and a demo stream.
+run: install
+	$(KAFKA) run -- env PY=$(PY) bash deploy/demo/run.sh
+
 kafka-fetch:
 	$(KAFKA) fetch
 

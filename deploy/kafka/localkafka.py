@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_STATE_DIR = HERE.parents[1] / ".ddsync" / "kafka"
 READY_TIMEOUT_SECONDS = 180.0
 HEAP = ("-Xms256m", "-Xmx512m")
+CHILD_GRACE_SECONDS = 60.0
 
 
 class LocalKafkaError(RuntimeError):
@@ -314,8 +315,6 @@ def clear_state(state_dir: Path) -> None:
 
 def run_with_broker(command: list[str], state_dir: Path) -> int:
     """Run ``command`` with a broker started for it (unless one is given), then stop it."""
-    if command and command[0] == "--":
-        command = command[1:]
     if not command:
         raise LocalKafkaError("run needs a command: localkafka.py run -- COMMAND ...")
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -331,11 +330,22 @@ def run_with_broker(command: list[str], state_dir: Path) -> int:
     )
     # SIGTERM becomes an exception, so the finally below stops the broker on it too.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    child: subprocess.Popen[bytes] | None = None
     try:
-        return subprocess.call(
+        child = subprocess.Popen(
             command, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": state.bootstrap_servers}
         )
+        return child.wait()
     except KeyboardInterrupt:
+        # Ctrl-C reached the command too (one process group): let it finish its shutdown,
+        # which may still need the broker (a final offset commit), before stopping the broker.
+        if child is not None:
+            try:
+                child.send_signal(signal.SIGINT)
+                child.wait(CHILD_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         return 130
     finally:
         stop(own_dir)
@@ -350,11 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A local single-node Kafka broker.")
     parser.add_argument("action", choices=["fetch", "up", "down", "status", "run"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="with run: the command")
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after "--" is run's command; options before it are ours, in any order.
+    command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
     try:
         if args.action == "run":
-            return run_with_broker(args.command, args.state_dir)
+            return run_with_broker(command, args.state_dir)
         if args.action == "fetch":
             print(fetch_jars())
         elif args.action == "up":

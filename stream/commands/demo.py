@@ -39,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--partitions", type=int, default=6, help="of topics it creates")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between reports")
     parser.add_argument("--watch-seconds", type=float, default=0.0, help="0: until Ctrl-C")
+    parser.add_argument(
+        "--setup-only", action="store_true", help="create topics and address books, then exit"
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -54,6 +57,8 @@ def handle(args: argparse.Namespace) -> int:
     except (DotDigitalError, KafkaException) as exc:
         print(f"ddsync demo: {exc}", file=sys.stderr)
         return 1
+    if args.setup_only:
+        return 0
     with contextlib.suppress(KeyboardInterrupt):
         produce(settings, targets, args.count, args.rate, args.bad_share)
         watch(settings, targets, args.every, args.watch_seconds)
