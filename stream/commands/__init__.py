@@ -1,1 +1,17 @@
 """Subcommands of the ddsync command line that belong to the pipeline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from stream.config import ConfigError, Settings, load_settings
+
+
+def load_or_exit(path: Path) -> Settings:
+    """The configuration, or one line on stderr naming what is wrong and exit status 2."""
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"ddsync: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

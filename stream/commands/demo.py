@@ -21,7 +21,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from stream.config import ConfigError, Settings, load_settings
+from stream.commands import load_or_exit
+from stream.config import Settings
 from stream.deadletter_headers import H_REASON
 from stream.demo import Target, generate
 from stream.dotdigital import DotDigitalClient, DotDigitalError
@@ -46,11 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"ddsync: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit(args.config)
     try:
         create_topics(settings, args.partitions)
         targets = asyncio.run(create_address_books(settings, args.address_books))

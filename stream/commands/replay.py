@@ -18,7 +18,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from stream.config import ConfigError, Settings, load_settings
+from stream.commands import load_or_exit
+from stream.config import Settings
 from stream.deadletter_headers import Reason
 from stream.replay import (
     Replayer,
@@ -74,11 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"ddsync: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit(args.config)
     if args.group is not None and not args.group.strip():
         print("ddsync: --group must not be empty", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stream.config import ConfigError, Settings, load_settings
+from stream.commands import load_or_exit
+from stream.config import Settings
 from stream.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"ddsync: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit(args.config)
     return asyncio.run(run(settings))
 
 

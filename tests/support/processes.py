@@ -192,6 +192,7 @@ def write_config(
             lines += [
                 f"add_requests_per_minute = {requests_per_minute}",
                 f"remove_requests_per_minute = {requests_per_minute}",
+                f"other_requests_per_minute = {requests_per_minute}",
             ]
     # ``extra`` (TOML tables) goes first, where no table header precedes its lines.
     path.write_text(extra + "\n" + "\n".join(lines) + "\n")
