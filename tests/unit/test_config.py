@@ -1,0 +1,114 @@
+"""The configuration file: defaults, environment overrides, secrets, and errors that name the
+setting to fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from stream.config import ConfigError, Secret, load_settings
+
+MINIMAL = """
+[kafka]
+bootstrap_servers = "k:9092"
+[connectors.eu_main]
+username = "apiuser-1@apiconnector.com"
+password_env = "EU_PASSWORD"
+"""
+ENV = {"EU_PASSWORD": "s3cret"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ddsync.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_the_design(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), ENV)
+    assert settings.kafka.topics == ("audience-transitions", "journey-transitions")
+    assert settings.batching.max_contacts == 1000
+    assert settings.batching.window_seconds == 1200
+    connector = settings.connectors["eu_main"]
+    assert (connector.add_requests_per_minute, connector.remove_requests_per_minute) == (75, 35)
+    assert connector.discovery_endpoint == "https://r1-api.dotdigital.com"
+    assert connector.api_endpoint is None
+    assert connector.password.reveal() == "s3cret"
+
+
+def test_environment_overrides_any_setting(tmp_path: Path) -> None:
+    env = {
+        **ENV,
+        "DDSYNC__KAFKA__BOOTSTRAP_SERVERS": "other:9093",
+        "DDSYNC__BATCHING__WINDOW_SECONDS": "60",
+        "DDSYNC__CONNECTORS__EU_MAIN__API_ENDPOINT": "https://r2-api.dotdigital.com/",
+        "DDSYNC__KAFKA__TOPICS": '["a", "b"]',
+    }
+    settings = load_settings(write(tmp_path, MINIMAL), env)
+    assert settings.kafka.bootstrap_servers == "other:9093"
+    assert settings.batching.window_seconds == 60.0
+    assert settings.kafka.topics == ("a", "b")
+    # The trailing slash DotDigital puts on endpoints is dropped.
+    assert settings.connectors["eu_main"].api_endpoint == "https://r2-api.dotdigital.com"
+
+
+def test_password_from_a_mounted_file(tmp_path: Path) -> None:
+    secret = tmp_path / "eu_main"
+    secret.write_text("from-file\n")
+    text = MINIMAL.replace('password_env = "EU_PASSWORD"', f'password_file = "{secret}"')
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.connectors["eu_main"].password.reveal() == "from-file"
+
+
+def test_a_secret_never_prints_itself() -> None:
+    secret = Secret("hunter2")
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in f"{secret}"
+
+
+@pytest.mark.parametrize(
+    ("change", "env", "message"),
+    [
+        (("[kafka]", "[kafka]\nbogus = 1"), ENV, "unknown setting kafka.bogus"),
+        (('bootstrap_servers = "k:9092"', ""), ENV, "kafka.bootstrap_servers is required"),
+        (("[kafka]", "[batching]\nmax_contacts = 0\n[kafka]"), ENV, "batching.max_contacts"),
+        (("[kafka]", '[batching]\nwindow_seconds = "soon"\n[kafka]'), ENV, "a number"),
+        (("", ""), {}, "environment variable EU_PASSWORD is not set"),
+        (('password_env = "EU_PASSWORD"', 'password = "x"'), ENV, "secrets are not read"),
+        (("[kafka]", '[kafka]\ndead_letter_topic = "audience-transitions"'), ENV, "must not be"),
+        (("[kafka]", "[mystery]\n[kafka]"), ENV, "unknown section [mystery]"),
+        (
+            ("[kafka]", "[dead_letter]\nbreaker_window = 10\nbreaker_min_records = 20\n[kafka]"),
+            ENV,
+            "breaker_min_records must not exceed",
+        ),
+        (
+            ('username = "apiuser-1@apiconnector.com"', 'username = "u"\napi_endpoint = "r2"'),
+            ENV,
+            "connectors.eu_main.api_endpoint must be an http(s) URL",
+        ),
+    ],
+)
+def test_a_bad_setting_is_named(
+    tmp_path: Path, change: tuple[str, str], env: dict[str, str], message: str
+) -> None:
+    old, new = change
+    text = MINIMAL.replace(old, new, 1) if old else MINIMAL
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        load_settings(write(tmp_path, text), env)
+    assert "s3cret" not in str(error.value)
+
+
+def test_no_connector_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no connector configured"):
+        load_settings(write(tmp_path, '[kafka]\nbootstrap_servers = "k:9092"\n'), {})
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", {})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[kafka\n"), {})
