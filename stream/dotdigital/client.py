@@ -80,6 +80,7 @@ CONTACT_NOT_FOUND_CODES = frozenset({"contacts:contactNotFound", "ERROR_CONTACT_
 # A 429 for the concurrent-job caps says nothing about when a slot frees; poll-like wait.
 CONCURRENCY_RETRY_SECONDS = 2.0
 VISIBILITIES = ("Private", "Public")
+EMAIL_LOOKUP_PREFIX = "/contacts/v3/email/"
 
 
 @dataclass(frozen=True)
@@ -596,7 +597,7 @@ class DotDigitalClient:
     ) -> None:
         async def one(key: str) -> None:
             email = names.sent[key]
-            path = f"/contacts/v3/email/{quote(email, safe='@')}"
+            path = f"{EMAIL_LOOKUP_PREFIX}{quote(email, safe='@')}"
             async with self._lookups:
                 try:
                     contact = await self._call("GET", path, policy=policy, deadline=deadline)
@@ -719,7 +720,7 @@ class DotDigitalClient:
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
         classified :class:`DotDigitalError`. ``path`` is already URL-encoded."""
-        what = f"{method} {path.split('?', 1)[0]}"
+        what = f"{method} {_path_for_messages(path)}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
         pacer = self._limiters[limiter or "other"]
         sent_at = await pacer.acquire()
@@ -783,6 +784,15 @@ def _new_session(settings: ConnectorSettings) -> aiohttp.ClientSession:
         # Look-ups run concurrently; keep connections reused rather than opened per call.
         connector=aiohttp.TCPConnector(limit=64),
     )
+
+
+def _path_for_messages(path: str) -> str:
+    """A request's path as error messages and logs show it: no query, and no email address
+    (personal data has no place in logs, metrics or dead-letter headers)."""
+    path = path.split("?", 1)[0]
+    if path.startswith(EMAIL_LOOKUP_PREFIX):
+        return EMAIL_LOOKUP_PREFIX + "{email}"
+    return path
 
 
 def _retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:

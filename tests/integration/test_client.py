@@ -661,3 +661,12 @@ async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None
     assert sum(len(r.removed) for r in removals) == 10_000
     assert len(sb.members(USER, BOOK_A)) == 10_000
     assert elapsed < 20, f"20,000 adds and 10,000 removes took {elapsed:.1f}s"
+
+
+def test_error_messages_carry_no_email_address() -> None:
+    from stream.dotdigital.client import _path_for_messages
+
+    assert _path_for_messages("/contacts/v3/email/jane%40example.com") == (
+        "/contacts/v3/email/{email}"
+    )
+    assert _path_for_messages("/v2/address-books?select=1000&skip=0") == "/v2/address-books"
