@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +42,7 @@ from stream.dotdigital import (
     RetryPolicy,
 )
 from stream.metrics import Metrics
+from stream.offsets import TopicPartitionKey
 from stream.windowing import Batch, Contact
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ class Dispatcher:
         self._retry = RetryPolicy(total_seconds=retry_timeout, retry_authentication=True)
         # The last flush of each address book: the next one waits for it.
         self._tails: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Every flush not yet done, with its batch (a revoke waits only for its partitions').
+        self._tasks: dict[asyncio.Task[None], Batch] = {}
 
     @property
     def in_flight(self) -> int:
@@ -94,16 +96,27 @@ class Dispatcher:
         previous = self._tails.get(key)
         task = asyncio.create_task(self._after(previous, batch), name=f"flush {key}")
         self._tails[key] = task
-        self._tasks.add(task)
+        self._tasks[task] = batch
         task.add_done_callback(lambda t: self._finished(key, t))
         self._metrics.batches_flushed.labels(batch.connector_id, batch.trigger.value).inc()
         return task
 
-    async def wait(self, seconds: float) -> bool:
-        """Wait until every submitted batch is done or ``seconds`` passed; True when idle."""
-        if not self._tasks:
+    async def wait(
+        self, seconds: float, partitions: Collection[TopicPartitionKey] | None = None
+    ) -> bool:
+        """Wait until the submitted batches are done, or ``seconds`` passed; True when they are.
+
+        With ``partitions``, only the batches holding a record of one of them count (a flush
+        waits for the earlier flushes of its address book anyway).
+        """
+        tasks = [
+            task
+            for task, batch in self._tasks.items()
+            if partitions is None or any(ref.tp in partitions for ref in batch.refs())
+        ]
+        if not tasks:
             return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=seconds)
+        _, pending = await asyncio.wait(tasks, timeout=seconds)
         return not pending
 
     async def cancel(self) -> None:
@@ -115,7 +128,7 @@ class Dispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _finished(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if self._tails.get(key) is task:
             del self._tails[key]
 

@@ -278,7 +278,7 @@ class Pipeline:
                 self.dispatcher.submit(batch)
             bound = self.settings.batching.revoke_flush_seconds
             deadline = self.clock.monotonic() + bound
-            if not await self.dispatcher.wait(bound):
+            if not await self.dispatcher.wait(bound, revoked):
                 log.warning("revoke: flushes still in flight after %.0f s", bound)
             await self._drain_dead_letters(deadline)
         positions = self.tracker.committable(revoked)

@@ -151,7 +151,7 @@ class KafkaSource:
         assignment = self._consumer.assignment()
         if want:
             self._consumer.pause(assignment)
-            log.warning("pausing %d partitions", len(assignment))
+            log.info("pausing %d partitions (backpressure or breaker)", len(assignment))
         else:
             self._consumer.resume(assignment)
             log.info("resuming %d partitions", len(assignment))

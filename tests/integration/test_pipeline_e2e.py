@@ -337,10 +337,12 @@ def test_a_second_instance_joins_mid_run(
     kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
 ) -> None:
     books = tuple(range(1, 31))
+    # A small buffer cap: both instances pause and resume under backpressure while partitions
+    # move between them, so a partition must not stay paused after changing hands.
     scenario = Scenario(
         kafka, tmp_path, {"main": Account("pair@apiconnector.com", "r1", books)},
         "--no-rate-limits", "--import-delay", "0.2", "--latency", "0.01",
-        window_seconds=1.0, requests_per_minute=100_000,
+        window_seconds=1.0, requests_per_minute=100_000, max_buffered_records=400,
     )  # fmt: skip
     scenarios.append(scenario)
     records = list(generate([Target("main", b) for b in books], 8000, bad_share=0.01, seed=21))
@@ -356,6 +358,7 @@ def test_a_second_instance_joins_mid_run(
     assert first.terminate() == 0
     assert second.terminate() == 0
     assert "assigned" in second.output(), "the second instance never got partitions"
+    assert "pausing" in first.output() + second.output(), "backpressure never engaged"
     scenario.assert_membership(records)
     scenario.assert_dead_letters(records, repeats=True)
 

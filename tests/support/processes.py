@@ -152,6 +152,7 @@ def write_config(
     window_seconds: float = 2.0,
     retry_timeout_seconds: float = 60.0,
     requests_per_minute: int | None = None,
+    max_buffered_records: int = 50_000,
     metrics_port: int | None = None,
     extra: str = "",
 ) -> Path:
@@ -168,6 +169,7 @@ def write_config(
         "[batching]",
         f"max_contacts = {max_contacts}",
         f"window_seconds = {window_seconds}",
+        f"max_buffered_records = {max_buffered_records}",
         "revoke_flush_seconds = 10",
         "shutdown_flush_seconds = 30",
         "[dispatch]",
