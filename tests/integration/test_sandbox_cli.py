@@ -53,9 +53,17 @@ def get(url: str, auth: str | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _parsed(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return error.code, _parsed(error.read())
+
+
+def _parsed(raw: bytes) -> Any:
+    # An injected 503 is an HTML page on purpose (clients must not assume JSON).
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 def stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str, str]:
