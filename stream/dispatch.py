@@ -27,7 +27,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stream.clients import ClientPool
+from stream.client_pool import ClientPool
 from stream.clock import Clock
 from stream.deadletter_headers import Reason
 from stream.dotdigital import (

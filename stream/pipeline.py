@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 from confluent_kafka import Message
 
 from stream.breaker import DeadLetterBreaker
-from stream.clients import ClientPool
+from stream.client_pool import ClientPool
 from stream.clock import Clock, SystemClock
 from stream.config import Settings
 from stream.deadletter import DeadLetterPublisher, producer_config
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TICK_SECONDS = 0.2
+DRAIN_SECONDS = 5.0
 
 # What the dead-letter record needs of the source record: key, value, headers.
 Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
@@ -145,7 +146,9 @@ class Pipeline:
         if not await self.dispatcher.wait(self.settings.batching.shutdown_flush_seconds):
             log.warning("shutdown deadline passed with flushes in flight; they stay uncommitted")
             await self.dispatcher.cancel()
-        await self._drain_dead_letters(deadline)
+        # The dead letters of the last flushes get a moment of their own even when the flushes
+        # used up the deadline: acknowledged now, they need not be redone after the restart.
+        await self._drain_dead_letters(max(deadline, self.clock.monotonic() + DRAIN_SECONDS))
         offsets = self.tracker.committable()
         await asyncio.to_thread(self.source.commit_and_close, offsets)
         log.info("committed %s and left the group", _describe(offsets))

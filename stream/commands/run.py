@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaException, Producer
+
 from stream.commands import load_or_exit
 from stream.config import Settings
+from stream.deadletter import producer_config
 from stream.pipeline import Pipeline
+from stream.source import consumer_config
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,29 @@ def handle(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
+def check_kafka_settings(settings: Settings) -> str | None:
+    """librdkafka's verdict on the consumer and producer settings, before anything starts."""
+    for section, config in (
+        ("kafka.consumer", consumer_config(settings.kafka)),
+        ("kafka.producer", producer_config(settings.kafka)),
+    ):
+        try:
+            # Building a client validates its settings; it connects to nothing until used.
+            client: Consumer | Producer = (
+                Consumer(config) if section == "kafka.consumer" else Producer(config)
+            )
+        except KafkaException as exc:
+            return f"{section}: {exc.args[0].str()}"
+        if isinstance(client, Consumer):
+            client.close()
+    return None
+
+
 async def run(settings: Settings) -> int:
+    problem = check_kafka_settings(settings)
+    if problem is not None:
+        print(f"ddsync: {problem}", file=sys.stderr)
+        return 2
     pipeline = Pipeline(settings)
     if settings.metrics.enabled:
         try:

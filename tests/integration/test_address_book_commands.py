@@ -14,7 +14,6 @@ Two ways to start the command:
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -211,21 +210,7 @@ async def test_bad_configuration_is_one_line(sandbox: Sandbox, tmp_path: Path) -
     assert_one_line_error(no_secret, f"environment variable {PASSWORD_ENV} is not set")
 
 
-def _cli_importable() -> str | None:
-    from stream.cli import COMMAND_MODULES
-
-    for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            return f"{name} cannot be imported yet: {exc}"
-    return None
-
-
 async def test_through_the_real_entry_point(sandbox: Sandbox, tmp_path: Path) -> None:
-    reason = _cli_importable()
-    if reason is not None:
-        pytest.skip(reason)
     config = str(write_config(tmp_path, sandbox))
     created = await ddsync(
         "address-books", "create", "Via ddsync", "--config", config, real_cli=True

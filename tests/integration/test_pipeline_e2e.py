@@ -7,6 +7,8 @@ dead-letter topic with the right reason, and the committed offsets reached the e
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -235,9 +237,12 @@ def test_a_crash_loses_nothing(
     first = scenario.start_ddsync()
 
     def committed_total() -> int:
-        committed, _ = committed_and_end(
-            kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
-        )
+        try:
+            committed, _ = committed_and_end(
+                kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
+            )
+        except KafkaException:  # the group coordinator is still being elected
+            return 0
         return sum(max(c, 0) for c in committed)
 
     wait_until(lambda: committed_total() >= 2000, 120, "no progress", first.process, 0.2)
@@ -287,11 +292,7 @@ def test_throttling_storms_and_server_faults(
     assert faults.get("500", 0) + faults.get("503", 0) > 5, faults
     assert faults.get("drop", 0) > 0, faults
     scenario.assert_membership(records)
-    bad = [r for r in records if r.bad]
-    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, len(bad))
-    assert {letter.header(H_REASON) for letter in letters} <= {
-        r.value for r in EXPECTED_REASON.values()
-    }
+    scenario.assert_dead_letters(records, repeats=True)
     print(f"\nstorm: faults served {faults}")
 
 
@@ -357,7 +358,7 @@ def test_a_second_instance_joins_mid_run(
     scenario.wait_caught_up(timeout=300)
     assert first.terminate() == 0
     assert second.terminate() == 0
-    assert "assigned" in second.output(), "the second instance never got partitions"
+    assert re.search(r"assigned .*\[\d+\]", second.output()), "the second got no partition"
     assert "pausing" in first.output() + second.output(), "backpressure never engaged"
     scenario.assert_membership(records)
     scenario.assert_dead_letters(records, repeats=True)
@@ -405,3 +406,20 @@ def test_a_bad_configuration_fails_with_one_clear_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "ddsync: batching.max_contacts must be an integer, got 'many'"
     ]
+
+
+def test_a_bad_librdkafka_setting_fails_with_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "ddsync.toml"
+    config.write_text(
+        '[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[kafka.consumer]\n"no.such.setting" = 1\n'
+        '[connectors.main]\nusername = "u"\npassword_env = "PW"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PW": "x"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("ddsync: kafka.consumer: ")
+    assert "no.such.setting" in lines[0]
