@@ -27,8 +27,8 @@ test: install
 	$(KAFKA) run -- $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check stream tests deploy
-	$(VENV)/bin/ruff format --check stream tests deploy
+	$(VENV)/bin/ruff check stream tests deploy benchmarks
+	$(VENV)/bin/ruff format --check stream tests deploy benchmarks
 	$(VENV)/bin/mypy
 
 # The broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the sandbox, ddsync and a demo stream.

@@ -275,7 +275,7 @@ class DotDigitalClient:
         return await self._account_info(self.endpoint, deadline)
 
     async def _account_info(self, base: str, deadline: float | None) -> AccountInfo:
-        response = await self._call_full("GET", "/v2/account-info", base=base, deadline=deadline)
+        response = await self._call("GET", "/v2/account-info", base=base, deadline=deadline)
         if not isinstance(response.data, Mapping):
             raise TransientError("GET /v2/account-info answered with an unexpected body")
         rate_limit = {
@@ -297,7 +297,7 @@ class DotDigitalClient:
         skip = 0
         while True:
             query = urlencode({"select": page_size, "skip": skip})
-            page = await self._call("GET", f"/v2/address-books?{query}", deadline=deadline)
+            page = (await self._call("GET", f"/v2/address-books?{query}", deadline=deadline)).data
             if not isinstance(page, list):
                 raise TransientError("GET /v2/address-books answered with an unexpected body")
             books.extend(AddressBook.from_json(item) for item in page if isinstance(item, Mapping))
@@ -309,12 +309,13 @@ class DotDigitalClient:
         self, address_book_id: int, *, deadline: float | None = None
     ) -> AddressBook:
         """One address book; :class:`AddressBookNotFoundError` when it does not exist."""
-        data = await self._call(
+        response = await self._call(
             "GET",
             f"/v2/address-books/{int(address_book_id)}",
             not_found=AddressBookNotFoundError,
             deadline=deadline,
         )
+        data = response.data
         if not isinstance(data, Mapping):
             raise TransientError("GET /v2/address-books/{id} answered with an unexpected body")
         return AddressBook.from_json(data)
@@ -413,14 +414,16 @@ class DotDigitalClient:
             ],
         }
         async with self._imports:
-            accepted = await self._call(
-                "PUT",
-                "/contacts/v3/import",
-                body=body,
-                limiter="add",
-                policy=policy,
-                deadline=deadline,
-            )
+            accepted = (
+                await self._call(
+                    "PUT",
+                    "/contacts/v3/import",
+                    body=body,
+                    limiter="add",
+                    policy=policy,
+                    deadline=deadline,
+                )
+            ).data
             import_id = accepted.get("importId") if isinstance(accepted, Mapping) else None
             if not isinstance(import_id, str) or not import_id:
                 raise TransientError("PUT /contacts/v3/import answered without an importId")
@@ -464,7 +467,7 @@ class DotDigitalClient:
         job_deadline = self._job_deadline(policy, deadline)
         while True:
             await self._wait_for_job(next(delays), job_deadline, f"import {import_id}", last_status)
-            result = await self._call("GET", path, policy=policy, deadline=deadline)
+            result = (await self._call("GET", path, policy=policy, deadline=deadline)).data
             if not isinstance(result, Mapping):
                 raise TransientError(f"GET {path} answered with an unexpected body")
             last_status = str(result.get("status", ""))
@@ -600,7 +603,7 @@ class DotDigitalClient:
             path = f"{EMAIL_LOOKUP_PREFIX}{quote(email, safe='@')}"
             async with self._lookups:
                 try:
-                    contact = await self._call("GET", path, policy=policy, deadline=deadline)
+                    contact = (await self._call("GET", path, policy=policy, deadline=deadline)).data
                 except PermanentError as error:
                     if error.status == 404 or error.code in CONTACT_NOT_FOUND_CODES:
                         not_found.add(key)
@@ -632,7 +635,7 @@ class DotDigitalClient:
     async def _delete_members(
         self, book_id: int, contact_ids: list[int], policy: RetryPolicy, deadline: float | None
     ) -> str:
-        accepted = await self._call(
+        response = await self._call(
             "POST",
             f"/v2/address-books/{book_id}/contacts/delete",
             body=contact_ids,
@@ -641,6 +644,7 @@ class DotDigitalClient:
             deadline=deadline,
             not_found=AddressBookNotFoundError,
         )
+        accepted = response.data
         deletion_id = accepted.get("id") if isinstance(accepted, Mapping) else None
         if not isinstance(deletion_id, str) or not deletion_id:
             raise TransientError("POST /v2/address-books/{id}/contacts/delete answered without id")
@@ -656,7 +660,7 @@ class DotDigitalClient:
                     deletion_status=status,
                 )
             await self._wait_for_job(next(delays), job_deadline, f"removal {deletion_id}", status)
-            job = await self._call("GET", path, policy=policy, deadline=deadline)
+            job = (await self._call("GET", path, policy=policy, deadline=deadline)).data
             if not isinstance(job, Mapping):
                 raise TransientError(f"GET {path} answered with an unexpected body")
             status = str(job.get("status", ""))
@@ -675,32 +679,9 @@ class DotDigitalClient:
         not_found: type[PermanentError] | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
-    ) -> Any:
-        """One HTTP step under the retry policy; returns the decoded JSON body."""
-        response = await self._call_full(
-            method,
-            path,
-            base=base,
-            body=body,
-            limiter=limiter,
-            not_found=not_found,
-            policy=policy,
-            deadline=deadline,
-        )
-        return response.data
-
-    async def _call_full(
-        self,
-        method: str,
-        path: str,
-        *,
-        base: str | None = None,
-        body: Any = None,
-        limiter: Operation | None = None,
-        not_found: type[PermanentError] | None = None,
-        policy: RetryPolicy | None = None,
-        deadline: float | None = None,
     ) -> _Response:
+        """One HTTP step under the retry policy (its ``.data`` is the decoded JSON body)."""
+
         def attempt() -> Awaitable[_Response]:
             return self._send(
                 method, path, base=base, body=body, limiter=limiter, not_found=not_found
