@@ -8,7 +8,9 @@ Contract:
   underscores separate levels; values are parsed as TOML when they parse, else taken as strings).
 * Secrets never come from the file: a connector names ``password_env`` or ``password_file``
   (as Kubernetes mounts them). They are held in :class:`Secret`, whose ``repr``/``str`` hide them.
-* librdkafka settings under ``[kafka.consumer]`` and ``[kafka.producer]`` pass through unchanged.
+* librdkafka settings under ``[kafka.consumer]`` and ``[kafka.producer]`` pass through unchanged;
+  their secrets (``sasl.password``, ``ssl.key.password``, ...) come from ``[kafka.secrets]``,
+  each ``{ env = "VAR" }`` or ``{ file = "/path" }``, and are refused in the other two tables.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class KafkaSettings:
     dead_letter_topic: str = "ddsync.dlq"
     consumer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     producer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    # librdkafka secrets, for the consumer and the producer alike.
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,13 +173,25 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         group_id=_get(kafka, "kafka.group_id", str, KafkaSettings.group_id),
         topics=tuple(_get(kafka, "kafka.topics", list, list(KafkaSettings.topics))),
         dead_letter_topic=_get(kafka, "kafka.dead_letter_topic", str, "ddsync.dlq"),
-        consumer=dict(_section(kafka, "consumer", "kafka.consumer")),
-        producer=dict(_section(kafka, "producer", "kafka.producer")),
+        consumer=_librdkafka(kafka, "consumer"),
+        producer=_librdkafka(kafka, "producer"),
+        secrets={
+            key: _secret(spec, f'kafka.secrets."{key}"', environ)
+            for key, spec in _section(kafka, "secrets", "kafka.secrets").items()
+        },
     )
     _check_keys(
         kafka,
         "kafka",
-        {"bootstrap_servers", "group_id", "topics", "dead_letter_topic", "consumer", "producer"},
+        {
+            "bootstrap_servers",
+            "group_id",
+            "topics",
+            "dead_letter_topic",
+            "consumer",
+            "producer",
+            "secrets",
+        },
     )
     if not kafka_settings.topics or not all(isinstance(t, str) for t in kafka_settings.topics):
         raise ConfigError("kafka.topics must be a non-empty list of topic names")
@@ -273,6 +289,34 @@ def parse_connector(
         max_active_imports=_positive(raw, f"{where}.max_active_imports", int, 25),
         request_timeout_seconds=_positive(raw, f"{where}.request_timeout_seconds", float, 121.0),
     )
+
+
+SECRET_SUFFIXES = ("password", "secret", "jaas.config")
+
+
+def _librdkafka(kafka: Mapping[str, Any], name: str) -> dict[str, Any]:
+    settings = dict(_section(kafka, name, f"kafka.{name}"))
+    for key in settings:
+        if key.endswith(SECRET_SUFFIXES):
+            raise ConfigError(
+                f'kafka.{name}."{key}": secrets are not read from the file; set it in '
+                f'[kafka.secrets] as "{key}" = {{ env = "VAR" }} or {{ file = "/path" }}'
+            )
+    return settings
+
+
+def _secret(spec: Any, where: str, environ: Mapping[str, str]) -> Secret:
+    if not isinstance(spec, Mapping) or set(spec) not in ({"env"}, {"file"}):
+        raise ConfigError(f'{where} must be {{ env = "VAR" }} or {{ file = "/path" }}')
+    if "env" in spec:
+        value = environ.get(str(spec["env"]))
+        if not value:
+            raise ConfigError(f"{where}: environment variable {spec['env']} is not set")
+        return Secret(value)
+    try:
+        return Secret(Path(str(spec["file"])).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {spec['file']}: {exc.strerror}") from None
 
 
 def _password(raw: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> Secret:

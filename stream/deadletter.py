@@ -44,6 +44,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
     config.update({k: v for k, v in settings.consumer.items() if k.startswith(CONNECTION_PREFIXES)})
     config.update(settings.producer)
+    config.update({key: secret.reveal() for key, secret in settings.secrets.items()})
     return config
 
 

@@ -317,6 +317,10 @@ class Pipeline:
         self.metrics.records_synced.labels(batch.connector_id, operation).inc(count)
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
+        if self.breaker.is_open:
+            # Consuming stopped for an operator to look: leave the record open (uncommitted)
+            # rather than add to the dead letters; a restart after the fix retries it.
+            return
         original = self._originals.get((contact.winner.topic, contact.winner.partition), {}).get(
             contact.winner.offset
         )

@@ -63,6 +63,7 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
         "max.poll.interval.ms": 300_000,
     }
     config.update(settings.consumer)
+    config.update({key: secret.reveal() for key, secret in settings.secrets.items()})
     # Offsets move only when records are final; these two are not negotiable.
     config["enable.auto.commit"] = False
     config["enable.auto.offset.store"] = False

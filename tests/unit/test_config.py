@@ -112,3 +112,33 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml", {})
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[kafka\n"), {})
+
+
+def test_kafka_secrets_come_from_the_environment_or_files(tmp_path: Path) -> None:
+    from stream.deadletter import producer_config
+    from stream.source import consumer_config
+
+    key_file = tmp_path / "ssl-key-password"
+    key_file.write_text("key-pass\n")
+    text = MINIMAL.replace(
+        "[connectors.eu_main]",
+        '[kafka.consumer]\n"security.protocol" = "SASL_SSL"\n'
+        '[kafka.secrets]\n"sasl.password" = { env = "KAFKA_PW" }\n'
+        f'"ssl.key.password" = {{ file = "{key_file}" }}\n'
+        "[connectors.eu_main]",
+    )
+    settings = load_settings(write(tmp_path, text), {**ENV, "KAFKA_PW": "sasl-pass"})
+    for config in (consumer_config(settings.kafka), producer_config(settings.kafka)):
+        assert config["sasl.password"] == "sasl-pass"
+        assert config["ssl.key.password"] == "key-pass"
+        assert config["security.protocol"] == "SASL_SSL"
+    assert "sasl-pass" not in repr(settings)
+
+
+def test_a_kafka_secret_written_in_the_file_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "[connectors.eu_main]", '[kafka.producer]\n"sasl.password" = "oops"\n[connectors.eu_main]'
+    )
+    with pytest.raises(ConfigError, match=r"\[kafka.secrets\]") as error:
+        load_settings(write(tmp_path, text), ENV)
+    assert "oops" not in str(error.value)
