@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,22 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_sandbox_left_behind() -> Iterator[None]:
+    """A failing assertion must not leave its sandbox process running."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+
+
 def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "stream.dotdigital.sandbox", "--port", "0", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -34,6 +49,8 @@ def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subp
         text=True,
         env={**os.environ, **(env or {})},
     )
+    _started.append(process)
+    return process
 
 
 def wait_ready(process: subprocess.Popen[str], ready: Path, timeout: float = 10) -> dict[str, Any]:
