@@ -42,9 +42,6 @@ class ClientPool:
                 self._clients[connector_id] = client
             return client
 
-    def connected(self) -> Mapping[str, DotDigitalClient]:
-        return dict(self._clients)
-
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self._clients.values()))
         self._clients.clear()

@@ -309,14 +309,8 @@ def _secret(spec: Any, where: str, environ: Mapping[str, str]) -> Secret:
     if not isinstance(spec, Mapping) or set(spec) not in ({"env"}, {"file"}):
         raise ConfigError(f'{where} must be {{ env = "VAR" }} or {{ file = "/path" }}')
     if "env" in spec:
-        value = environ.get(str(spec["env"]))
-        if not value:
-            raise ConfigError(f"{where}: environment variable {spec['env']} is not set")
-        return Secret(value)
-    try:
-        return Secret(Path(str(spec["file"])).read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {spec['file']}: {exc.strerror}") from None
+        return _env_secret(str(spec["env"]), where, environ)
+    return _file_secret(str(spec["file"]), where)
 
 
 def _password(raw: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> Secret:
@@ -325,18 +319,25 @@ def _password(raw: Mapping[str, Any], where: str, environ: Mapping[str, str]) ->
     if env_name and file_name:
         raise ConfigError(f"{where}: set password_env or password_file, not both")
     if env_name:
-        value = environ.get(env_name)
-        if not value:
-            raise ConfigError(f"{where}.password_env: environment variable {env_name} is not set")
-        return Secret(value)
+        return _env_secret(env_name, f"{where}.password_env", environ)
     if file_name:
-        try:
-            return Secret(Path(file_name).read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}.password_file: cannot read {file_name}: {exc.strerror}"
-            ) from None
+        return _file_secret(file_name, f"{where}.password_file")
     raise ConfigError(f"{where}: set password_env or password_file")
+
+
+def _env_secret(variable: str, where: str, environ: Mapping[str, str]) -> Secret:
+    value = environ.get(variable)
+    if not value:
+        raise ConfigError(f"{where}: environment variable {variable} is not set")
+    return Secret(value)
+
+
+def _file_secret(path: str, where: str) -> Secret:
+    # Stripped: files written by editors and Kubernetes secrets often end with a newline.
+    try:
+        return Secret(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
 
 
 def _endpoint(raw: Mapping[str, Any], name: str, default: str | None) -> str | None:
