@@ -13,7 +13,9 @@ Contract:
   ``retries_exhausted`` (``auth_failed`` when the last error was a 401). Authentication errors
   are retried too: a password may be being rotated. Waiting for the connector's rate limiter
   is not failing and does not count; a job DotDigital accepted is awaited (up to
-  ``retry_timeout`` from its acceptance), since a later flush must not overtake it.
+  ``retry_timeout`` from its acceptance). One still running then is failed, but the client
+  holds the address book's next import or removal until that job ends, so a later flush never
+  overtakes it.
 * Every contact submitted is reported exactly once to the listener: ``synced`` or ``failed``.
   A bug (an unexpected exception) fails the contacts with ``internal_error`` rather than
   leaving them open forever.

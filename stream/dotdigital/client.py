@@ -11,8 +11,12 @@ take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the 
 call, after which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised. Without one,
 each step retries for up to the policy's ``total_seconds`` from its own first attempt, and a job
 DotDigital accepted is polled for up to ``total_seconds`` from its acceptance: waiting for the
-rate limiter is not failing, and giving up on a job that is still running would let a later
-flush of the same address book overtake it.
+rate limiter is not failing.
+
+A job given up on (still running at the deadline, its polls failing, or the call cancelled) may
+yet take effect. The client remembers it, and the next import or removal of that address book
+first waits for it to end (under that call's own deadline), so a later change of a contact can
+never be overtaken by an earlier one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from stream.clock import Clock, SystemClock
 from stream.config import ConnectorSettings
 from stream.dotdigital.errors import (
     AddressBookNotFoundError,
+    AuthenticationError,
     DuplicateAddressBookError,
     ImportFailedError,
     PermanentError,
@@ -76,6 +81,7 @@ IMPORT_FAILED_STATUSES = frozenset(
         "NotAvailableInThisVersion",
     }
 )
+DELETION_FAILED_STATUSES = frozenset({"Failed", "NotAvailableInThisVersion"})
 CONTACT_NOT_FOUND_CODES = frozenset({"contacts:contactNotFound", "ERROR_CONTACT_NOT_FOUND"})
 # A 429 for the concurrent-job caps says nothing about when a slot frees; poll-like wait.
 CONCURRENCY_RETRY_SECONDS = 2.0
@@ -97,6 +103,21 @@ class PollSchedule:
         while True:
             yield delay
             delay = min(self.maximum, delay * self.factor)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """An import or bulk removal DotDigital accepted, polled at ``path`` until it ends."""
+
+    book_id: int
+    name: str  # "import <id>", "removal <id>"
+    path: str
+    done: str  # the status of success
+    failed: frozenset[str]
+
+    @property
+    def ended(self) -> frozenset[str]:
+        return self.failed | {self.done}
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,10 @@ class DotDigitalClient:
         self._removal_chunk_size = removal_chunk_size
         self._contact_ids: dict[str, int] = {}
         self._contact_cache_size = contact_cache_size
+        # Jobs given up on while perhaps still running, by address book and poll path; the
+        # next import or removal of the book waits for them (one waiter per book at a time).
+        self._unfinished: dict[int, dict[str, _Job]] = {}
+        self._fences: dict[int, asyncio.Lock] = {}
 
     @classmethod
     async def connect(
@@ -402,6 +427,7 @@ class DotDigitalClient:
         rejected = names.empty_rejections()
         if not names.sent:
             return ImportOutcome(import_id=None, imported={}, rejected=rejected)
+        await self._settle(int(address_book_id), policy, deadline)
         body = {
             "mergeOption": "overwrite",
             "contacts": [
@@ -427,7 +453,20 @@ class DotDigitalClient:
             import_id = accepted.get("importId") if isinstance(accepted, Mapping) else None
             if not isinstance(import_id, str) or not import_id:
                 raise TransientError("PUT /contacts/v3/import answered without an importId")
-            result = await self._poll_import(import_id, policy, deadline)
+            job = _Job(
+                int(address_book_id),
+                f"import {import_id}",
+                f"/contacts/v3/import/{quote(import_id, safe='')}",
+                "Finished",
+                IMPORT_FAILED_STATUSES,
+            )
+            status, result = await self._await_job(job, "NotFinished", policy, deadline)
+            if status != job.done:
+                raise ImportFailedError(
+                    f"import {import_id} ended with status {status}",
+                    import_id=import_id,
+                    import_status=status,
+                )
 
         imported_ids: dict[str, int] = {}
         for section in ("created", "updated"):
@@ -458,31 +497,69 @@ class DotDigitalClient:
                 rejected[email] = Rejection(email, code, description)
         return ImportOutcome(import_id=import_id, imported=imported, rejected=rejected)
 
-    async def _poll_import(
-        self, import_id: str, policy: RetryPolicy, deadline: float | None
-    ) -> Mapping[str, Any]:
-        path = f"/contacts/v3/import/{quote(import_id, safe='')}"
+    async def _await_job(
+        self, job: _Job, status: str, policy: RetryPolicy, deadline: float | None
+    ) -> tuple[str, Mapping[str, Any]]:
+        """Poll ``job`` from ``status`` until it ends; returns its last status and body.
+
+        Raises :class:`RetriesExhausted` when it is still running at the deadline. A job not
+        seen to end, for whatever reason, is remembered for :meth:`_settle`.
+        """
         delays = self._poll.delays()
-        last_status = "NotFinished"
         job_deadline = self._job_deadline(policy, deadline)
-        while True:
-            await self._wait_for_job(next(delays), job_deadline, f"import {import_id}", last_status)
-            result = (await self._call("GET", path, policy=policy, deadline=deadline)).data
-            if not isinstance(result, Mapping):
-                raise TransientError(f"GET {path} answered with an unexpected body")
-            last_status = str(result.get("status", ""))
-            if last_status == "Finished":
-                return result
-            if last_status in IMPORT_FAILED_STATUSES:
-                raise ImportFailedError(
-                    f"import {import_id} ended with status {last_status}",
-                    import_id=import_id,
-                    import_status=last_status,
-                )
-            if last_status != "NotFinished":
-                # Not documented: keep polling (as Dotdigital's Magento extension does); the
-                # deadline bounds it.
-                log.warning("import %s reports unknown status %r", import_id, last_status)
+        body: Mapping[str, Any] = {}
+        try:
+            while status not in job.ended:
+                await self._wait_for_job(next(delays), job_deadline, job.name, status)
+                data = (await self._call("GET", job.path, policy=policy, deadline=deadline)).data
+                if not isinstance(data, Mapping):
+                    raise TransientError(f"GET {job.path} answered with an unexpected body")
+                body = data
+                status = str(data.get("status", ""))
+                if status not in job.ended and status not in ("NotFinished", "Started"):
+                    # Not documented: keep polling (as Dotdigital's Magento extension does);
+                    # the deadline bounds it.
+                    log.warning("%s reports unknown status %r", job.name, status)
+        except BaseException:
+            self._unfinished.setdefault(job.book_id, {})[job.path] = job
+            raise
+        self._forget(job)
+        return status, body
+
+    def _forget(self, job: _Job) -> None:
+        unfinished = self._unfinished.get(job.book_id)
+        if unfinished is not None:
+            unfinished.pop(job.path, None)
+            if not unfinished:
+                del self._unfinished[job.book_id]
+
+    async def _settle(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
+        """Wait for the jobs of this address book given up on earlier to end, so that this
+        call cannot overtake them; :class:`RetriesExhausted` when one is still running."""
+        if book_id not in self._unfinished:
+            return
+        async with self._fences.setdefault(book_id, asyncio.Lock()):
+            for job in list(self._unfinished.get(book_id, {}).values()):
+                log.info("address book %s: waiting for the earlier %s first", book_id, job.name)
+                try:
+                    await self._await_job(job, "unknown", policy, deadline)
+                except PermanentError as error:
+                    # DotDigital no longer knows the job (say it expired): nothing to wait for.
+                    log.warning(
+                        "%s cannot be followed (%s); no longer waiting for it", job.name, error
+                    )
+                    self._forget(job)
+                except RetriesExhausted as error:
+                    if isinstance(error.last_error, AuthenticationError):
+                        raise
+                    raise RetriesExhausted(
+                        TransientError(
+                            f"the earlier {job.name} of address book {book_id} has not ended; "
+                            "not overtaking it"
+                        ),
+                        attempts=error.attempts,
+                        elapsed=error.elapsed,
+                    ) from error
 
     def _job_deadline(self, policy: RetryPolicy, deadline: float | None) -> float:
         """How long to wait for an accepted job: the call's deadline, else a budget from now."""
@@ -530,6 +607,8 @@ class DotDigitalClient:
         """
         policy = retry or self._retry
         book_id = int(address_book_id)
+        # Before the look-ups: an earlier import still running may yet add these contacts.
+        await self._settle(book_id, policy, deadline)
         names = _Names(emails)
         rejected = names.empty_rejections()
         ids: dict[str, int] = {}
@@ -648,22 +727,21 @@ class DotDigitalClient:
         deletion_id = accepted.get("id") if isinstance(accepted, Mapping) else None
         if not isinstance(deletion_id, str) or not deletion_id:
             raise TransientError("POST /v2/address-books/{id}/contacts/delete answered without id")
+        job = _Job(
+            book_id,
+            f"removal {deletion_id}",
+            f"/v2/contacts/deletion/{quote(deletion_id, safe='')}",
+            "Completed",
+            DELETION_FAILED_STATUSES,
+        )
         status = str(accepted.get("status", "Started"))
-        path = f"/v2/contacts/deletion/{quote(deletion_id, safe='')}"
-        delays = self._poll.delays()
-        job_deadline = self._job_deadline(policy, deadline)
-        while status != "Completed":
-            if status == "Failed":
-                raise RemovalFailedError(
-                    f"removal {deletion_id} from address book {book_id} ended Failed",
-                    deletion_id=deletion_id,
-                    deletion_status=status,
-                )
-            await self._wait_for_job(next(delays), job_deadline, f"removal {deletion_id}", status)
-            job = (await self._call("GET", path, policy=policy, deadline=deadline)).data
-            if not isinstance(job, Mapping):
-                raise TransientError(f"GET {path} answered with an unexpected body")
-            status = str(job.get("status", ""))
+        status, _ = await self._await_job(job, status, policy, deadline)
+        if status != job.done:
+            raise RemovalFailedError(
+                f"removal {deletion_id} from address book {book_id} ended {status}",
+                deletion_id=deletion_id,
+                deletion_status=status,
+            )
         return deletion_id
 
     # -- HTTP ------------------------------------------------------------------------------

@@ -396,6 +396,61 @@ async def test_removing_from_a_missing_book_is_address_book_not_found(
             await client.remove_contacts(424242, ["a@example.com"])
 
 
+async def test_a_removal_waits_for_an_import_given_up_on_in_its_book(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    # The import outlives its caller's budget (the sandbox finishes it after 0.4 s). Were the
+    # removal to go first, its look-up would find no contact, and the import would then add
+    # the contact for good: the earlier change overtaking the later one.
+    async with await connect(sandbox, clock) as client:
+        with pytest.raises(RetriesExhausted, match="still NotFinished"):
+            await client.import_contacts(
+                BOOK_A, ["late@example.com"], retry=fast_retry(total_seconds=0.1)
+            )
+        outcome = await client.remove_contacts(BOOK_A, ["late@example.com"])
+    assert outcome.removed == {"late@example.com"}
+    assert outcome.not_found == frozenset()
+    assert sandbox.members(USER, BOOK_A) == set()
+    order = [e for e in sandbox.journal if e.method in ("GET", "POST") and "contacts" in e.path]
+    finished = next(
+        n for n, e in enumerate(order)
+        if e.path.startswith("/contacts/v3/import/") and e.response["status"] == "Finished"
+    )  # fmt: skip
+    first_removal_step = next(
+        n for n, e in enumerate(order)
+        if e.path.startswith(("/contacts/v3/email/", f"/v2/address-books/{BOOK_A}/contacts/delete"))
+    )  # fmt: skip
+    assert finished < first_removal_step
+
+
+async def test_a_job_still_running_holds_back_its_book_only(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        with pytest.raises(RetriesExhausted):
+            await client.import_contacts(
+                BOOK_A, ["slow@example.com"], retry=fast_retry(total_seconds=0.1)
+            )
+        (put,) = calls(sandbox, "PUT", "/contacts/v3/import")
+        slow_import = put.response["importId"]
+        sent = len(sandbox.journal)
+        # Another book does not wait for it.
+        await client.import_contacts(BOOK_B, ["other@example.com"])
+        assert not [e for e in sandbox.journal[sent:] if slow_import in e.path]
+        # Its own book does, and gives up on this call's budget without sending anything.
+        sent = len(sandbox.journal)
+        with pytest.raises(RetriesExhausted, match=r"earlier import .* not overtaking it"):
+            await client.remove_contacts(
+                BOOK_A, ["slow@example.com"], retry=fast_retry(total_seconds=0.1)
+            )
+        assert [e.path for e in sandbox.journal[sent:]] == []
+        # Once the job ended, the book moves again.
+        outcome = await client.remove_contacts(BOOK_A, ["slow@example.com"])
+    assert outcome.removed == {"slow@example.com"}
+    assert sandbox.members(USER, BOOK_A) == set()
+    assert sandbox.members(USER, BOOK_B) == {"other@example.com"}
+
+
 # -- rate limits -----------------------------------------------------------------------------
 
 
