@@ -148,11 +148,17 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
             continue
         node = raw
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = node.setdefault(_existing_key(node, part), {})
             if not isinstance(child, dict):
                 raise ConfigError(f"{key} overrides {part}, which is not a section")
             node = child
-        node[path[-1]] = _parse_env_value(value)
+        node[_existing_key(node, path[-1])] = _parse_env_value(value)
+
+
+def _existing_key(node: Mapping[str, Any], lowered: str) -> str:
+    """The file's own spelling of a name, when it has one: environment variable names are
+    upper case by convention, while a connector may be named ``EU-Main`` in the file."""
+    return next((k for k in node if k.lower() == lowered), lowered)
 
 
 def _parse_env_value(value: str) -> Any:

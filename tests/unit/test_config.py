@@ -54,6 +54,14 @@ def test_environment_overrides_any_setting(tmp_path: Path) -> None:
     assert settings.connectors["eu_main"].api_endpoint == "https://r2-api.dotdigital.com"
 
 
+def test_environment_names_match_the_files_names_in_any_case(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[connectors.eu_main]", "[connectors.EU_Main]")
+    env = {**ENV, "DDSYNC__CONNECTORS__EU_MAIN__API_ENDPOINT": "https://r3-api.dotdigital.com"}
+    settings = load_settings(write(tmp_path, text), env)
+    assert list(settings.connectors) == ["EU_Main"]
+    assert settings.connectors["EU_Main"].api_endpoint == "https://r3-api.dotdigital.com"
+
+
 def test_password_from_a_mounted_file(tmp_path: Path) -> None:
     secret = tmp_path / "eu_main"
     secret.write_text("from-file\n")
