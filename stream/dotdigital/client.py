@@ -9,9 +9,10 @@ the contact ids imports returned (so removals need no look-up).
 Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`. The bulk methods
 take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one
 call, after which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised. Without one,
-each step retries for up to the policy's ``total_seconds`` from its own first attempt, and a job
-DotDigital accepted is polled for up to ``total_seconds`` from its acceptance: waiting for the
-rate limiter is not failing.
+each step retries for up to the policy's ``total_seconds`` from its own first attempt. Waiting
+for the rate limiter is not failing: time a request spends queued for it moves its step's
+deadline out by as much. A job DotDigital accepted is polled for up to ``total_seconds`` from
+its acceptance.
 
 A job given up on (still running at the deadline, its polls failing, or the call cancelled) may
 yet take effect. The client remembers it, and the next import or removal of that address book
@@ -118,6 +119,16 @@ class _Job:
     @property
     def ended(self) -> frozenset[str]:
         return self.failed | {self.done}
+
+
+class _QueueTime:
+    """Seconds one call's attempts spent waiting for their rate limiter."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def total(self) -> float:
+        return self.seconds
 
 
 @dataclass(frozen=True)
@@ -758,14 +769,24 @@ class DotDigitalClient:
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
     ) -> _Response:
-        """One HTTP step under the retry policy (its ``.data`` is the decoded JSON body)."""
+        """One HTTP step under the retry policy (its ``.data`` is the decoded JSON body).
+        Time queued for the rate limiter is waiting, not failing: it does not use the budget."""
+        queued = _QueueTime()
 
         def attempt() -> Awaitable[_Response]:
             return self._send(
-                method, path, base=base, body=body, limiter=limiter, not_found=not_found
+                method,
+                path,
+                base=base,
+                body=body,
+                limiter=limiter,
+                not_found=not_found,
+                queued=queued,
             )
 
-        return await (policy or self._retry).run(attempt, self._clock, deadline=deadline)
+        return await (policy or self._retry).run(
+            attempt, self._clock, deadline=deadline, not_counted=queued.total
+        )
 
     async def _send(
         self,
@@ -776,13 +797,18 @@ class DotDigitalClient:
         body: Any = None,
         limiter: Operation | None = None,
         not_found: type[PermanentError] | None = None,
+        queued: _QueueTime | None = None,
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
-        classified :class:`DotDigitalError`. ``path`` is already URL-encoded."""
+        classified :class:`DotDigitalError`. ``path`` is already URL-encoded; the wait for
+        the limiter is added to ``queued``."""
         what = f"{method} {_path_for_messages(path)}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
         pacer = self._limiters[limiter or "other"]
+        queued_at = self._clock.monotonic()
         sent_at = await pacer.acquire()
+        if queued is not None:
+            queued.seconds += sent_at - queued_at
         headers = {"Accept": "application/json", "Authorization": self._authorization}
         data: bytes | None = None
         if body is not None:

@@ -14,7 +14,9 @@ injected clock:
   from a nested call): raised at once.
 
 A time budget bounds the whole: when the next attempt could not start before the deadline,
-:class:`RetriesExhausted` is raised with the last error.
+:class:`RetriesExhausted` is raised with the last error. Time the operation reports as
+``not_counted`` (a request queued for its rate limiter: waiting, not failing) moves the deadline
+out by as much.
 """
 
 from __future__ import annotations
@@ -77,12 +79,13 @@ class RetryPolicy:
         clock: Clock,
         *,
         deadline: float | None = None,
+        not_counted: Callable[[], float] | None = None,
     ) -> T:
         """Await ``operation()`` until it succeeds, retrying as the policy says.
 
         Raises the operation's error when it is not retryable, :class:`RetriesExhausted` when
-        the next attempt would start after ``deadline`` (default: now + ``total_seconds``).
-        At least one attempt is always made.
+        the next attempt would start after ``deadline`` (default: now + ``total_seconds``)
+        plus the seconds ``not_counted()`` returns by then. At least one attempt is always made.
         """
         started = clock.monotonic()
         if deadline is None:
@@ -98,7 +101,8 @@ class RetryPolicy:
                 if wait is None:
                     raise
                 now = clock.monotonic()
-                if now + wait > deadline:
+                credit = not_counted() if not_counted is not None else 0.0
+                if now + wait > deadline + credit:
                     raise RetriesExhausted(
                         error, attempts=attempt + 1, elapsed=now - started
                     ) from error

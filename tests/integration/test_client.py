@@ -468,6 +468,24 @@ async def test_headers_slow_the_client_down_before_any_429(
     assert clock.monotonic() - started >= 60.0
 
 
+async def test_waiting_for_the_limiter_does_not_use_the_retry_budget(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    budget = fast_retry(total_seconds=30.0)
+    async with await connect(sandbox, clock, TIGHT) as client:
+        for i in range(2):
+            await client.import_contacts(TIGHT_BOOK, [f"q{i}@example.com"], retry=budget)
+        # The third waits most of a minute for the limiter, longer than its 30 s budget; one
+        # 503 after that is a first failure, retried, not a budget already spent.
+        sandbox.faults.update({"fail_next": 1})
+        started = clock.monotonic()
+        outcome = await client.import_contacts(TIGHT_BOOK, ["q2@example.com"], retry=budget)
+        assert clock.monotonic() - started > 30.0
+    assert set(outcome.imported) == {"q2@example.com"}
+    statuses = [e.status for e in calls(sandbox, "PUT", "/contacts/v3/import")]
+    assert statuses == [202, 202, 503, 202]
+
+
 async def test_429_waits_for_the_reset_and_retries(sandbox: Sandbox, clock: FakeClock) -> None:
     async with await connect(sandbox, clock, TIGHT) as client:
         # All three are sent before any answer tells the client that the budget is 2.

@@ -117,6 +117,27 @@ async def test_run_gives_up_with_the_last_error_when_the_budget_is_spent() -> No
     assert operation.calls == 10
 
 
+async def test_time_not_counted_moves_the_deadline_out() -> None:
+    clock = FakeClock()
+    queued = 0.0
+
+    async def queued_then_failing() -> str:
+        # Each attempt first waits 50 s for a rate limiter (not failing), then fails at once.
+        nonlocal queued
+        await clock.sleep(50.0)
+        queued += 50.0
+        raise TransientError("boom", status=503)
+
+    policy = RetryPolicy(total_seconds=60.0, base_delay=1.0, max_delay=1.0, random=fixed(1.0))
+    started = clock.monotonic()
+    with pytest.raises(RetriesExhausted) as caught:
+        await policy.run(queued_then_failing, clock, not_counted=lambda: queued)
+    # 60 s of failing (1 s sleeps) fit beside the queueing: 61 attempts, not the 2 that
+    # fit if the 50 s waits counted.
+    assert caught.value.attempts == 61
+    assert clock.monotonic() - started == pytest.approx(61 * 50.0 + 60 * 1.0)
+
+
 async def test_run_retries_authentication_until_the_deadline_when_asked() -> None:
     clock = FakeClock()
     operation = Script(*[AuthenticationError("denied", status=401) for _ in range(1000)])
