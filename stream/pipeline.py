@@ -71,6 +71,9 @@ class Pipeline:
         batching = settings.batching
         self.windows = Windower.from_settings(self.clock, batching)
         self.tracker = OffsetTracker()
+        # Read at scrape time: a value set on a tick could lag a commit a scraper has seen.
+        tracker = self.tracker
+        self.metrics.buffered_records.set_function(lambda: tracker.open_records)
         dlq = settings.dead_letter
         self.breaker = DeadLetterBreaker(
             dlq.breaker_window, dlq.breaker_ratio, dlq.breaker_min_records
@@ -170,7 +173,6 @@ class Pipeline:
 
     def _update_pause(self) -> None:
         open_records = self.tracker.open_records
-        self.metrics.buffered_records.set(open_records)
         cap = self.settings.batching.max_buffered_records
         if self.breaker.is_open:
             if not self._circuit_logged:

@@ -233,8 +233,11 @@ def test_a_crash_loses_nothing(
     producer = threading.Thread(
         target=lambda: [scenario.produce(chunk) or time.sleep(0.5) for chunk in chunks]
     )
-    producer.start()
     first = scenario.start_ddsync()
+    # Produce only once it consumes: a slow start would otherwise meet a backlog it takes in
+    # one window, and the crash would land after the stream instead of in it.
+    wait_until(lambda: "assigned" in first.output(), 60, "no partitions assigned", first.process)
+    producer.start()
 
     def committed_total() -> int:
         try:

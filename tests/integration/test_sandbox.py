@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from stream.clock import FakeClock
 from stream.dotdigital.sandbox import (
     Sandbox,
     SandboxAccount,
@@ -320,7 +321,23 @@ async def test_update_and_delete_book(sandbox: Sandbox, eu: Api) -> None:
 # -- v3 import -------------------------------------------------------------------------------
 
 
-async def test_import_is_not_finished_then_finished(sandbox: Sandbox, eu: Api) -> None:
+@pytest.fixture
+async def still() -> AsyncIterator[tuple[Sandbox, FakeClock]]:
+    """A sandbox whose jobs end only when the test moves its clock (no race with real time)."""
+    clock = FakeClock()
+    settings = SandboxSettings(
+        accounts=accounts(import_delay_seconds=0.05, deletion_delay_seconds=0.1), clock=clock
+    )
+    async with run_sandbox(settings) as sb:
+        yield sb, clock
+        validate_journal(sb.journal)
+
+
+async def test_import_is_not_finished_then_finished(
+    still: tuple[Sandbox, FakeClock], session: aiohttp.ClientSession
+) -> None:
+    sandbox, clock = still
+    eu = Api(session, sandbox.urls, EU, PASSWORD)
     book = await create_book(eu, "Imports")
     reply = await eu.call(
         "PUT", "/contacts/v3/import", {"contacts": [contact("Jane@Example.com", book)]}
@@ -330,7 +347,7 @@ async def test_import_is_not_finished_then_finished(sandbox: Sandbox, eu: Api) -
     first = await eu.call("GET", f"/contacts/v3/import/{import_id}")
     assert first.body == {"importId": import_id, "status": "NotFinished"}
     assert sandbox.members(EU, book) == set()
-    await asyncio.sleep(0.06)
+    clock.advance(0.06)
     done = await eu.call("GET", f"/contacts/v3/import/{import_id}")
     assert done.body["status"] == "Finished"
     assert done.body["summary"] == {
@@ -544,22 +561,24 @@ async def test_bulk_removal_errors(eu: Api) -> None:
     assert unknown.status == 404
 
 
-async def test_delayed_removal_is_started_until_done(session: aiohttp.ClientSession) -> None:
-    account = SandboxAccount(EU, PASSWORD, import_delay_seconds=0, deletion_delay_seconds=0.1)
-    async with run_sandbox(SandboxSettings(accounts=[account])) as sb:
-        api = Api(session, sb.urls, EU, PASSWORD)
-        book = await create_book(api, "Slow")
-        result = await import_and_wait(api, [contact("slow@example.com", book)])
-        ids = [c["contactId"] for c in result["created"]]  # type: ignore[attr-defined]
-        reply = await api.call("POST", f"/v2/address-books/{book}/contacts/delete", ids)
-        status = await api.call("GET", f"/v2/contacts/deletion/{reply.body['id']}")
-        assert status.body["status"] == "Started"
-        assert sb.members(EU, book) == {"slow@example.com"}
-        await asyncio.sleep(0.12)
-        status = await api.call("GET", f"/v2/contacts/deletion/{reply.body['id']}")
-        assert status.body["status"] == "Completed"
-        assert sb.members(EU, book) == set()
-        validate_journal(sb.journal)
+async def test_delayed_removal_is_started_until_done(
+    still: tuple[Sandbox, FakeClock], session: aiohttp.ClientSession
+) -> None:
+    sb, clock = still
+    api = Api(session, sb.urls, EU, PASSWORD)
+    book = await create_book(api, "Slow")
+    reply = await api.call("PUT", "/contacts/v3/import", {"contacts": [contact("s@x.com", book)]})
+    clock.advance(0.06)
+    result = await api.call("GET", f"/contacts/v3/import/{reply.body['importId']}")
+    ids = [c["contactId"] for c in result.body["created"]]
+    reply = await api.call("POST", f"/v2/address-books/{book}/contacts/delete", ids)
+    status = await api.call("GET", f"/v2/contacts/deletion/{reply.body['id']}")
+    assert status.body["status"] == "Started"
+    assert sb.members(EU, book) == {"s@x.com"}
+    clock.advance(0.11)
+    status = await api.call("GET", f"/v2/contacts/deletion/{reply.body['id']}")
+    assert status.body["status"] == "Completed"
+    assert sb.members(EU, book) == set()
 
 
 async def test_single_removal(sandbox: Sandbox, eu: Api) -> None:

@@ -255,16 +255,16 @@ async def test_dropped_connection(session: aiohttp.ClientSession) -> None:
 
 
 async def test_latency(session: aiohttp.ClientSession) -> None:
-    async with run_sandbox(SandboxSettings(accounts=[account()], latency_seconds=0.2)) as sb:
+    async with run_sandbox(SandboxSettings(accounts=[account()], latency_seconds=1.0)) as sb:
         api = Api(session, sb.urls, USER, PASSWORD)
         started = time.perf_counter()
         assert (await api.call("GET", "/v2/address-books")).status == 200
-        assert time.perf_counter() - started >= 0.2
-        # Control paths are not delayed.
+        assert time.perf_counter() - started >= 1.0
+        # Control paths are not delayed (the margin is wide: a busy machine is no failure).
         started = time.perf_counter()
         async with session.get(sb.urls["r1"] + "/_sandbox/health") as r:
             assert r.status == 200
-        assert time.perf_counter() - started < 0.15
+        assert time.perf_counter() - started < 0.9
 
 
 async def test_faults_control_endpoint(session: aiohttp.ClientSession) -> None:
