@@ -13,8 +13,11 @@ injected clock:
 * Anything else (:class:`PermanentError`, :class:`WrongRegionError`, :class:`RetriesExhausted`
   from a nested call): raised at once.
 
-A time budget bounds the whole: when the next attempt could not start before the deadline,
-:class:`RetriesExhausted` is raised with the last error. Time the operation reports as
+A time budget bounds the whole. A backoff that would pass the deadline is cut short, so the
+last attempt is made at the deadline: a failing call is retried for its whole budget, not given
+up on up to ``max_delay`` early. A reset announced beyond the deadline is not waited for (the
+server said no until then). Past the deadline :class:`RetriesExhausted` is raised with the last
+error. Time the operation reports as
 ``not_counted`` (a request queued for its rate limiter: waiting, not failing) moves the deadline
 out by as much.
 """
@@ -84,8 +87,9 @@ class RetryPolicy:
         """Await ``operation()`` until it succeeds, retrying as the policy says.
 
         Raises the operation's error when it is not retryable, :class:`RetriesExhausted` when
-        the next attempt would start after ``deadline`` (default: now + ``total_seconds``)
-        plus the seconds ``not_counted()`` returns by then. At least one attempt is always made.
+        it failed at or after ``deadline`` (default: now + ``total_seconds``) plus the seconds
+        ``not_counted()`` returns by then, or when a throttle's reset lies beyond it. At least
+        one attempt is always made.
         """
         started = clock.monotonic()
         if deadline is None:
@@ -102,9 +106,10 @@ class RetryPolicy:
                     raise
                 now = clock.monotonic()
                 credit = not_counted() if not_counted is not None else 0.0
-                if now + wait > deadline + credit:
+                remaining = deadline + credit - now
+                if remaining <= 0 or (isinstance(error, ThrottledError) and wait > remaining):
                     raise RetriesExhausted(
                         error, attempts=attempt + 1, elapsed=now - started
                     ) from error
                 attempt += 1
-                await clock.sleep(wait)
+                await clock.sleep(min(wait, remaining))
