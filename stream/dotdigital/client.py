@@ -16,14 +16,16 @@ its acceptance.
 
 A job given up on (still running at the deadline, its polls failing, or the call cancelled) may
 yet take effect. The client remembers it, and the next import or removal of that address book
-first waits for it to end (under that call's own deadline), so a later change of a contact can
-never be overtaken by an earlier one.
+first waits for it to end, for up to one more budget, so that within this process a later
+change of a contact is not overtaken by an earlier one. Past that the book goes on without it
+(an error is logged): one stuck job must not stall its book for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,6 @@ from stream.clock import Clock, SystemClock
 from stream.config import ConnectorSettings
 from stream.dotdigital.errors import (
     AddressBookNotFoundError,
-    AuthenticationError,
     DuplicateAddressBookError,
     ImportFailedError,
     PermanentError,
@@ -221,7 +222,7 @@ class DotDigitalClient:
         self._contact_cache_size = contact_cache_size
         # Jobs given up on while perhaps still running, by address book and poll path; the
         # next import or removal of the book waits for them (one waiter per book at a time).
-        self._unfinished: dict[int, dict[str, _Job]] = {}
+        self._unfinished: dict[int, dict[str, tuple[_Job, float]]] = {}  # -> given up at
         self._fences: dict[int, asyncio.Lock] = {}
 
     @classmethod
@@ -509,19 +510,43 @@ class DotDigitalClient:
         return ImportOutcome(import_id=import_id, imported=imported, rejected=rejected)
 
     async def _await_job(
-        self, job: _Job, status: str, policy: RetryPolicy, deadline: float | None
+        self,
+        job: _Job,
+        status: str,
+        policy: RetryPolicy,
+        deadline: float | None,
+        *,
+        until: float | None = None,
+        earlier: bool = False,
     ) -> tuple[str, Mapping[str, Any]]:
         """Poll ``job`` from ``status`` until it ends; returns its last status and body.
 
-        Raises :class:`RetriesExhausted` when it is still running at the deadline. A job not
-        seen to end, for whatever reason, is remembered for :meth:`_settle`.
+        Polls up to the call's deadline (or ``until``, if sooner), the last wait cut short to
+        poll once more at the deadline, then raises :class:`RetriesExhausted`. A job not seen
+        to end, for whatever reason, is remembered for :meth:`_settle`. ``earlier``: the job
+        of an earlier call, polled at once (it may have ended long ago).
         """
         delays = self._poll.delays()
+        if earlier:
+            delays = itertools.chain((0.0,), delays)
         job_deadline = self._job_deadline(policy, deadline)
+        if until is not None:
+            job_deadline = min(job_deadline, until)
         body: Mapping[str, Any] = {}
         try:
             while status not in job.ended:
-                await self._wait_for_job(next(delays), job_deadline, job.name, status)
+                now = self._clock.monotonic()
+                if now >= job_deadline:
+                    what = f"the earlier {job.name}" if earlier else job.name
+                    raise RetriesExhausted(
+                        TransientError(
+                            f"{what} of address book {job.book_id} still {status} at the deadline"
+                            + ("; not overtaking it" if earlier else "")
+                        ),
+                        attempts=1,
+                        elapsed=0.0,
+                    )
+                await self._clock.sleep(min(next(delays), job_deadline - now))
                 data = (await self._call("GET", job.path, policy=policy, deadline=deadline)).data
                 if not isinstance(data, Mapping):
                     raise TransientError(f"GET {job.path} answered with an unexpected body")
@@ -532,7 +557,11 @@ class DotDigitalClient:
                     # the deadline bounds it.
                     log.warning("%s reports unknown status %r", job.name, status)
         except BaseException:
-            self._unfinished.setdefault(job.book_id, {})[job.path] = job
+            # Keep the first time it was given up on: the book's wait is measured from there,
+            # however many calls ask after it.
+            self._unfinished.setdefault(job.book_id, {}).setdefault(
+                job.path, (job, self._clock.monotonic())
+            )
             raise
         self._forget(job)
         return status, body
@@ -546,47 +575,39 @@ class DotDigitalClient:
 
     async def _settle(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
         """Wait for the jobs of this address book given up on earlier to end, so that this
-        call cannot overtake them; :class:`RetriesExhausted` when one is still running."""
+        call does not overtake them: each for up to this call's budget from when it was given
+        up on, then go on without it (logged as an error). :class:`RetriesExhausted` when this
+        call's own deadline comes first."""
         if book_id not in self._unfinished:
             return
         async with self._fences.setdefault(book_id, asyncio.Lock()):
-            for job in list(self._unfinished.get(book_id, {}).values()):
+            for job, given_up_at in list(self._unfinished.get(book_id, {}).values()):
+                until = given_up_at + policy.total_seconds
                 log.info("address book %s: waiting for the earlier %s first", book_id, job.name)
                 try:
-                    await self._await_job(job, "unknown", policy, deadline)
+                    await self._await_job(
+                        job, "unknown", policy, deadline, until=until, earlier=True
+                    )
                 except PermanentError as error:
                     # DotDigital no longer knows the job (say it expired): nothing to wait for.
                     log.warning(
                         "%s cannot be followed (%s); no longer waiting for it", job.name, error
                     )
                     self._forget(job)
-                except RetriesExhausted as error:
-                    if isinstance(error.last_error, AuthenticationError):
+                except RetriesExhausted:
+                    if self._clock.monotonic() < until:
                         raise
-                    raise RetriesExhausted(
-                        TransientError(
-                            f"the earlier {job.name} of address book {book_id} has not ended; "
-                            "not overtaking it"
-                        ),
-                        attempts=error.attempts,
-                        elapsed=error.elapsed,
-                    ) from error
+                    log.error(
+                        "%s of address book %s has not ended a whole retry budget after it was "
+                        "given up on; going on without it (it may yet undo a later change)",
+                        job.name,
+                        book_id,
+                    )
+                    self._forget(job)
 
     def _job_deadline(self, policy: RetryPolicy, deadline: float | None) -> float:
         """How long to wait for an accepted job: the call's deadline, else a budget from now."""
         return deadline if deadline is not None else policy.deadline(self._clock)
-
-    async def _wait_for_job(
-        self, delay: float, deadline: float, what: str, last_status: str
-    ) -> None:
-        now = self._clock.monotonic()
-        if now + delay > deadline:
-            raise RetriesExhausted(
-                TransientError(f"{what} still {last_status} at the deadline"),
-                attempts=1,
-                elapsed=0.0,
-            )
-        await self._clock.sleep(delay)
 
     def _remember(self, key: str, contact_id: int) -> None:
         cache = self._contact_ids

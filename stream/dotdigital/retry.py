@@ -63,14 +63,18 @@ class RetryPolicy:
     def delay(self, error: DotDigitalError, attempt: int) -> float | None:
         """Seconds to wait after failed attempt number ``attempt`` (0-based), None: give up."""
         if isinstance(error, ThrottledError):
-            wait = error.retry_after if error.retry_after is not None else self.throttle_delay
-            return max(0.0, wait) * (1.0 + self.throttle_jitter * self.random())
+            return self._reset(error) * (1.0 + self.throttle_jitter * self.random())
         if isinstance(error, TransientError) or (
             isinstance(error, AuthenticationError) and self.retry_authentication
         ):
             ceiling = min(self.max_delay, self.base_delay * (2.0 ** min(attempt, 62)))
             return ceiling * self.random()
         return None
+
+    def _reset(self, error: ThrottledError) -> float:
+        """When the server lets us in again, before jitter."""
+        wait = error.retry_after if error.retry_after is not None else self.throttle_delay
+        return max(0.0, wait)
 
     def deadline(self, clock: Clock) -> float:
         """The monotonic deadline of a budget starting now."""
@@ -107,7 +111,9 @@ class RetryPolicy:
                 now = clock.monotonic()
                 credit = not_counted() if not_counted is not None else 0.0
                 remaining = deadline + credit - now
-                if remaining <= 0 or (isinstance(error, ThrottledError) and wait > remaining):
+                if remaining <= 0 or (
+                    isinstance(error, ThrottledError) and self._reset(error) > remaining
+                ):
                     raise RetriesExhausted(
                         error, attempts=attempt + 1, elapsed=now - started
                     ) from error

@@ -47,7 +47,8 @@ PASSWORD = "correct-Horse-battery-staple-42"
 USER = "apiuser-main@apiconnector.com"  # lives in r2: detection has something to find
 TIGHT = "apiuser-tight@apiconnector.com"  # r1, tiny per-minute budgets
 FLAT = "apiuser-flat@apiconnector.com"  # r1, flat (hourly) scheme
-BOOK_A, BOOK_B, TIGHT_BOOK = 501, 502, 601
+STUCK = "apiuser-stuck@apiconnector.com"  # r1, imports that never finish
+BOOK_A, BOOK_B, TIGHT_BOOK, STUCK_BOOK = 501, 502, 601, 701
 
 
 def accounts() -> list[SandboxAccount]:
@@ -75,6 +76,14 @@ def accounts() -> list[SandboxAccount]:
         ),
         SandboxAccount(
             FLAT, PASSWORD, region="r1", account_id=12, rate_limit_scheme="flat", flat_per_hour=3
+        ),
+        SandboxAccount(
+            STUCK,
+            PASSWORD,
+            region="r1",
+            account_id=13,
+            import_delay_seconds=1e9,
+            address_books=(SandboxAddressBook(STUCK_BOOK, "Stuck"),),
         ),
     ]
 
@@ -433,22 +442,43 @@ async def test_a_job_still_running_holds_back_its_book_only(
             )
         (put,) = calls(sandbox, "PUT", "/contacts/v3/import")
         slow_import = put.response["importId"]
-        sent = len(sandbox.journal)
-        # Another book does not wait for it.
-        await client.import_contacts(BOOK_B, ["other@example.com"])
-        assert not [e for e in sandbox.journal[sent:] if slow_import in e.path]
-        # Its own book does, and gives up on this call's budget without sending anything.
+        # Its own book waits for it: a call whose deadline comes first fails without sending
+        # anything but polls of that import.
         sent = len(sandbox.journal)
         with pytest.raises(RetriesExhausted, match=r"earlier import .* not overtaking it"):
             await client.remove_contacts(
-                BOOK_A, ["slow@example.com"], retry=fast_retry(total_seconds=0.1)
+                BOOK_A, ["slow@example.com"], deadline=clock.monotonic() + 0.1
             )
-        assert [e.path for e in sandbox.journal[sent:]] == []
+        assert {e.path for e in sandbox.journal[sent:]} == {f"/contacts/v3/import/{slow_import}"}
+        # Another book does not wait for it.
+        sent = len(sandbox.journal)
+        await client.import_contacts(BOOK_B, ["other@example.com"])
+        assert not [e for e in sandbox.journal[sent:] if slow_import in e.path]
         # Once the job ended, the book moves again.
         outcome = await client.remove_contacts(BOOK_A, ["slow@example.com"])
     assert outcome.removed == {"slow@example.com"}
     assert sandbox.members(USER, BOOK_A) == set()
     assert sandbox.members(USER, BOOK_B) == {"other@example.com"}
+
+
+async def test_a_job_that_never_ends_holds_its_book_back_one_budget_only(
+    sandbox: Sandbox, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = fast_retry(total_seconds=30.0)
+    async with await connect(sandbox, clock, STUCK, retry=budget) as client:
+        with pytest.raises(RetriesExhausted):
+            await client.import_contacts(STUCK_BOOK, ["stuck@example.com"])
+        given_up = clock.monotonic()
+        outcome = await client.remove_contacts(STUCK_BOOK, ["stuck@example.com"])
+        # It waited for the stuck import a whole budget, no longer, then went on.
+        assert clock.monotonic() - given_up >= 30.0
+        assert clock.monotonic() - given_up < 60.0
+        assert "has not ended a whole retry budget" in caplog.text
+        # Forgotten: the next call does not wait again.
+        started = clock.monotonic()
+        await client.remove_contacts(STUCK_BOOK, ["nobody@example.com"])
+        assert clock.monotonic() - started < 5.0
+    assert outcome.removed == {"stuck@example.com"}
 
 
 # -- rate limits -----------------------------------------------------------------------------

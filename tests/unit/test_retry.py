@@ -158,6 +158,15 @@ async def test_run_does_not_wait_for_a_reset_beyond_the_deadline() -> None:
     assert clock.slept == []
 
 
+async def test_a_reset_within_the_deadline_is_waited_for_whatever_the_jitter() -> None:
+    clock = FakeClock()
+    operation = Script(ThrottledError("429", status=429, retry_after=9.0))
+    policy = RetryPolicy(throttle_jitter=0.5, random=fixed(0.99))
+    assert await policy.run(operation, clock, deadline=clock.monotonic() + 10) == "ok"
+    # The jitter (up to 4.5 s here) is cut at the deadline; the reset itself fits.
+    assert clock.slept == [10.0]
+
+
 async def test_an_exhausted_nested_call_is_not_retried_again() -> None:
     inner = RetriesExhausted(TransientError("x", status=500), attempts=3, elapsed=1.0)
     operation = Script(inner)
