@@ -157,7 +157,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 def _existing_key(node: Mapping[str, Any], lowered: str) -> str:
     """The file's own spelling of a name, when it has one: environment variable names are
-    upper case by convention, while a connector may be named ``EU-Main`` in the file."""
+    upper case by convention, while a connector may be named ``EU_Main`` in the file."""
     return next((k for k in node if k.lower() == lowered), lowered)
 
 
