@@ -122,14 +122,15 @@ class _Job:
         return self.failed | {self.done}
 
 
-class _QueueTime:
-    """Seconds one call's attempts spent waiting for their rate limiter."""
+class _Tally:
+    """One call's attempts, and the seconds they spent waiting for their rate limiter."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.attempts = 0
+        self.queued_seconds = 0.0
 
-    def total(self) -> float:
-        return self.seconds
+    def queued(self) -> float:
+        return self.queued_seconds
 
 
 @dataclass(frozen=True)
@@ -374,20 +375,17 @@ class DotDigitalClient:
         """
         if visibility not in VISIBILITIES:
             raise ValueError(f"visibility must be one of {', '.join(VISIBILITIES)}")
-        attempts = 0
-
-        async def create() -> Any:
-            nonlocal attempts
-            attempts += 1
-            response = await self._send(
-                "POST", "/v2/address-books", body={"name": name, "visibility": visibility}
-            )
-            return response.data
-
+        tally = _Tally()
         try:
-            data = await self._retry.run(create, self._clock, deadline=deadline)
+            response = await self._call(
+                "POST",
+                "/v2/address-books",
+                body={"name": name, "visibility": visibility},
+                deadline=deadline,
+                tally=tally,
+            )
         except DuplicateAddressBookError as error:
-            if not exist_ok and attempts <= 1:
+            if not exist_ok and tally.attempts <= 1:
                 raise DuplicateAddressBookError(
                     f"an address book or segment named {name!r} already exists",
                     status=error.status,
@@ -402,9 +400,9 @@ class DotDigitalClient:
                     code=error.code,
                 ) from None
             return existing
-        if not isinstance(data, Mapping):
+        if not isinstance(response.data, Mapping):
             raise TransientError("POST /v2/address-books answered with an unexpected body")
-        return AddressBook.from_json(data)
+        return AddressBook.from_json(response.data)
 
     async def _find_address_book(self, name: str, deadline: float | None) -> AddressBook | None:
         books = await self.list_address_books(deadline=deadline)
@@ -789,10 +787,12 @@ class DotDigitalClient:
         not_found: type[PermanentError] | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
+        tally: _Tally | None = None,
     ) -> _Response:
         """One HTTP step under the retry policy (its ``.data`` is the decoded JSON body).
-        Time queued for the rate limiter is waiting, not failing: it does not use the budget."""
-        queued = _QueueTime()
+        Time queued for the rate limiter is waiting, not failing: it does not use the budget.
+        ``tally`` lets the caller see how many attempts were made."""
+        tally = tally if tally is not None else _Tally()
 
         def attempt() -> Awaitable[_Response]:
             return self._send(
@@ -802,11 +802,11 @@ class DotDigitalClient:
                 body=body,
                 limiter=limiter,
                 not_found=not_found,
-                queued=queued,
+                tally=tally,
             )
 
         return await (policy or self._retry).run(
-            attempt, self._clock, deadline=deadline, not_counted=queued.total
+            attempt, self._clock, deadline=deadline, not_counted=tally.queued
         )
 
     async def _send(
@@ -818,18 +818,18 @@ class DotDigitalClient:
         body: Any = None,
         limiter: Operation | None = None,
         not_found: type[PermanentError] | None = None,
-        queued: _QueueTime | None = None,
+        tally: _Tally,
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
-        classified :class:`DotDigitalError`. ``path`` is already URL-encoded; the wait for
-        the limiter is added to ``queued``."""
+        classified :class:`DotDigitalError`. ``path`` is already URL-encoded; the attempt and
+        its wait for the limiter are added to ``tally``."""
         what = f"{method} {_path_for_messages(path)}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
         pacer = self._limiters[limiter or "other"]
         queued_at = self._clock.monotonic()
         sent_at = await pacer.acquire()
-        if queued is not None:
-            queued.seconds += sent_at - queued_at
+        tally.attempts += 1
+        tally.queued_seconds += sent_at - queued_at
         headers = {"Accept": "application/json", "Authorization": self._authorization}
         data: bytes | None = None
         if body is not None:
