@@ -28,17 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddsync",
         description="Keeps DotDigital address books in step with audience and journey membership.",
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    add_log_level(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, log to stderr at ``--log-level``, and run the chosen command's handler
+    (set by the subcommand's parser as ``handler``); returns its exit status."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
@@ -47,3 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     status: int = args.handler(args)
     return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv)

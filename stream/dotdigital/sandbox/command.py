@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from stream.cli import add_log_level, run_command
 from stream.dotdigital.sandbox.accounts import (
     DEMO_PASSWORD,
     DEMO_R2_USERNAME,
@@ -235,20 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    add_log_level(parser)
     configure_parser(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point (same options as ``ddsync sandbox``)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    status: int = args.handler(args)
-    return status
+    return run_command(build_parser(), argv)
