@@ -405,16 +405,24 @@ def test_the_circuit_breaker_stops_consuming(
     assert process.terminate() == 0
 
 
-def test_a_bad_configuration_fails_with_one_clear_line(tmp_path: Path) -> None:
+def run_with_config(
+    tmp_path: Path, text: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ddsync run`` on a configuration that should never get as far as Kafka."""
     config = tmp_path / "ddsync.toml"
-    config.write_text(
-        '[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[batching]\nmax_contacts = "many"\n'
-        '[connectors.main]\nusername = "u"\npassword_env = "X"\n'
-    )
-    result = subprocess.run(
+    config.write_text(text)
+    return subprocess.run(
         [sys.executable, "-m", "stream", "run", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})},
     )  # fmt: skip
+
+
+def test_a_bad_configuration_fails_with_one_clear_line(tmp_path: Path) -> None:
+    result = run_with_config(
+        tmp_path,
+        '[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[batching]\nmax_contacts = "many"\n'
+        '[connectors.main]\nusername = "u"\npassword_env = "X"\n',
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "ddsync: batching.max_contacts must be an integer, got 'many'"
@@ -422,15 +430,12 @@ def test_a_bad_configuration_fails_with_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_a_bad_librdkafka_setting_fails_with_one_clear_line(tmp_path: Path) -> None:
-    config = tmp_path / "ddsync.toml"
-    config.write_text(
+    result = run_with_config(
+        tmp_path,
         '[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[kafka.consumer]\n"no.such.setting" = 1\n'
-        '[connectors.main]\nusername = "u"\npassword_env = "PW"\n'
+        '[connectors.main]\nusername = "u"\npassword_env = "PW"\n',
+        {"PW": "x"},
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "stream", "run", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PW": "x"},
-    )  # fmt: skip
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -166,6 +166,18 @@ def test_accounts_file_flags_and_sigint(tmp_path: Path) -> None:
     assert "SANDBOX_TEST_PASSWORD" in out  # where the password comes from
 
 
+def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """The standalone sandbox, for a start that must fail."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream.dotdigital.sandbox", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -178,14 +190,7 @@ def test_accounts_file_flags_and_sigint(tmp_path: Path) -> None:
 def test_bad_accounts_file_is_a_one_line_error(tmp_path: Path, content: str, message: str) -> None:
     accounts = tmp_path / "accounts.json"
     accounts.write_text(content)
-    result = subprocess.run(
-        [sys.executable, "-m", "stream.dotdigital.sandbox", "--accounts", str(accounts)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    result = run_to_exit("--accounts", str(accounts))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -197,14 +202,7 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
     try:
         info = wait_ready(first, ready)
         port = info["urls"]["r1"].rsplit(":", 1)[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "stream.dotdigital.sandbox", "--port", port],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+        result = run_to_exit("--port", port)
         assert result.returncode == 1
         assert "cannot listen" in result.stderr
     finally:
