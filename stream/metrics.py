@@ -94,6 +94,89 @@ class Metrics:
             "ddsync_rebalances", "Partitions assigned or revoked.", ["event"], registry=r
         )
 
+        # -- Kafka: ownership and lag (per assigned partition; series of a partition are
+        # removed when it is revoked, so label values stay bounded by the assignment) --------
+        self.assigned_partitions = Gauge(
+            "ddsync_assigned_partitions",
+            "Partitions assigned to this instance.",
+            registry=r,
+        )
+        self.partition_end_offset = Gauge(
+            "ddsync_partition_end_offset",
+            "The partition's end offset (high watermark) as last seen by the consumer.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.read_lag = Gauge(
+            "ddsync_partition_read_lag_records",
+            "Records in the partition not yet read: end offset minus the consumer's position.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commit_lag = Gauge(
+            "ddsync_partition_commit_lag_records",
+            "Records read but not final: the consumer's position minus the committable offset.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.oldest_open_age = Gauge(
+            "ddsync_oldest_open_record_age_seconds",
+            "Seconds since the partition's oldest open (read, not final) record was read; "
+            "0 when none is open.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.window_seconds = Gauge(
+            "ddsync_window_seconds",
+            "batching.window_seconds: alert thresholds are multiples of it.",
+            registry=r,
+        )
+        # -- DotDigital traffic ------------------------------------------------------------
+        self.api_requests = Counter(
+            "ddsync_dotdigital_requests",
+            "HTTP requests sent to DotDigital, by operation and outcome "
+            "(status_class 2xx/3xx/4xx/5xx, or 'network' when no response came).",
+            ["connector", "operation", "status_class"],
+            registry=r,
+        )
+        self.api_throttled = Counter(
+            "ddsync_dotdigital_throttled",
+            "Responses that throttled a request: kind http_429, apiusage_exceeded "
+            "(ERROR_APIUSAGE_EXCEEDED) or concurrency_cap (too many active imports).",
+            ["connector", "kind"],
+            registry=r,
+        )
+        self.api_retries = Counter(
+            "ddsync_dotdigital_retries",
+            "Requests sent again after a throttled or transient failure.",
+            ["connector", "operation"],
+            registry=r,
+        )
+        self.limiter_wait = Counter(
+            "ddsync_rate_limiter_wait_seconds",
+            "Seconds requests spent queued for the connector's own rate limiter.",
+            ["connector", "limiter"],
+            registry=r,
+        )
+        self.limiter_budget = Gauge(
+            "ddsync_rate_limit_budget_per_minute",
+            "Requests a minute the limiter allows now (configured, then learnt from headers).",
+            ["connector", "limiter"],
+            registry=r,
+        )
+        self.active_imports = Gauge(
+            "ddsync_dotdigital_active_imports",
+            "Imports DotDigital accepted that ddsync is still polling.",
+            ["connector"],
+            registry=r,
+        )
+        self.import_contacts = Counter(
+            "ddsync_import_contacts",
+            "Contacts in finished imports, by outcome (created, updated, failed).",
+            ["connector", "outcome"],
+            registry=r,
+        )
+
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` over HTTP in a background thread."""
         start_http_server(port, addr=host, registry=self.registry)
