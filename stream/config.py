@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stream.kafka_config import refused_setting
+
 DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
 ENV_PREFIX = "DDSYNC__"
 
@@ -302,6 +304,9 @@ SECRET_SUFFIXES = ("password", "secret", "jaas.config")
 
 def _librdkafka(kafka: Mapping[str, Any], name: str) -> dict[str, Any]:
     settings = dict(_section(kafka, name, f"kafka.{name}"))
+    refused = refused_setting(name, settings)
+    if refused is not None:
+        raise ConfigError(refused)
     for key in settings:
         if key.endswith(SECRET_SUFFIXES):
             raise ConfigError(

@@ -23,7 +23,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from stream.config import KafkaSettings
 from stream.deadletter_headers import HEADER_PREFIX, DeadLetter
 from stream.metrics import Metrics
 from stream.offsets import RecordRef
@@ -32,20 +31,6 @@ log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, str | bytes | None]]
 MAX_BACKOFF_SECONDS = 60.0
-
-
-# Settings of [kafka.consumer] that say how to reach the cluster; the producer needs them too.
-CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "client.", "socket.", "broker.address.")
-
-
-def producer_config(settings: KafkaSettings) -> dict[str, Any]:
-    """The dead-letter producer's librdkafka settings: the cluster's connection and security
-    settings as the consumer has them, then ``[kafka.producer]``."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
-    config.update({k: v for k, v in settings.consumer.items() if k.startswith(CONNECTION_PREFIXES)})
-    config.update(settings.producer)
-    config.update({key: secret.reveal() for key, secret in settings.secrets.items()})
-    return config
 
 
 @dataclass
@@ -67,15 +52,8 @@ class DeadLetterPublisher:
         on_delivered: Callable[[RecordRef, DeadLetter], None],
         metrics: Metrics,
     ) -> None:
-        """``producer_config``: librdkafka settings (bootstrap servers, security, overrides)."""
-        config: dict[str, Any] = {
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 20,
-            "compression.type": "lz4",
-        }
-        config.update(producer_config)
-        self._producer = Producer(config)
+        """``producer_config``: from :func:`stream.kafka_config.producer_config`."""
+        self._producer = Producer(dict(producer_config))
         self._topic = topic
         self._on_delivered = on_delivered
         self._metrics = metrics

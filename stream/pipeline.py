@@ -37,11 +37,12 @@ from stream.breaker import DeadLetterBreaker
 from stream.client_pool import ClientPool
 from stream.clock import Clock, SystemClock
 from stream.config import Settings
-from stream.deadletter import DeadLetterPublisher, producer_config
+from stream.deadletter import DeadLetterPublisher
 from stream.deadletter_headers import DeadLetter, replay_count_of
 from stream.dispatch import Dispatcher, Failure
 from stream.dotdigital import Operation
 from stream.events import InvalidRecord, decode_transition
+from stream.kafka_config import producer_config
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource

@@ -42,12 +42,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream.config import Settings
 from stream.deadletter_headers import DeadLetter, Reason, replay_headers
+from stream.kafka_config import consumer_config, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -394,9 +395,10 @@ class Replayer:
         Raises :class:`ReplayError` when the dead-letter topic does not exist, and
         ``KafkaException`` when the cluster cannot be reached.
         """
-        self._consumer = Consumer(self._consumer_config())
+        kafka = self._settings.kafka
+        self._consumer = Consumer(consumer_config(kafka, group_id=self._options.group))
         if not self._options.dry_run:
-            self._producer = Producer(self._producer_config())
+            self._producer = Producer(producer_config(kafka))
         metadata = self._consumer.list_topics(self._topic, timeout=30)
         topic = metadata.topics.get(self._topic)
         if topic is None or topic.error is not None or not topic.partitions:
@@ -662,34 +664,6 @@ class Replayer:
 
     def _summary(self, stopped: StopReason = StopReason.FAILED) -> ReplaySummary:
         return self._tally.summary(self._options.dry_run, self._options.group, stopped)
-
-    def _consumer_config(self) -> dict[str, Any]:
-        kafka = self._settings.kafka
-        config: dict[str, Any] = {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "auto.offset.reset": "earliest",
-        }
-        config.update(kafka.consumer)
-        # What the replay's guarantees rest on; not overridable.
-        config.update(
-            {
-                "group.id": self._options.group,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-            }
-        )
-        return config
-
-    def _producer_config(self) -> dict[str, Any]:
-        kafka = self._settings.kafka
-        config: dict[str, Any] = {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "linger.ms": 20,
-            "compression.type": "lz4",
-        }
-        config.update(kafka.producer)
-        config.update({"acks": "all", "enable.idempotence": True})
-        return config
 
 
 def run_replay(

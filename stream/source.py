@@ -24,11 +24,12 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream.config import KafkaSettings
+from stream.kafka_config import consumer_config
 from stream.metrics import Metrics
 from stream.offsets import TopicPartitionKey
 
@@ -51,23 +52,6 @@ class SourceHandler(Protocol):
     def committed(self, offsets: Mapping[TopicPartitionKey, int]) -> None: ...
 
     def should_pause(self) -> bool: ...
-
-
-def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
-    """librdkafka settings: ddsync's defaults, then the user's, then what correctness needs."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": settings.group_id,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "max.poll.interval.ms": 300_000,
-    }
-    config.update(settings.consumer)
-    config.update({key: secret.reveal() for key, secret in settings.secrets.items()})
-    # Offsets move only when records are final; these two are not negotiable.
-    config["enable.auto.commit"] = False
-    config["enable.auto.offset.store"] = False
-    return config
 
 
 class KafkaSource:

@@ -26,6 +26,7 @@ from stream.config import Settings
 from stream.deadletter_headers import H_REASON
 from stream.demo import Target, generate
 from stream.dotdigital import DotDigitalClient, DotDigitalError
+from stream.kafka_config import admin_config, consumer_config, producer_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -64,7 +65,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def create_topics(settings: Settings, partitions: int) -> None:
     kafka = settings.kafka
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin = AdminClient(admin_config(kafka))
     existing = set(admin.list_topics(timeout=30).topics)
     wanted = [*kafka.topics, kafka.dead_letter_topic]
     new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted]
@@ -88,7 +89,7 @@ async def create_address_books(settings: Settings, per_connector: int) -> list[T
 def produce(
     settings: Settings, targets: list[Target], count: int, rate: float, bad_share: float
 ) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 20})
+    producer = Producer(producer_config(settings.kafka))
     topics = settings.kafka.topics
     started = time.monotonic()
     bad: Counter[str] = Counter()
@@ -113,14 +114,7 @@ def produce(
 
 def watch(settings: Settings, targets: list[Target], every: float, seconds: float) -> None:
     kafka = settings.kafka
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": f"ddsync-demo-watch-{time.time_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = Consumer(consumer_config(kafka, group_id=f"ddsync-demo-watch-{time.time_ns()}"))
     consumer.subscribe([kafka.dead_letter_topic])
     reasons: Counter[str] = Counter()
     until = time.monotonic() + seconds if seconds else float("inf")

@@ -14,9 +14,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.commands import load_or_exit
 from stream.config import Settings
-from stream.deadletter import producer_config
+from stream.kafka_config import consumer_config, producer_config
 from stream.pipeline import Pipeline
-from stream.source import consumer_config
 
 log = logging.getLogger(__name__)
 

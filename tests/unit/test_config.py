@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import ConfigError, Secret, load_settings
+from stream.config import ConfigError, Secret, Settings, load_settings
+from stream.kafka_config import admin_config, consumer_config, producer_config
 
 MINIMAL = """
 [kafka]
@@ -123,9 +124,6 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 
 
 def test_kafka_secrets_come_from_the_environment_or_files(tmp_path: Path) -> None:
-    from stream.deadletter import producer_config
-    from stream.source import consumer_config
-
     key_file = tmp_path / "ssl-key-password"
     key_file.write_text("key-pass\n")
     text = MINIMAL.replace(
@@ -136,7 +134,7 @@ def test_kafka_secrets_come_from_the_environment_or_files(tmp_path: Path) -> Non
         "[connectors.eu_main]",
     )
     settings = load_settings(write(tmp_path, text), {**ENV, "KAFKA_PW": "sasl-pass"})
-    for config in (consumer_config(settings.kafka), producer_config(settings.kafka)):
+    for config in every_client_config(settings):
         assert config["sasl.password"] == "sasl-pass"
         assert config["ssl.key.password"] == "key-pass"
         assert config["security.protocol"] == "SASL_SSL"
@@ -150,3 +148,83 @@ def test_a_kafka_secret_written_in_the_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[kafka.secrets\]") as error:
         load_settings(write(tmp_path, text), ENV)
     assert "oops" not in str(error.value)
+
+
+def every_client_config(settings: Settings) -> list[dict[str, object]]:
+    """What each Kafka client ddsync makes is given: pipeline consumer and dead-letter producer,
+    replay consumer and producer (another group), admin (start-up checks, check, demo)."""
+    kafka = settings.kafka
+    return [
+        consumer_config(kafka),
+        producer_config(kafka),
+        consumer_config(kafka, group_id="ddsync-replay"),
+        admin_config(kafka),
+    ]
+
+
+def test_every_kafka_client_gets_the_connection_and_security_settings(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "[connectors.eu_main]",
+        '[kafka.consumer]\n"security.protocol" = "SASL_SSL"\n"sasl.mechanism" = "PLAIN"\n'
+        '"sasl.username" = "ddsync"\n"ssl.ca.location" = "/etc/ca.pem"\n'
+        '"fetch.min.bytes" = 10\n'
+        '[kafka.producer]\n"linger.ms" = 5\n'
+        '[kafka.secrets]\n"sasl.password" = { env = "KAFKA_PW" }\n'
+        "[connectors.eu_main]",
+    )
+    settings = load_settings(write(tmp_path, text), {**ENV, "KAFKA_PW": "sasl-pass"})
+    configs = every_client_config(settings)
+    for config in configs:
+        assert config["bootstrap.servers"] == settings.kafka.bootstrap_servers
+        assert config["security.protocol"] == "SASL_SSL"
+        assert config["sasl.mechanism"] == "PLAIN"
+        assert config["sasl.username"] == "ddsync"
+        assert config["ssl.ca.location"] == "/etc/ca.pem"
+        assert config["sasl.password"] == "sasl-pass"
+    consumer, producer, replay_consumer, admin = configs
+    # Consumer-only and producer-only settings stay where they belong.
+    assert consumer["fetch.min.bytes"] == 10
+    assert "fetch.min.bytes" not in producer
+    assert producer["linger.ms"] == 5
+    assert "linger.ms" not in consumer
+    assert replay_consumer["group.id"] == "ddsync-replay"
+    assert "group.id" not in admin
+    assert "fetch.min.bytes" not in admin
+
+
+def test_the_guarantees_hold_in_every_client_config(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), ENV)
+    consumer, producer, replay_consumer, _ = every_client_config(settings)
+    for config in (consumer, replay_consumer):
+        assert config["enable.auto.commit"] is False
+        assert config["enable.auto.offset.store"] is False
+        assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    assert producer["acks"] == "all"
+    assert producer["enable.idempotence"] is True
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "message"),
+    [
+        ("consumer", '"enable.auto.commit" = true', "requires enable.auto.commit = false"),
+        ("consumer", '"enable.auto.offset.store" = true', "enable.auto.offset.store = false"),
+        (
+            "consumer",
+            '"partition.assignment.strategy" = "range"',
+            'partition.assignment.strategy = "cooperative-sticky"',
+        ),
+        ("producer", '"acks" = 1', 'requires acks = "all"'),
+        ("producer", '"request.required.acks" = 1', 'requires acks = "all"'),
+        ("producer", '"enable.idempotence" = false', "enable.idempotence = true"),
+        ("consumer", '"group.id" = "other"', "use kafka.group_id"),
+        ("producer", '"bootstrap.servers" = "x:9092"', "use kafka.bootstrap_servers"),
+    ],
+)
+def test_a_setting_the_guarantees_rest_on_cannot_be_overridden(
+    tmp_path: Path, table: str, line: str, message: str
+) -> None:
+    text = MINIMAL.replace("[connectors.eu_main]", f"[kafka.{table}]\n{line}\n[connectors.eu_main]")
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text), ENV)
+    assert str(error.value).startswith(f"kafka.{table}.")
+    assert message in str(error.value)
