@@ -63,6 +63,11 @@ class KafkaSettings:
     group_id: str = "ddsync"
     topics: tuple[str, ...] = ("audience-transitions", "journey-transitions")
     dead_letter_topic: str = "ddsync.dlq"
+    # At start a missing dead-letter topic is created, as Kafka Connect does with its own;
+    # partitions and replication factor default (None) to the broker's defaults.
+    create_dead_letter_topic: bool = True
+    dead_letter_partitions: int | None = None
+    dead_letter_replication_factor: int | None = None
     consumer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     producer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     # librdkafka secrets, for the consumer and the producer alike.
@@ -181,6 +186,11 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         group_id=_get(kafka, "kafka.group_id", str, KafkaSettings.group_id),
         topics=tuple(_get(kafka, "kafka.topics", list, list(KafkaSettings.topics))),
         dead_letter_topic=_get(kafka, "kafka.dead_letter_topic", str, "ddsync.dlq"),
+        create_dead_letter_topic=_get(kafka, "kafka.create_dead_letter_topic", bool, True),
+        dead_letter_partitions=_optional_positive(kafka, "kafka.dead_letter_partitions"),
+        dead_letter_replication_factor=_optional_positive(
+            kafka, "kafka.dead_letter_replication_factor"
+        ),
         consumer=_librdkafka(kafka, "consumer"),
         producer=_librdkafka(kafka, "producer"),
         secrets={
@@ -196,6 +206,9 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
             "group_id",
             "topics",
             "dead_letter_topic",
+            "create_dead_letter_topic",
+            "dead_letter_partitions",
+            "dead_letter_replication_factor",
             "consumer",
             "producer",
             "secrets",
@@ -401,6 +414,12 @@ def _positive(raw: Mapping[str, Any], name: str, kind: type[T], default: T) -> T
     if value <= 0:  # type: ignore[operator]
         raise ConfigError(f"{name} must be greater than 0, got {value!r}")
     return value
+
+
+def _optional_positive(raw: Mapping[str, Any], name: str) -> int | None:
+    if name.rsplit(".", 1)[-1] not in raw:
+        return None
+    return _positive(raw, name, int, 1)
 
 
 def _kind_name(kind: type) -> str:

@@ -67,8 +67,8 @@ def create_topics(settings: Settings, partitions: int) -> None:
     kafka = settings.kafka
     admin = AdminClient(admin_config(kafka))
     existing = set(admin.list_topics(timeout=30).topics)
-    wanted = [*kafka.topics, kafka.dead_letter_topic]
-    new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted]
+    # The source topics only: ddsync creates its dead-letter topic itself.
+    new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in kafka.topics]
     missing = [t for t in new if t.topic not in existing]
     for topic, future in admin.create_topics(missing).items() if missing else ():
         future.result(timeout=60)

@@ -16,6 +16,7 @@ from stream.commands import load_or_exit
 from stream.config import Settings
 from stream.kafka_config import consumer_config, producer_config
 from stream.pipeline import Pipeline
+from stream.topics import TopicError, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,15 @@ async def run(settings: Settings) -> int:
     problem = check_kafka_settings(settings)
     if problem is not None:
         print(f"ddsync: {problem}", file=sys.stderr)
+        return 2
+    try:
+        for topic in await asyncio.to_thread(ensure_topics, settings.kafka):
+            if topic.created:
+                log.info(
+                    "created dead-letter topic %s (%d partitions)", topic.name, topic.partitions
+                )
+    except TopicError as exc:
+        print(f"ddsync: {exc}", file=sys.stderr)
         return 2
     pipeline = Pipeline(settings)
     if settings.metrics.enabled:

@@ -29,6 +29,7 @@ from stream.dotdigital.sandbox import (
 )
 from stream.dotdigital.sandbox.server import Sandbox
 from stream.pipeline import Pipeline
+from stream.topics import ensure_topics
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, produce, write_config
 
@@ -137,13 +138,14 @@ async def harness(
             tmp_path / "ddsync.toml",
             bootstrap=kafka.bootstrap_servers,
             topics=[topic],
-            dead_letter_topic=kafka.create_topic(),
+            dead_letter_topic=kafka.unique_topic("dlq"),
             group=f"behaviour-{uuid.uuid4().hex[:8]}",
             connectors={"main": (USER, sandbox.discovery_url)},
             max_contacts=max_contacts,
             window_seconds=window_seconds,
         )
         settings = load_settings(config, {password_env("main"): PASSWORD})
+        ensure_topics(settings.kafka)  # what `ddsync run` does first: creates the dead-letter topic
         yield Harness(kafka, sandbox, settings, topic)
 
 

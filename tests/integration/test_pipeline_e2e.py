@@ -67,7 +67,8 @@ class Scenario:
         self.workdir = workdir
         self.accounts = accounts
         self.topic = kafka.create_topic(partitions=PARTITIONS)
-        self.dead_letter_topic = kafka.create_topic(partitions=1)
+        # Not created here: ddsync creates its dead-letter topic at start, as in production.
+        self.dead_letter_topic = kafka.unique_topic("dlq")
         self.group = f"ddsync-{uuid.uuid4().hex[:8]}"
         self.sandbox = SandboxProcess(workdir, accounts.values(), *sandbox_args)
         self.config = write_config(

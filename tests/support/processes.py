@@ -155,14 +155,17 @@ def write_config(
     max_buffered_records: int = 50_000,
     metrics_port: int | None = None,
     extra: str = "",
+    kafka_extra: str = "",
 ) -> Path:
-    """``connectors``: name -> (username, discovery URL); passwords via DDSYNC_TEST_PASSWORD_*."""
+    """``connectors``: name -> (username, discovery URL); passwords via DDSYNC_TEST_PASSWORD_*.
+    ``kafka_extra``: lines for the ``[kafka]`` table."""
     lines = [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
         f'group_id = "{group}"',
         f"topics = {json.dumps(topics)}",
         f'dead_letter_topic = "{dead_letter_topic}"',
+        kafka_extra,
         "[kafka.consumer]",
         '"session.timeout.ms" = 10000',
         '"heartbeat.interval.ms" = 1000',

@@ -228,3 +228,22 @@ def test_a_setting_the_guarantees_rest_on_cannot_be_overridden(
         load_settings(write(tmp_path, text), ENV)
     assert str(error.value).startswith(f"kafka.{table}.")
     assert message in str(error.value)
+
+
+def test_the_dead_letter_topic_is_created_with_the_brokers_defaults_unless_told(
+    tmp_path: Path,
+) -> None:
+    kafka = load_settings(write(tmp_path, MINIMAL), ENV).kafka
+    assert kafka.create_dead_letter_topic is True
+    assert kafka.dead_letter_partitions is None
+    assert kafka.dead_letter_replication_factor is None
+    text = MINIMAL.replace(
+        'bootstrap_servers = "k:9092"',
+        'bootstrap_servers = "k:9092"\ncreate_dead_letter_topic = false\n'
+        "dead_letter_partitions = 6\ndead_letter_replication_factor = 3",
+    )
+    kafka = load_settings(write(tmp_path, text), ENV).kafka
+    assert (kafka.create_dead_letter_topic, kafka.dead_letter_partitions) == (False, 6)
+    assert kafka.dead_letter_replication_factor == 3
+    with pytest.raises(ConfigError, match="kafka.dead_letter_partitions must be greater than 0"):
+        load_settings(write(tmp_path, text.replace("= 6", "= 0")), ENV)

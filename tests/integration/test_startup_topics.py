@@ -1,0 +1,138 @@
+"""``ddsync run`` checks its topics before it consumes: the source topics must exist, a missing
+dead-letter topic is created (the broker here has auto-creation off, as managed clusters do),
+and anything else stops it with one line naming the topic and what to do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.config import load_settings
+from stream.kafka_config import admin_config
+from stream.topics import describe_topics, ensure_topics
+from tests.conftest import KafkaCluster
+from tests.support.processes import DdsyncProcess, password_env, wait_until, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def config_for(
+    kafka: KafkaCluster,
+    tmp_path: Path,
+    topics: list[str],
+    dead_letter_topic: str,
+    kafka_extra: str = "",
+) -> Path:
+    return write_config(
+        tmp_path / "ddsync.toml",
+        bootstrap=kafka.bootstrap_servers,
+        topics=topics,
+        dead_letter_topic=dead_letter_topic,
+        group=kafka.unique_topic("group"),
+        # Never reached: without records ddsync makes no DotDigital call.
+        connectors={"main": ("user@apiconnector.com", "http://127.0.0.1:9")},
+        kafka_extra=kafka_extra,
+    )
+
+
+def run_to_exit(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, password_env("main"): "pw"},
+    )  # fmt: skip
+
+
+def partitions_of(kafka: KafkaCluster, config: Path, topic: str) -> int:
+    settings = load_settings(config, {password_env("main"): "pw"})
+    from confluent_kafka.admin import AdminClient
+
+    states = describe_topics(AdminClient(admin_config(settings.kafka)), settings.kafka, 30)
+    return {state.name: state.partitions for state in states}[topic]
+
+
+def test_a_missing_dead_letter_topic_is_created_at_start(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    source = kafka.create_topic(partitions=2)
+    dead_letters = kafka.unique_topic("dlq")
+    config = config_for(
+        kafka, tmp_path, [source], dead_letters, kafka_extra="dead_letter_partitions = 3\n"
+    )
+    assert partitions_of(kafka, config, dead_letters) == 0
+    process = DdsyncProcess(config, tmp_path / "ddsync.log", {password_env("main"): "pw"})
+    try:
+        wait_until(
+            lambda: "assigned" in process.output(), 60, "ddsync did not start consuming",
+            process.process,
+        )  # fmt: skip
+        assert f"created dead-letter topic {dead_letters} (3 partitions)" in process.output()
+        assert partitions_of(kafka, config, dead_letters) == 3
+    finally:
+        assert process.terminate() == 0
+
+
+def test_an_existing_dead_letter_topic_is_left_as_it_is(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    source = kafka.create_topic()
+    dead_letters = kafka.create_topic(partitions=2)
+    config = config_for(kafka, tmp_path, [source], dead_letters)
+    settings = load_settings(config, {password_env("main"): "pw"})
+    states = ensure_topics(settings.kafka)
+    assert [(s.name, s.partitions, s.created) for s in states] == [
+        (source, 1, False),
+        (dead_letters, 2, False),
+    ]
+
+
+def test_with_creation_off_a_missing_dead_letter_topic_stops_ddsync(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    dead_letters = kafka.unique_topic("dlq")
+    config = config_for(
+        kafka, tmp_path, [kafka.create_topic()], dead_letters,
+        kafka_extra="create_dead_letter_topic = false\n",
+    )  # fmt: skip
+    result = run_to_exit(config)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ddsync: dead-letter topic {dead_letters} does not exist: create it, or set "
+        "kafka.create_dead_letter_topic = true to let ddsync create it"
+    ]
+    assert partitions_of(kafka, config, dead_letters) == 0
+
+
+def test_a_missing_source_topic_stops_ddsync_naming_it(kafka: KafkaCluster, tmp_path: Path) -> None:
+    present, missing = kafka.create_topic(), kafka.unique_topic("typo")
+    dead_letters = kafka.unique_topic("dlq")
+    result = run_to_exit(config_for(kafka, tmp_path, [present, missing], dead_letters))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"ddsync: source topic {missing} does not exist on ")
+    assert lines[0].endswith("create it, or fix kafka.topics")
+    # Nothing was created on the way: not the typo, not the dead-letter topic.
+    config = tmp_path / "ddsync.toml"
+    assert partitions_of(kafka, config, dead_letters) == 0
+
+
+def test_a_dead_letter_topic_that_cannot_be_created_stops_ddsync(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    dead_letters = kafka.unique_topic("dlq")
+    config = config_for(
+        kafka, tmp_path, [kafka.create_topic()], dead_letters,
+        kafka_extra="dead_letter_replication_factor = 1000\n",
+    )  # fmt: skip
+    result = run_to_exit(config)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"ddsync: dead-letter topic {dead_letters} does not exist and ")
+    assert "INVALID_REPLICATION_FACTOR" in lines[0]
+    assert lines[0].endswith("kafka.dead_letter_replication_factor")
