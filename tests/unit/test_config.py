@@ -245,5 +245,5 @@ def test_the_dead_letter_topic_is_created_with_the_brokers_defaults_unless_told(
     kafka = load_settings(write(tmp_path, text), ENV).kafka
     assert (kafka.create_dead_letter_topic, kafka.dead_letter_partitions) == (False, 6)
     assert kafka.dead_letter_replication_factor == 3
-    with pytest.raises(ConfigError, match="kafka.dead_letter_partitions must be greater than 0"):
+    with pytest.raises(ConfigError, match=r"kafka\.dead_letter_partitions must be greater than 0"):
         load_settings(write(tmp_path, text.replace("= 6", "= 0")), ENV)
