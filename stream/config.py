@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stream.kafka_config import refused_setting
+from stream.kafka_config import DEFAULT_MAX_POLL_INTERVAL_MS, refused_setting
 
 DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
 ENV_PREFIX = "DDSYNC__"
@@ -81,6 +81,10 @@ class BatchingSettings:
     # Backpressure: past this many buffered records the consumer pauses its partitions.
     max_buffered_records: int = 50_000
     revoke_flush_seconds: float = 10.0
+    # Then, how long a revoke waits for what DotDigital may be doing for the revoked partitions
+    # (a request in the air, an accepted import or removal). The consumer is inside its
+    # rebalance callback meanwhile: both bounds together must stay below max.poll.interval.ms.
+    revoke_job_seconds: float = 120.0
     shutdown_flush_seconds: float = 30.0
 
 
@@ -226,8 +230,19 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         window_seconds=_positive(batching, "batching.window_seconds", float, 1200.0),
         max_buffered_records=_positive(batching, "batching.max_buffered_records", int, 50_000),
         revoke_flush_seconds=_positive(batching, "batching.revoke_flush_seconds", float, 10.0),
+        revoke_job_seconds=_positive(batching, "batching.revoke_job_seconds", float, 120.0),
         shutdown_flush_seconds=_positive(batching, "batching.shutdown_flush_seconds", float, 30.0),
     )
+    poll_interval = kafka_settings.consumer.get(
+        "max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS
+    )
+    revoke_bound = batching_settings.revoke_flush_seconds + batching_settings.revoke_job_seconds
+    if isinstance(poll_interval, int | float) and revoke_bound >= poll_interval / 1000:
+        raise ConfigError(
+            f"batching.revoke_flush_seconds + batching.revoke_job_seconds ({revoke_bound:g} s) "
+            f"must stay below kafka.consumer max.poll.interval.ms ({poll_interval / 1000:g} s), "
+            "or a revoke would take the member out of its group"
+        )
     dispatch = _section(raw, "dispatch")
     _check_keys(dispatch, "dispatch", set(DispatchSettings.__dataclass_fields__))
     dispatch_settings = DispatchSettings(

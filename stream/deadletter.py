@@ -4,8 +4,11 @@ Contract:
 
 * A dead-letter record is the source record's key and value, byte for byte, with the source's
   own headers (minus any earlier ``ddsync.*`` ones) and the :class:`DeadLetter` headers.
-* ``on_delivered(ref, letter)`` is called once the broker acknowledged the record (acks=all,
-  idempotent producer); only then is the source record final.
+* ``on_delivered(ref, letter, covers)`` is called once per :meth:`DeadLetterPublisher.publish`,
+  when the broker acknowledged that record (acks=all, idempotent producer); only then are the
+  source record and the records it ``covers`` final. What a letter covers travels with it, so
+  the same source record published twice (read again after its partition came back) keeps both
+  letters' bookkeeping.
 * A record the producer refuses (synchronously, e.g. larger than ``message.max.bytes``) or the
   broker does not acknowledge is tried again with exponential backoff, up to a minute apart,
   and counted in ``ddsync_dead_letter_errors_total``. It stays open meanwhile, so its partition's
@@ -36,6 +39,7 @@ MAX_BACKOFF_SECONDS = 60.0
 @dataclass
 class _Letter:
     ref: RecordRef
+    covers: tuple[RecordRef, ...]
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, str | bytes | None]]
@@ -49,7 +53,7 @@ class DeadLetterPublisher:
         self,
         producer_config: Mapping[str, Any],
         topic: str,
-        on_delivered: Callable[[RecordRef, DeadLetter], None],
+        on_delivered: Callable[[RecordRef, DeadLetter, tuple[RecordRef, ...]], None],
         metrics: Metrics,
     ) -> None:
         """``producer_config``: from :func:`stream.kafka_config.producer_config`."""
@@ -67,19 +71,22 @@ class DeadLetterPublisher:
         value: bytes | None,
         source_headers: Headers | None,
         letter: DeadLetter,
+        covers: Sequence[RecordRef] = (),
     ) -> None:
+        """Write ``letter`` for the source record ``ref``; once acknowledged, ``ref`` and
+        ``covers`` (the records it stands for; ``ref`` alone when empty) are final."""
         headers: list[tuple[str, str | bytes | None]] = [
             (k, v) for k, v in (source_headers or ()) if not k.startswith(HEADER_PREFIX)
         ]
         headers.extend(letter.to_headers())
         self.pending += 1
-        self._produce(_Letter(ref, key, value, headers, letter))
+        self._produce(_Letter(ref, tuple(covers) or (ref,), key, value, headers, letter))
 
     def _produce(self, item: _Letter) -> None:
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 self.pending -= 1
-                self._on_delivered(item.ref, item.letter)
+                self._on_delivered(item.ref, item.letter, item.covers)
             else:
                 self._failed(item, str(error))
 

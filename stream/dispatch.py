@@ -16,9 +16,18 @@ Contract:
   ``retry_timeout`` from its acceptance). One still running then is failed, but the client
   holds the address book's next import or removal until that job ends, so a later flush never
   overtakes it.
-* Every contact submitted is reported exactly once to the listener: ``synced`` or ``failed``.
-  A bug (an unexpected exception) fails the contacts with ``internal_error`` rather than
-  leaving them open forever.
+* Every contact submitted is reported exactly once to the listener: ``synced``, ``failed``, or
+  ``dropped``. A bug (an unexpected exception) fails the contacts with ``internal_error``
+  rather than leaving them open forever.
+* **Only what is still ours is sent.** Each operation of a batch, when it starts (after the
+  earlier flushes of its address book) and whenever it is restarted, first drops the contacts
+  the listener no longer ``holds`` (their partition was revoked: the new owner reads their
+  records again) and reports them ``dropped``. :meth:`Dispatcher.revoke` stops the operations
+  holding contacts of given partitions before their next request (each runs under a
+  :class:`~stream.dotdigital.guard.SendGuard`), waits a bounded time for what DotDigital may
+  already be doing for them (requests in the air, accepted jobs), and the stopped operations
+  start again without those contacts. So once a revoke returned, no DotDigital request carries
+  a contact of a revoked partition, except the polls of a job it gave up waiting for.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from stream.dotdigital import (
     RetriesExhausted,
     RetryPolicy,
 )
+from stream.dotdigital.guard import Abandoned, SendGuard, guarded
 from stream.metrics import Metrics
 from stream.offsets import TopicPartitionKey
 from stream.windowing import Batch, Contact
@@ -67,6 +77,12 @@ class DispatchListener(Protocol):
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
         """This contact's transition failed for good; it belongs on the dead-letter topic."""
 
+    def holds(self, contact: Contact) -> bool:
+        """Whether this contact's winning record is still ours to send."""
+
+    def dropped(self, batch: Batch, contact: Contact) -> None:
+        """This contact was not sent: its winning record is no longer ours."""
+
 
 class Dispatcher:
     def __init__(
@@ -87,6 +103,8 @@ class Dispatcher:
         self._tails: dict[tuple[str, int], asyncio.Task[None]] = {}
         # Every flush not yet done, with its batch (a revoke waits only for its partitions').
         self._tasks: dict[asyncio.Task[None], Batch] = {}
+        # Every operation under way, with the contacts it is sending.
+        self._guards: dict[SendGuard, Sequence[Contact]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -119,6 +137,26 @@ class Dispatcher:
         if not tasks:
             return True
         _, pending = await asyncio.wait(tasks, timeout=seconds)
+        return not pending
+
+    async def revoke(self, partitions: Collection[TopicPartitionKey], seconds: float) -> bool:
+        """Stop the operations sending a contact of ``partitions`` before their next request,
+        and wait up to ``seconds`` for their requests in the air and accepted jobs to end;
+        True when they did. Call it once the listener no longer ``holds`` those contacts: a
+        stopped operation starts again without them."""
+        guards = [
+            guard
+            for guard, contacts in self._guards.items()
+            if any(contact.winner.tp in partitions for contact in contacts)
+        ]
+        for guard in guards:
+            guard.revoke()
+        busy = [asyncio.ensure_future(guard.settled()) for guard in guards if guard.busy]
+        if not busy:
+            return True
+        _, pending = await asyncio.wait(busy, timeout=seconds)
+        for waiter in pending:
+            waiter.cancel()
         return not pending
 
     async def cancel(self) -> None:
@@ -166,8 +204,40 @@ class Dispatcher:
         contacts: Sequence[Contact],
     ) -> int:
         """Send one operation of a batch; returns how many contacts it synced."""
-        if not contacts:
-            return 0
+        while True:
+            contacts = self._still_ours(batch, contacts)
+            if not contacts:
+                return 0
+            guard = SendGuard()
+            self._guards[guard] = contacts
+            try:
+                with guarded(guard):
+                    return await self._send(batch, operation, contacts)
+            except Abandoned:
+                log.info(
+                    "%s to address book %s (connector %s) stopped: partitions revoked",
+                    operation,
+                    batch.address_book_id,
+                    batch.connector_id,
+                )
+            finally:
+                del self._guards[guard]
+
+    def _still_ours(self, batch: Batch, contacts: Sequence[Contact]) -> Sequence[Contact]:
+        kept: list[Contact] = []
+        for contact in contacts:
+            if self._listener.holds(contact):
+                kept.append(contact)
+            else:
+                self._listener.dropped(batch, contact)
+        return kept
+
+    async def _send(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+    ) -> int:
         self._metrics.batch_contacts.labels(operation).observe(len(contacts))
         emails = [c.email for c in contacts]
         try:
@@ -186,6 +256,8 @@ class Dispatcher:
                     batch.address_book_id, emails, retry=self._retry
                 )
                 rejected = removal.rejected
+        except Abandoned:
+            raise
         except Exception as exc:  # every contact must get an outcome, whatever went wrong
             failure = _failure_of(exc)
             log.warning(

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # stream.config validates with this module: no import cycle at run time
     from stream.config import KafkaSettings
 
+# A member that has not polled for this long leaves the group; a revoke runs inside a poll.
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
+
 # Keys of [kafka.consumer] that say how to reach the cluster; every client needs them.
 CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "client.", "socket.", "broker.address.")
 
@@ -52,7 +55,7 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None = None) -> 
     ``[kafka.consumer]``, then the connection, then what correctness needs."""
     config: dict[str, Any] = {
         "auto.offset.reset": "earliest",
-        "max.poll.interval.ms": 300_000,
+        "max.poll.interval.ms": DEFAULT_MAX_POLL_INTERVAL_MS,
     }
     config.update(settings.consumer)
     config.update(connection_config(settings))

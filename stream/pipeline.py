@@ -14,8 +14,13 @@ Contract:
 * Past ``batching.max_buffered_records`` open records the consumer pauses and what is buffered
   in windows is flushed at once; it resumes below half of that.
 * Revoke: the revoked partitions' buffered records are flushed and awaited for at most
-  ``batching.revoke_flush_seconds``; their offsets are committed as far as they are final; the
-  rest is dropped, uncommitted, for the new owner to read again.
+  ``batching.revoke_flush_seconds``. Then what is still being sent for them stops before its
+  next request, and what DotDigital may already be doing for them (a request in the air, an
+  accepted import or removal) is awaited for at most ``batching.revoke_job_seconds``. Their
+  offsets are committed as far as they are final; the rest is dropped, uncommitted, for the new
+  owner to read again, and is taken out of every batch not yet sent: once the revoke returned,
+  this instance makes no DotDigital request for a record of those partitions (beyond the
+  status polls of a job it stopped waiting for at that bound).
 * Shutdown (:meth:`Pipeline.stop`): stop fetching, flush everything for at most
   ``batching.shutdown_flush_seconds``, wait for dead-letter acknowledgements, commit, leave.
 * The dead-letter circuit breaker opening pauses consumption for good (log line + metric); the
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -58,6 +64,15 @@ DRAIN_SECONDS = 5.0
 Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A decoded record not yet final: what its dead letter would need, and its place in
+    consumption order (for the breaker's delivery measure)."""
+
+    original: Original
+    sequence: int
+
+
 class Pipeline:
     def __init__(
         self,
@@ -76,9 +91,7 @@ class Pipeline:
         tracker = self.tracker
         self.metrics.buffered_records.set_function(lambda: tracker.open_records)
         dlq = settings.dead_letter
-        self.breaker = DeadLetterBreaker(
-            dlq.breaker_window, dlq.breaker_ratio, dlq.breaker_min_records
-        )
+        self.breaker = DeadLetterBreaker.from_settings(dlq)
         self.clients = ClientPool(settings.connectors, clock=self.clock)
         self.dispatcher = Dispatcher(
             self.clients,
@@ -87,9 +100,10 @@ class Pipeline:
             clock=self.clock,
             metrics=self.metrics,
         )
-        self._originals: dict[TopicPartitionKey, dict[int, Original]] = {}
-        # A dead-letter record in flight -> the records it makes final once acknowledged.
-        self._covers: dict[RecordRef, tuple[RecordRef, ...]] = {}
+        self._held: dict[TopicPartitionKey, dict[int, _Held]] = {}
+        self._consumed_sequence = 0
+        # Partitions being given up: their contacts are no longer sent.
+        self._revoking: set[TopicPartitionKey] = set()
         self._consumed_counters: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
@@ -234,7 +248,7 @@ class Pipeline:
     def _assign(self, partitions: Sequence[TopicPartitionKey]) -> None:
         for tp in partitions:
             self.tracker.assign(tp)
-            self._originals.setdefault(tp, {})
+            self._held.setdefault(tp, {})
 
     def _ingest(self, messages: Sequence[Message]) -> None:
         connectors = self.settings.connectors
@@ -257,9 +271,11 @@ class Pipeline:
                 message.value(),
                 list(headers.items() if isinstance(headers, dict) else headers or ()),
             )
+            self._consumed_sequence += 1
             try:
                 transition = decode_transition(original[1], connectors)
             except InvalidRecord as invalid:
+                self.breaker.decoded(True)
                 self._publish_dead_letter(
                     ref,
                     original,
@@ -270,7 +286,10 @@ class Pipeline:
                     event_id=invalid.event_id,
                 )
                 continue
-            self._originals.setdefault((topic, partition), {})[offset] = original
+            self.breaker.decoded(False)
+            self._held.setdefault((topic, partition), {})[offset] = _Held(
+                original, self._consumed_sequence
+            )
             for batch in self.windows.add(transition, ref):
                 self.dispatcher.submit(batch)
         self._update_pause()
@@ -279,16 +298,30 @@ class Pipeline:
         self, partitions: Sequence[TopicPartitionKey]
     ) -> dict[TopicPartitionKey, int]:
         revoked = set(partitions)
+        batching = self.settings.batching
+        deadline = self.clock.monotonic() + batching.revoke_flush_seconds
         if not self._closing:
             for batch in self.windows.drain_partitions(revoked):
                 self.dispatcher.submit(batch)
-            bound = self.settings.batching.revoke_flush_seconds
-            deadline = self.clock.monotonic() + bound
-            if not await self.dispatcher.wait(bound, revoked):
-                log.warning("revoke: flushes still in flight after %.0f s", bound)
+            if not await self.dispatcher.wait(batching.revoke_flush_seconds, revoked):
+                log.info(
+                    "revoke: flushes still in flight after %.0f s; stopping what DotDigital "
+                    "has not taken on yet",
+                    batching.revoke_flush_seconds,
+                )
+        self._revoking |= revoked
+        try:
+            if not await self.dispatcher.revoke(revoked, batching.revoke_job_seconds):
+                log.warning(
+                    "revoke: DotDigital jobs for revoked partitions still running after %.0f s; "
+                    "no longer waiting for them (the new owner's changes may be overtaken)",
+                    batching.revoke_job_seconds,
+                )
             await self._drain_dead_letters(deadline)
-        positions = self.tracker.committable(revoked)
-        self._forget(partitions)
+            positions = self.tracker.committable(revoked)
+            self._forget(partitions)
+        finally:
+            self._revoking -= revoked
         return positions
 
     def _forget(self, partitions: Sequence[TopicPartitionKey]) -> None:
@@ -306,16 +339,16 @@ class Pipeline:
             self._finish(ref)
         for tp in partitions:
             self.tracker.revoke(tp)
-            self._originals.pop(tp, None)
+            self._held.pop(tp, None)
 
     # -- DispatchListener --------------------------------------------------------------------
 
     def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
         count = 0
         for contact in contacts:
+            self._delivered(contact.refs, failed=False)
             for ref in contact.refs:
                 self._finish(ref)
-                self.breaker.record(False)
                 count += 1
         self.metrics.records_synced.labels(batch.connector_id, operation).inc(count)
 
@@ -324,24 +357,41 @@ class Pipeline:
             # Consuming stopped for an operator to look: leave the record open (uncommitted)
             # rather than add to the dead letters; a restart after the fix retries it.
             return
-        original = self._originals.get((contact.winner.topic, contact.winner.partition), {}).get(
-            contact.winner.offset
-        )
-        if original is None:
-            # The winner's partition was revoked meanwhile: its new owner reads it again. Older
-            # records of the contact on partitions still ours are superseded by that read.
-            for ref in contact.refs:
-                self._finish(ref)
+        held = self._held.get(contact.winner.tp, {}).get(contact.winner.offset)
+        if held is None or not self.holds(contact):
+            # The winner's partition was revoked meanwhile: its new owner reads it again.
+            self.dropped(batch, contact)
             return
         self._publish_dead_letter(
             contact.winner,
-            original,
+            held.original,
             contact.refs,
             failure,
             connector_id=batch.connector_id,
             address_book_id=batch.address_book_id,
             event_id=contact.event_id,
         )
+        # Counted when decided, not when acknowledged: the breaker must open before a whole
+        # poll's worth of records has gone to the dead-letter topic.
+        self._delivered(contact.refs, failed=True)
+
+    def _delivered(self, refs: Sequence[RecordRef], *, failed: bool) -> None:
+        """Tell the breaker the dispatch outcome of ``refs`` (those still held)."""
+        for ref in refs:
+            held = self._held.get(ref.tp, {}).get(ref.offset)
+            if held is not None:
+                self.breaker.delivered(held.sequence, failed)
+
+    def holds(self, contact: Contact) -> bool:
+        winner = contact.winner
+        return winner.tp not in self._revoking and self.tracker.is_open(winner)
+
+    def dropped(self, batch: Batch, contact: Contact) -> None:
+        # The new owner of the winner's partition reads it again; older records of the contact
+        # on partitions still ours are superseded by that read (as in _forget).
+        for ref in contact.refs:
+            if ref.tp not in self._revoking:
+                self._finish(ref)
 
     # -- dead letters ------------------------------------------------------------------------
 
@@ -372,22 +422,19 @@ class Pipeline:
             failed_at=datetime.fromtimestamp(self.clock.time(), UTC),
             replay_count=replay_count_of(headers),
         )
-        self._covers[ref] = tuple(covers)
-        # Counted when decided, not when acknowledged: the breaker must open before a whole
-        # poll's worth of records has gone to the dead-letter topic.
-        for _ in covers:
-            self.breaker.record(True)
-        self.dead_letters.publish(ref, key, value, headers, letter)
+        self.dead_letters.publish(ref, key, value, headers, letter, covers)
 
-    def _dead_lettered(self, ref: RecordRef, letter: DeadLetter) -> None:
+    def _dead_lettered(
+        self, ref: RecordRef, letter: DeadLetter, covers: tuple[RecordRef, ...]
+    ) -> None:
         """The broker acknowledged a dead-letter record: it and what it covers are final."""
         self.metrics.records_dead_lettered.labels(letter.reason.value).inc()
-        for covered in self._covers.pop(ref, (ref,)):
+        for covered in covers:
             self._finish(covered)
 
     def _finish(self, ref: RecordRef) -> None:
         self.tracker.finished(ref)
-        records = self._originals.get((ref.topic, ref.partition))
+        records = self._held.get(ref.tp)
         if records is not None:
             records.pop(ref.offset, None)
 

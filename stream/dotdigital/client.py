@@ -50,6 +50,7 @@ from stream.dotdigital.errors import (
     TransientError,
     error_from_response,
 )
+from stream.dotdigital.guard import current_guard
 from stream.dotdigital.models import (
     MISSING_FROM_RESULT,
     AccountInfo,
@@ -531,6 +532,9 @@ class DotDigitalClient:
         if until is not None:
             job_deadline = min(job_deadline, until)
         body: Mapping[str, Any] = {}
+        guard = current_guard()
+        if guard is not None:
+            guard.polling()
         try:
             while status not in job.ended:
                 now = self._clock.monotonic()
@@ -561,6 +565,9 @@ class DotDigitalClient:
                 job.path, (job, self._clock.monotonic())
             )
             raise
+        finally:
+            if guard is not None:
+                guard.polled()
         self._forget(job)
         return status, body
 
@@ -828,6 +835,9 @@ class DotDigitalClient:
         pacer = self._limiters[limiter or "other"]
         queued_at = self._clock.monotonic()
         sent_at = await pacer.acquire()
+        guard = current_guard()
+        if guard is not None:
+            guard.sending()  # raises Abandoned: nothing new for an operation given up
         tally.attempts += 1
         tally.queued_seconds += sent_at - queued_at
         headers = {"Accept": "application/json", "Authorization": self._authorization}
@@ -848,6 +858,9 @@ class DotDigitalClient:
             ) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransientError(f"{what}: {_describe(exc)}") from None
+        finally:
+            if guard is not None:
+                guard.answered()
         log.debug("%s -> %d", what, status)
         pacer.observe(response_headers, sent_at=sent_at)
         if 200 <= status < 300:

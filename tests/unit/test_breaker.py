@@ -1,28 +1,38 @@
+"""The dead-letter circuit breaker: what it counts, and how it behaves on realistic streams.
+
+The scenario tests replay the order in which the pipeline tells the breaker about records: each
+record is decoded as it is read, while the DotDigital outcomes of valid ones come back later, a
+batch at a time and in whatever order batches finish."""
+
 from __future__ import annotations
 
+import bisect
+import random
 from collections import deque
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.breaker import DeadLetterBreaker
+from stream.breaker import DeadLetterBreaker, ShareWindow
 from stream.config import DeadLetterSettings
 
 
 def feed(breaker: DeadLetterBreaker, outcomes: str) -> None:
-    """``outcomes``: "d" dead-lettered, "." succeeded."""
+    """'d' a record rejected at decode, '.' a good one."""
     for outcome in outcomes:
-        breaker.record(outcome == "d")
+        breaker.decoded(outcome == "d")
 
 
-def test_starts_closed() -> None:
+def test_a_new_breaker_is_closed() -> None:
     breaker = DeadLetterBreaker(window=10, ratio=0.5, min_records=4)
     assert not breaker.is_open
-    assert breaker.share == 0.0
+    assert breaker.share("input") == 0.0
+    assert breaker.share("delivery") == 0.0
 
 
-def test_does_not_open_before_min_records() -> None:
+def test_it_waits_for_min_records() -> None:
     breaker = DeadLetterBreaker(window=10, ratio=0.5, min_records=4)
     feed(breaker, "ddd")
     assert not breaker.is_open
@@ -30,7 +40,7 @@ def test_does_not_open_before_min_records() -> None:
     assert breaker.is_open
 
 
-def test_opens_only_when_the_share_exceeds_the_ratio() -> None:
+def test_it_opens_only_strictly_above_the_ratio() -> None:
     breaker = DeadLetterBreaker(window=4, ratio=0.5, min_records=4)
     feed(breaker, "dd..")  # exactly half: not more than half
     assert not breaker.is_open
@@ -40,16 +50,16 @@ def test_opens_only_when_the_share_exceeds_the_ratio() -> None:
     assert not breaker.is_open
     feed(breaker, "d")  # ".ddd"
     assert breaker.is_open
-    assert breaker.share == 0.75
+    assert breaker.share("input") == 0.75
 
 
-def test_old_failures_leave_the_window() -> None:
+def test_old_failures_slide_out_of_the_window() -> None:
     breaker = DeadLetterBreaker(window=5, ratio=0.5, min_records=5)
     feed(breaker, "dd...")
     feed(breaker, ".....")
     feed(breaker, "dd")  # the earlier failures are gone: 2 of 5
     assert not breaker.is_open
-    assert breaker.share == pytest.approx(0.4)
+    assert breaker.share("input") == pytest.approx(0.4)
 
 
 def test_once_open_it_stays_open() -> None:
@@ -57,14 +67,20 @@ def test_once_open_it_stays_open() -> None:
     feed(breaker, "dd")
     assert breaker.is_open
     feed(breaker, "." * 100)
+    for sequence in range(100):
+        breaker.delivered(sequence, failed=False)
     assert breaker.is_open
-    assert breaker.share == 1.0
-    assert breaker.describe().startswith("dead-letter breaker open: 2 of the last 2")
+    assert breaker.share("input") == 1.0
+    assert breaker.describe().startswith(
+        "dead-letter breaker open: 2 of the last 2 records read were invalid"
+    )
 
 
 def test_ratio_one_never_opens() -> None:
     breaker = DeadLetterBreaker(window=3, ratio=1.0, min_records=1)
     feed(breaker, "dddddd")
+    for sequence in range(6):
+        breaker.delivered(sequence, failed=True)
     assert not breaker.is_open
 
 
@@ -76,32 +92,175 @@ def test_from_settings_uses_the_configured_defaults() -> None:
     assert breaker.is_open
 
 
-@pytest.mark.parametrize(
-    ("window", "ratio", "min_records"),
-    [(0, 0.5, 1), (10, 0.0, 1), (10, 1.5, 1), (10, 0.5, 0), (10, 0.5, 11)],
-)
-def test_nonsense_settings_are_refused(window: int, ratio: float, min_records: int) -> None:
+def test_the_two_measures_are_counted_apart() -> None:
+    breaker = DeadLetterBreaker(window=10, ratio=0.5, min_records=4)
+    # Half the input is bad and every delivery succeeds: neither share is above one half, though
+    # dead letters are three of the first four records to finish.
+    feed(breaker, ".d.d.d")
+    for sequence in (2, 4, 6):
+        breaker.delivered(sequence, failed=False)
+    assert not breaker.is_open
+    for sequence in (8, 10, 12, 14):
+        breaker.delivered(sequence, failed=True)
+    assert breaker.is_open
+    assert breaker.describe().startswith(
+        "dead-letter breaker open: 4 of the last 7 records sent to DotDigital failed"
+    )
+
+
+def test_a_late_outcome_is_weighed_among_the_records_read_with_it() -> None:
+    breaker = DeadLetterBreaker(window=4, ratio=0.5, min_records=4)
+    for sequence in (10, 11, 12, 13):
+        breaker.delivered(sequence, failed=False)
+    # Read before everything the window holds: the window has moved past them.
+    for sequence in range(10):
+        breaker.delivered(sequence, failed=True)
+    assert not breaker.is_open
+    # Read among them: they take the place of the oldest of the window.
+    for sequence in (12, 13, 13):
+        breaker.delivered(sequence, failed=True)
+    assert breaker.is_open  # 3 of the 4 latest-read (12, 13, 13, 13)
+
+
+def test_nonsense_settings_are_refused() -> None:
+    for window, ratio, min_records in [(0, 0.5, 1), (10, 0.0, 1), (10, 1.5, 1), (10, 0.5, 0)]:
+        with pytest.raises(ValueError, match="must be"):
+            DeadLetterBreaker(window=window, ratio=ratio, min_records=min_records)
     with pytest.raises(ValueError, match="must be"):
-        DeadLetterBreaker(window=window, ratio=ratio, min_records=min_records)
+        DeadLetterBreaker(window=10, ratio=0.5, min_records=11)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
-    outcomes=st.lists(st.booleans(), max_size=80),
-    window=st.integers(1, 20),
-    ratio=st.sampled_from([0.1, 0.5, 0.75, 0.9, 1.0]),
-    data=st.data(),
+    outcomes=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=80),
+    size=st.integers(1, 12),
 )
-def test_matches_a_naive_model(
-    outcomes: list[bool], window: int, ratio: float, data: st.DataObject
+def test_the_share_window_matches_a_naive_model(
+    outcomes: list[tuple[int, bool]], size: int
 ) -> None:
-    min_records = data.draw(st.integers(1, window))
-    breaker = DeadLetterBreaker(window=window, ratio=ratio, min_records=min_records)
-    recent: deque[bool] = deque(maxlen=window)
-    opened = False
-    for outcome in outcomes:
-        breaker.record(outcome)
-        recent.append(outcome)
-        if len(recent) >= min_records and sum(recent) / len(recent) > ratio:
-            opened = True
-        assert breaker.is_open == opened
+    window = ShareWindow(size)
+    model: list[tuple[int, int, bool]] = []  # (sequence, arrival, bad), sorted
+    for arrival, (sequence, bad) in enumerate(outcomes):
+        window.add(sequence, bad)
+        if len(model) >= size and sequence < model[0][0]:
+            pass  # older than the whole full window
+        else:
+            # Equal sequences keep arrival order, as bisect_right does.
+            bisect.insort(model, (sequence, arrival, bad))
+            del model[: max(0, len(model) - size)]
+        assert window.seen == len(model)
+        assert window.bad == sum(bad for _, _, bad in model)
+
+
+# -- streams as the pipeline reports them --------------------------------------------------------
+
+
+def pipeline_order(
+    kinds: list[str], *, books: int, batch: int, seed: int = 1
+) -> Iterator[tuple[str, int, bool]]:
+    """The breaker calls of a backlog, in the pipeline's order.
+
+    ``kinds``: per record in consumption order, 'bad' (rejected at decode), 'ok' or 'fail'
+    (a valid record whose DotDigital outcome is a success or a failure). Valid records go to one
+    of ``books`` address books; a book's batch is sent when it holds ``batch`` records, and the
+    batches' outcomes come back in a shuffled order, after the whole backlog was read (windows
+    and the retry budget are long; the consumer reads ahead up to its buffer cap).
+    Yields ('decoded', sequence, bad) and ('delivered', sequence, failed)."""
+    rng = random.Random(seed)
+    pending: dict[int, list[tuple[int, bool]]] = {}
+    sent: list[list[tuple[int, bool]]] = []
+    for sequence, kind in enumerate(kinds, start=1):
+        yield ("decoded", sequence, kind == "bad")
+        if kind == "bad":
+            continue
+        book = pending.setdefault(rng.randrange(books), [])
+        book.append((sequence, kind == "fail"))
+        if len(book) == batch:
+            sent.append(list(book))
+            book.clear()
+    sent.extend(book for book in pending.values() if book)
+    rng.shuffle(sent)
+    for done in sent:
+        for sequence, failed in done:
+            yield ("delivered", sequence, failed)
+
+
+def run(breaker: DeadLetterBreaker, calls: Iterator[tuple[str, int, bool]]) -> int | None:
+    """Feed ``calls``; how many dead letters were decided when the breaker opened (None:
+    never)."""
+    dead = 0
+    for call, sequence, bad in calls:
+        if call == "decoded":
+            breaker.decoded(bad)
+        else:
+            breaker.delivered(sequence, bad)
+        dead += bad
+        if breaker.is_open:
+            return dead
+    return None
+
+
+def arrival_order_breaker_opens(calls: Iterator[tuple[str, int, bool]]) -> bool:
+    """The breaker as it was: the last 1000 *finished* records, in the order they finished.
+    Decode rejections finish at once, valid records only when their batch comes back."""
+    defaults = DeadLetterSettings()
+    recent: deque[bool] = deque(maxlen=defaults.breaker_window)
+    for _, _, bad in ((c, s, b) for c, s, b in calls if c == "delivered" or b):
+        recent.append(bad)
+        if len(recent) >= defaults.breaker_min_records and sum(recent) > 0.9 * len(recent):
+            return True
+    return False
+
+
+def spread_backlog(count: int, bad_share: float, seed: int = 3) -> list[str]:
+    rng = random.Random(seed)
+    kinds = []
+    for _ in range(count):
+        roll = rng.random()
+        # Most bad records fail at decode; a fifth are addresses DotDigital rejects.
+        kinds.append("bad" if roll < bad_share * 0.8 else "fail" if roll < bad_share else "ok")
+    return kinds
+
+
+def test_a_backlog_with_three_percent_bad_records_never_opens_it() -> None:
+    kinds = spread_backlog(100_000, 0.03)
+    assert 2_800 < sum(k != "ok" for k in kinds) < 3_200
+    calls = list(pipeline_order(kinds, books=200, batch=1000))
+    assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), iter(calls)) is None
+    # What the issue saw: counting finished records as they finish opens it on the same stream.
+    assert arrival_order_breaker_opens(iter(calls))
+
+
+def test_a_wrong_password_for_the_only_connector_opens_it_within_a_window() -> None:
+    # Every valid record fails in DotDigital (auth_failed); 3% bad input besides.
+    kinds = ["bad" if k == "bad" else "fail" for k in spread_backlog(20_000, 0.03)]
+    defaults = DeadLetterSettings()
+    calls = pipeline_order(kinds, books=20, batch=1000)
+    dead = run(DeadLetterBreaker.from_settings(defaults), calls)
+    assert dead is not None
+    bad_input = sum(k == "bad" for k in kinds)  # all decided before the first batch came back
+    assert dead - bad_input == defaults.breaker_min_records  # opens at the 200th failure
+
+
+def test_a_deleted_address_book_of_the_only_connector_opens_it() -> None:
+    # One book, deleted: every delivery fails, batch by batch as they are sent.
+    kinds = ["fail"] * 5_000
+    calls = pipeline_order(kinds, books=1, batch=1000)
+    assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), calls) == 200
+
+
+def test_a_topic_for_a_connector_the_configuration_lacks_opens_it() -> None:
+    kinds = ["bad"] * 5_000  # unknown_connector, at decode
+    calls = pipeline_order(kinds, books=1, batch=1000)
+    assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), calls) == 200
+
+
+def test_one_broken_connector_of_two_does_not_open_it() -> None:
+    # 40% of the records belong to a connector whose password is wrong; its batches come back
+    # failed, in clumps, long after the other connector's succeeded.
+    rng = random.Random(5)
+    kinds = ["fail" if rng.random() < 0.4 else "ok" for _ in range(50_000)]
+    calls = list(pipeline_order(kinds, books=50, batch=1000))
+    failed_last = sorted(calls, key=lambda call: call[0] == "delivered" and call[2])
+    assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), iter(failed_last)) is None
+    assert arrival_order_breaker_opens(iter(failed_last))

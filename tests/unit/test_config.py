@@ -247,3 +247,19 @@ def test_the_dead_letter_topic_is_created_with_the_brokers_defaults_unless_told(
     assert kafka.dead_letter_replication_factor == 3
     with pytest.raises(ConfigError, match=r"kafka\.dead_letter_partitions must be greater than 0"):
         load_settings(write(tmp_path, text.replace("= 6", "= 0")), ENV)
+
+
+def test_a_revoke_must_end_before_the_member_would_leave_its_group(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, MINIMAL), ENV).batching.revoke_job_seconds == 120.0
+    text = MINIMAL.replace(
+        "[connectors.eu_main]",
+        '[kafka.consumer]\n"max.poll.interval.ms" = 60000\n'
+        "[batching]\nrevoke_flush_seconds = 10\nrevoke_job_seconds = 50\n[connectors.eu_main]",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text), ENV)
+    assert str(error.value).startswith(
+        "batching.revoke_flush_seconds + batching.revoke_job_seconds (60 s) must stay below "
+        "kafka.consumer max.poll.interval.ms (60 s)"
+    )
+    load_settings(write(tmp_path, text.replace("= 50", "= 49")), ENV)
