@@ -70,7 +70,7 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         batching = settings.batching
         self.windows = Windower.from_settings(self.clock, batching)
-        self.tracker = OffsetTracker()
+        self.tracker = OffsetTracker(self.clock)
         # Read at scrape time: a value set on a tick could lag a commit a scraper has seen.
         tracker = self.tracker
         self.metrics.buffered_records.set_function(lambda: tracker.open_records)
