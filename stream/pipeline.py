@@ -42,6 +42,7 @@ from stream.deadletter_headers import DeadLetter, replay_count_of
 from stream.dispatch import Dispatcher, Failure
 from stream.dotdigital import Operation
 from stream.events import InvalidRecord, decode_transition
+from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource
@@ -74,6 +75,7 @@ class Pipeline:
         # Read at scrape time: a value set on a tick could lag a commit a scraper has seen.
         tracker = self.tracker
         self.metrics.buffered_records.set_function(lambda: tracker.open_records)
+        self.metrics.window_seconds.set(settings.batching.window_seconds)
         dlq = settings.dead_letter
         self.breaker = DeadLetterBreaker(
             dlq.breaker_window, dlq.breaker_ratio, dlq.breaker_min_records
@@ -220,6 +222,9 @@ class Pipeline:
 
     def should_pause(self) -> bool:
         return self._pause
+
+    def progress(self) -> Mapping[TopicPartitionKey, PartitionProgress]:
+        return self._on_loop(_sync(progress_of, self.tracker, self.clock))
 
     # -- on the loop -----------------------------------------------------------------------
 
