@@ -80,7 +80,7 @@ class Pipeline:
         self.breaker = DeadLetterBreaker(
             dlq.breaker_window, dlq.breaker_ratio, dlq.breaker_min_records
         )
-        self.clients = ClientPool(settings.connectors, clock=self.clock)
+        self.clients = ClientPool(settings.connectors, clock=self.clock, metrics=self.metrics)
         self.dispatcher = Dispatcher(
             self.clients,
             self,
