@@ -4,6 +4,8 @@ Connecting detects the account's region, which needs valid credentials. A connec
 password is wrong must not stop the others: its client is connected lazily, under the batch's
 retry deadline, and a failure fails that batch (its records go to the dead-letter topic as
 ``auth_failed``) while the next batch tries again.
+
+With ``metrics``, each client reports its traffic there (:mod:`stream.client_metrics`).
 """
 
 from __future__ import annotations
@@ -11,15 +13,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from stream.client_metrics import MetricsObserver, watch_budgets
 from stream.clock import Clock
 from stream.config import ConnectorSettings
 from stream.dotdigital import DotDigitalClient, RetryPolicy
+from stream.metrics import Metrics
 
 
 class ClientPool:
-    def __init__(self, connectors: Mapping[str, ConnectorSettings], *, clock: Clock) -> None:
+    def __init__(
+        self,
+        connectors: Mapping[str, ConnectorSettings],
+        *,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._connectors = connectors
         self._clock = clock
+        self._metrics = metrics
         self._clients: dict[str, DotDigitalClient] = {}
         self._locks = {name: asyncio.Lock() for name in connectors}
 
@@ -33,12 +44,16 @@ class ClientPool:
         async with self._locks[connector_id]:
             client = self._clients.get(connector_id)
             if client is None:
+                m = self._metrics
                 client = await DotDigitalClient.connect(
                     self._connectors[connector_id],
                     clock=self._clock,
                     retry=retry,
                     deadline=deadline,
+                    observer=None if m is None else MetricsObserver(m, connector_id),
                 )
+                if m is not None:
+                    watch_budgets(m, connector_id, client)
                 self._clients[connector_id] = client
             return client
 

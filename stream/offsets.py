@@ -20,9 +20,15 @@ Contract:
   last consumed offset, or of a partition not owned, is refused (returns ``False``): the caller
   must not process it, since it is either already being processed or not ours.
 * :meth:`finished` is idempotent.
+* :meth:`oldest_open_since` is the ``clock.monotonic()`` time at which the partition's lowest
+  open record was consumed, read at most :data:`STAMP_RESOLUTION` seconds early (never late:
+  an age computed from it may be overstated by that much, never understated); ``None`` when
+  nothing is open.
 * Costs: ``consumed`` O(1); ``finished`` amortised O(1) (lazy deletion from a deque: finished
   records leave the front only once everything below them is final); ``committable``
-  O(assigned partitions). Memory O(open records).
+  O(assigned partitions); ``oldest_open_since`` amortised O(1). Memory O(open records): the
+  consumption times are kept as one stamp per :data:`STAMP_RESOLUTION` of reading, not one per
+  record.
 
 Not thread-safe: call it from one thread (or one event loop).
 """
@@ -34,8 +40,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from stream.clock import Clock, SystemClock
+
 TopicPartitionKey: TypeAlias = tuple[str, int]
 """``(topic, partition)``; a plain tuple, unlike confluent-kafka's mutable ``TopicPartition``."""
+
+STAMP_RESOLUTION = 0.1
+"""Seconds of reading that share one consumption-time stamp (ages serve alerts in minutes)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -55,13 +66,16 @@ class RecordRef:
 
 
 class _Partition:
-    __slots__ = ("committed", "next_offset", "open", "order")
+    __slots__ = ("committed", "next_offset", "open", "order", "stamps")
 
     def __init__(self) -> None:
         # Open offsets in consumption order (hence ascending); finished ones are dropped from the
         # front lazily, so ``order[0]`` is the lowest open offset once the front is cleaned.
         self.order: deque[int] = deque()
         self.open: set[int] = set()
+        # (first offset, monotonic time it was consumed), ascending in both: each record was
+        # consumed at or after the time of the last stamp at or below its offset.
+        self.stamps: deque[tuple[int, float]] = deque()
         self.next_offset: int | None = None
         self.committed: int | None = None
 
@@ -74,7 +88,9 @@ class _Partition:
 class OffsetTracker:
     """Per-partition commit watermark. See the module docstring for the contract."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        """``clock`` times consumption (for :meth:`oldest_open_since`); the system's if None."""
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
         self._open = 0
 
@@ -110,6 +126,10 @@ class OffsetTracker:
             return False
         if state.next_offset is not None and ref.offset < state.next_offset:
             return False
+        now = self._clock.monotonic()
+        stamps = state.stamps
+        if not stamps or now - stamps[-1][1] >= STAMP_RESOLUTION:
+            stamps.append((ref.offset, now))
         state.order.append(ref.offset)
         state.open.add(ref.offset)
         state.next_offset = ref.offset + 1
@@ -126,6 +146,13 @@ class OffsetTracker:
         order = state.order
         while order and order[0] not in state.open:
             order.popleft()
+        stamps = state.stamps
+        if not order:
+            stamps.clear()
+        else:
+            # Keep the last stamp at or below the lowest open offset: it dates that record.
+            while len(stamps) > 1 and stamps[1][0] <= order[0]:
+                stamps.popleft()
 
     def is_open(self, ref: RecordRef) -> bool:
         state = self._partitions.get(ref.tp)
@@ -139,6 +166,14 @@ class OffsetTracker:
     def open_in(self, tp: TopicPartitionKey) -> int:
         state = self._partitions.get(tp)
         return 0 if state is None else len(state.open)
+
+    def oldest_open_since(self, tp: TopicPartitionKey) -> float | None:
+        """When ``tp``'s lowest open record was consumed (``clock.monotonic()``, up to
+        :data:`STAMP_RESOLUTION` early); ``None`` when nothing is open or ``tp`` is not owned."""
+        state = self._partitions.get(tp)
+        if state is None or not state.order:
+            return None
+        return state.stamps[0][1]
 
     # --- commits ---------------------------------------------------------------------------
 

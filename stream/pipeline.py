@@ -49,6 +49,7 @@ from stream.dispatch import Dispatcher, Failure
 from stream.dotdigital import Operation
 from stream.events import InvalidRecord, decode_transition
 from stream.kafka_config import producer_config
+from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource
@@ -86,13 +87,14 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         batching = settings.batching
         self.windows = Windower.from_settings(self.clock, batching)
-        self.tracker = OffsetTracker()
+        self.tracker = OffsetTracker(self.clock)
         # Read at scrape time: a value set on a tick could lag a commit a scraper has seen.
         tracker = self.tracker
         self.metrics.buffered_records.set_function(lambda: tracker.open_records)
+        self.metrics.window_seconds.set(settings.batching.window_seconds)
         dlq = settings.dead_letter
         self.breaker = DeadLetterBreaker.from_settings(dlq)
-        self.clients = ClientPool(settings.connectors, clock=self.clock)
+        self.clients = ClientPool(settings.connectors, clock=self.clock, metrics=self.metrics)
         self.dispatcher = Dispatcher(
             self.clients,
             self,
@@ -235,6 +237,9 @@ class Pipeline:
 
     def should_pause(self) -> bool:
         return self._pause
+
+    def progress(self) -> Mapping[TopicPartitionKey, PartitionProgress]:
+        return self._on_loop(_sync(progress_of, self.tracker, self.clock))
 
     # -- on the loop -----------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ thread and must be thread-safe:
 * ``committable`` returns offsets that moved since the last confirmed commit; they are
   committed at most about once every ``commit_interval`` seconds, and ``committed`` confirms
   those the broker took.
+* ``progress`` (every few seconds, for the lag metrics of :mod:`stream.lag`) returns what the
+  offset tracker knows of each owned partition.
 * ``should_pause`` is asked every loop: True pauses every assigned partition (backpressure or an
   open circuit breaker); the consumer keeps polling so the group keeps it as a member.
 """
@@ -30,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stream.config import KafkaSettings
 from stream.kafka_config import consumer_config
+from stream.lag import LagMonitor, PartitionProgress
 from stream.metrics import Metrics
 from stream.offsets import TopicPartitionKey
 
@@ -53,6 +56,8 @@ class SourceHandler(Protocol):
 
     def should_pause(self) -> bool: ...
 
+    def progress(self) -> Mapping[TopicPartitionKey, PartitionProgress]: ...
+
 
 class KafkaSource:
     def __init__(
@@ -67,6 +72,7 @@ class KafkaSource:
         self._metrics = metrics
         self._commit_interval = commit_interval
         self._consumer = Consumer(consumer_config(settings))
+        self._lag = LagMonitor(self._consumer, handler.progress, metrics)
         self._stop = threading.Event()
         self._paused = False
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
@@ -114,6 +120,7 @@ class KafkaSource:
                     if self._commit(offsets):
                         self._handler.committed(offsets)
                     next_commit = now + self._commit_interval
+                self._lag.maybe_sample(now, paused=self._paused)
         except BaseException as exc:  # the pipeline must learn that its source died
             log.exception("the Kafka consumer loop failed")
             self.error = exc
@@ -164,6 +171,7 @@ class KafkaSource:
         log.info("assigned %s", _describe(keys))
         self._metrics.rebalances.labels("assigned").inc(len(keys))
         self._handler.on_assign(keys)
+        self._lag.assigned(keys)
         # Take the partitions here instead of after this callback: librdkafka ignores pause()
         # for partitions not yet assigned, and keeps a partition's pause across a revoke, so a
         # partition that comes back must be resumed or paused explicitly, as the rest.
@@ -178,12 +186,14 @@ class KafkaSource:
         log.info("revoked %s", _describe(keys))
         self._metrics.rebalances.labels("revoked").inc(len(keys))
         self._commit(self._handler.on_revoke(keys))
+        self._lag.forget(keys)
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         log.warning("lost %s without a clean revoke; their records will be read again", keys)
         self._metrics.rebalances.labels("lost").inc(len(keys))
         self._handler.on_lost(keys)
+        self._lag.forget(keys)
 
 
 def _describe(keys: list[TopicPartitionKey]) -> str:

@@ -40,6 +40,7 @@ from yarl import URL
 from stream.clock import Clock, SystemClock
 from stream.config import ConnectorSettings
 from stream.dotdigital.errors import (
+    APIUSAGE_EXCEEDED,
     AddressBookNotFoundError,
     DuplicateAddressBookError,
     ImportFailedError,
@@ -60,6 +61,7 @@ from stream.dotdigital.models import (
     RemovalOutcome,
     normalize_email,
 )
+from stream.dotdigital.observe import NO_OBSERVER, ClientObserver, operation_of, status_class
 from stream.dotdigital.ratelimit import RateLimiter, RateLimitStatus, parse_reset
 from stream.dotdigital.retry import RetryPolicy
 
@@ -190,10 +192,13 @@ class DotDigitalClient:
         lookup_concurrency: int = 16,
         removal_chunk_size: int = 1000,
         contact_cache_size: int = 1_000_000,
+        observer: ClientObserver | None = None,
     ) -> None:
         """Prefer :meth:`connect`. ``session`` may be injected (the caller then closes it);
-        ``endpoint`` is the regional base URL (``None`` until detection ran)."""
+        ``endpoint`` is the regional base URL (``None`` until detection ran); ``observer`` is
+        told of every request (see :mod:`stream.dotdigital.observe`)."""
         self.settings = settings
+        self._observer = observer if observer is not None else NO_OBSERVER
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._retry = retry if retry is not None else RetryPolicy()
         self._poll = poll if poll is not None else PollSchedule()
@@ -237,12 +242,15 @@ class DotDigitalClient:
         session: aiohttp.ClientSession | None = None,
         poll: PollSchedule | None = None,
         deadline: float | None = None,
+        observer: ClientObserver | None = None,
     ) -> DotDigitalClient:
         """A ready client: ``settings.api_endpoint`` when set, else the region DotDigital
         names for this account at ``{discovery_endpoint}/v2/account-info`` (property
         ``ApiEndpoint``). Detection runs under ``retry`` (and ``deadline``); its errors
-        propagate and the session is closed."""
-        client = cls(settings, session=session, clock=clock, retry=retry, poll=poll)
+        propagate and the session is closed. ``observer`` sees detection's requests too."""
+        client = cls(
+            settings, session=session, clock=clock, retry=retry, poll=poll, observer=observer
+        )
         if client._endpoint is None:
             try:
                 info = await client._account_info(settings.discovery_endpoint, deadline)
@@ -471,13 +479,20 @@ class DotDigitalClient:
                 "Finished",
                 IMPORT_FAILED_STATUSES,
             )
-            status, result = await self._await_job(job, "NotFinished", policy, deadline)
+            self._observer.import_active(+1)
+            try:
+                status, result = await self._await_job(job, "NotFinished", policy, deadline)
+            finally:
+                self._observer.import_active(-1)
             if status != job.done:
                 raise ImportFailedError(
                     f"import {import_id} ended with status {status}",
                     import_id=import_id,
                     import_status=status,
                 )
+            self._observer.import_finished(
+                *(_count(result, section) for section in ("created", "updated", "failures"))
+            )
 
         imported_ids: dict[str, int] = {}
         for section in ("created", "updated"):
@@ -833,6 +848,7 @@ class DotDigitalClient:
         what = f"{method} {_path_for_messages(path)}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
         pacer = self._limiters[limiter or "other"]
+        operation = operation_of(method, path)
         queued_at = self._clock.monotonic()
         sent_at = await pacer.acquire()
         guard = current_guard()
@@ -840,6 +856,9 @@ class DotDigitalClient:
             guard.sending()  # raises Abandoned: nothing new for an operation given up
         tally.attempts += 1
         tally.queued_seconds += sent_at - queued_at
+        self._observer.queued(limiter or "other", sent_at - queued_at)
+        if tally.attempts > 1:
+            self._observer.retried(operation)
         headers = {"Accept": "application/json", "Authorization": self._authorization}
         data: bytes | None = None
         if body is not None:
@@ -853,14 +872,17 @@ class DotDigitalClient:
                 status = response.status
                 response_headers = response.headers
         except TimeoutError:
+            self._observer.request(operation, "network")
             raise TransientError(
                 f"{what}: no response within {self.settings.request_timeout_seconds:g}s"
             ) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            self._observer.request(operation, "network")
             raise TransientError(f"{what}: {_describe(exc)}") from None
         finally:
             if guard is not None:
                 guard.answered()
+        self._observer.request(operation, status_class(status))
         log.debug("%s -> %d", what, status)
         pacer.observe(response_headers, sent_at=sent_at)
         if 200 <= status < 300:
@@ -881,10 +903,13 @@ class DotDigitalClient:
         )
         if isinstance(error, ThrottledError):
             if error.concurrency_cap:
+                self._observer.throttled("concurrency_cap")
                 # The rate-limit headers on this 429 describe the call budget, not when an
                 # import slot frees up.
                 error.retry_after = CONCURRENCY_RETRY_SECONDS
             else:
+                apiusage = error.code == APIUSAGE_EXCEEDED
+                self._observer.throttled("apiusage_exceeded" if apiusage else "http_429")
                 error.retry_after = pacer.throttled(error.retry_after)
         raise error
 
@@ -949,6 +974,11 @@ def _failure_of(item: Mapping[str, Any]) -> tuple[str, str]:
     code = str(failures[0].get("failureCode") or "unknown")
     description = "; ".join(str(f.get("description") or f.get("failureCode")) for f in failures)
     return code, description
+
+
+def _count(report: Mapping[str, Any], section: str) -> int:
+    items = report.get(section)
+    return len(items) if isinstance(items, list) else 0
 
 
 def _take(items: Iterator[str], count: int) -> Iterator[str]:

@@ -122,8 +122,11 @@ async def harness(
     max_contacts: int,
     window_seconds: float,
     import_delay: float = 0.0,
+    max_buffered_records: int = 50_000,
+    overrides: dict[str, str] | None = None,
     **account: Any,
 ) -> AsyncIterator[Harness]:
+    """``overrides``: ``DDSYNC__...`` settings the config file of :func:`write_config` fixes."""
     sandbox_account = SandboxAccount(
         username=USER,
         password=PASSWORD,
@@ -143,8 +146,9 @@ async def harness(
             connectors={"main": (USER, sandbox.discovery_url)},
             max_contacts=max_contacts,
             window_seconds=window_seconds,
+            max_buffered_records=max_buffered_records,
         )
-        settings = load_settings(config, {password_env("main"): PASSWORD})
+        settings = load_settings(config, {password_env("main"): PASSWORD, **(overrides or {})})
         ensure_topics(settings.kafka)  # what `ddsync run` does first: creates the dead-letter topic
         yield Harness(kafka, sandbox, settings, topic)
 

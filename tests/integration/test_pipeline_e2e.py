@@ -215,6 +215,13 @@ def test_metrics_are_scraped_over_http(
     assert metrics["ddsync_records_synced_total"] == len(records) - bad
     assert metrics["ddsync_buffered_records"] == 0
     assert metrics["ddsync_offset_commits_total"] >= 1
+    assert metrics["ddsync_assigned_partitions"] == PARTITIONS
+    assert metrics["ddsync_window_seconds"] == 1.0
+    # The process's clients report their traffic: requests, import reports, budgets.
+    assert metrics["ddsync_dotdigital_requests_total"] >= 1
+    assert metrics["ddsync_import_contacts_total"] >= 1
+    # add, remove, other as the sandbox's headers state them (the default other is 600).
+    assert metrics["ddsync_rate_limit_budget_per_minute"] == 75 + 35 + 3000
 
 
 def test_a_crash_loses_nothing(

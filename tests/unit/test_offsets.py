@@ -11,7 +11,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from stream.offsets import OffsetTracker, RecordRef
+from stream.clock import FakeClock
+from stream.offsets import STAMP_RESOLUTION, OffsetTracker, RecordRef
 
 TP = ("audience-transitions", 0)
 OTHER = ("audience-transitions", 1)
@@ -163,6 +164,75 @@ def test_a_hundred_thousand_open_records_finished_from_the_top() -> None:
     assert tracker.open_records == 0
 
 
+def test_oldest_open_since_is_when_the_lowest_open_record_was_consumed() -> None:
+    clock = FakeClock()
+    tracker = OffsetTracker(clock)
+    tracker.assign(TP)
+    assert tracker.oldest_open_since(TP) is None
+    start = clock.monotonic()
+    tracker.consumed(ref(10))
+    clock.advance(5)
+    tracker.consumed(ref(11))
+    tracker.consumed(ref(12))
+    clock.advance(5)
+    tracker.consumed(ref(13))
+    assert tracker.oldest_open_since(TP) == start
+    tracker.finished(ref(11))  # not the lowest: the oldest stays
+    assert tracker.oldest_open_since(TP) == start
+    tracker.finished(ref(10))
+    assert tracker.oldest_open_since(TP) == start + 5  # 12, read with 11
+    tracker.finished(ref(12))
+    assert tracker.oldest_open_since(TP) == start + 10
+    tracker.finished(ref(13))
+    assert tracker.oldest_open_since(TP) is None
+    clock.advance(1)
+    tracker.consumed(ref(14))
+    assert tracker.oldest_open_since(TP) == start + 11
+
+
+def test_oldest_open_since_is_forgotten_on_revoke_and_unknown_for_others() -> None:
+    clock = FakeClock()
+    tracker = OffsetTracker(clock)
+    tracker.assign(TP)
+    tracker.consumed(ref(0))
+    assert tracker.oldest_open_since(OTHER) is None
+    tracker.revoke(TP)
+    assert tracker.oldest_open_since(TP) is None
+    clock.advance(3)
+    tracker.assign(TP)
+    tracker.consumed(ref(0))
+    assert tracker.oldest_open_since(TP) == clock.monotonic()
+
+
+def test_records_read_within_the_resolution_share_a_stamp_dated_no_later() -> None:
+    clock = FakeClock()
+    tracker = OffsetTracker(clock)
+    tracker.assign(TP)
+    start = clock.monotonic()
+    tracker.consumed(ref(0))
+    clock.advance(STAMP_RESOLUTION / 2)
+    tracker.consumed(ref(1))
+    tracker.finished(ref(0))
+    # 1 was read half a resolution later: dated early (an age overstated), never late.
+    assert tracker.oldest_open_since(TP) == start
+
+
+def test_stamps_stay_few_when_records_are_read_in_bursts() -> None:
+    clock = FakeClock()
+    tracker = OffsetTracker(clock)
+    tracker.assign(TP)
+    for burst in range(100):
+        for i in range(1000):
+            tracker.consumed(ref(burst * 1000 + i))
+        clock.advance(1)
+    state = tracker._partitions[TP]
+    assert len(state.stamps) == 100  # one per burst, not one per record
+    for offset in range(50_000):
+        tracker.finished(ref(offset))
+    assert len(state.stamps) == 50
+    assert tracker.oldest_open_since(TP) == clock.monotonic() - 50
+
+
 class TrackerMachine(RuleBasedStateMachine):
     """Random interleavings of consume, finish, commit, revoke and reassign."""
 
@@ -170,7 +240,9 @@ class TrackerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tracker = OffsetTracker()
+        self.clock = FakeClock()
+        self.tracker = OffsetTracker(self.clock)
+        self.read_at: dict[tuple[str, int], dict[int, float]] = {}
         self.partitions = [("t", 0), ("t", 1)]
         self.model_open: dict[tuple[str, int], set[int]] = {tp: set() for tp in self.partitions}
         self.next_offset: dict[tuple[str, int], int] = dict.fromkeys(self.partitions, 0)
@@ -189,7 +261,12 @@ class TrackerMachine(RuleBasedStateMachine):
         assert accepted == (tp in self.owned)
         if accepted:
             self.model_open[tp].add(offset)
+            self.read_at.setdefault(tp, {})[offset] = self.clock.monotonic()
         return record
+
+    @rule(seconds=st.sampled_from([0.0, STAMP_RESOLUTION / 3, 1.0, 7.5]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
 
     @rule(record=consumes(open_refs))
     def finish(self, record: RecordRef) -> None:
@@ -229,6 +306,18 @@ class TrackerMachine(RuleBasedStateMachine):
         self.owned.add(tp)
         # the new owner resumes from the last committed offset (or anywhere later; we pick the
         # next offset, which keeps the model simple and still tests stale finishes)
+
+    @invariant()
+    def oldest_open_is_dated_within_the_resolution(self) -> None:
+        for tp in self.partitions:
+            since = self.tracker.oldest_open_since(tp)
+            opened = self.model_open[tp] if tp in self.owned else set()
+            if not opened:
+                assert since is None
+                continue
+            read_at = self.read_at[tp][min(opened)]
+            assert since is not None
+            assert read_at - STAMP_RESOLUTION < since <= read_at
 
     @invariant()
     def open_count_matches(self) -> None:
