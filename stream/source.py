@@ -28,7 +28,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from stream.clock import SystemClock
 from stream.config import KafkaSettings
+from stream.health import STATISTICS_INTERVAL_MS, Vitals
 from stream.metrics import Metrics
 from stream.offsets import TopicPartitionKey
 
@@ -61,6 +63,7 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "max.poll.interval.ms": 300_000,
+        "statistics.interval.ms": STATISTICS_INTERVAL_MS,  # broker connections, for /ready
     }
     config.update(settings.consumer)
     config.update({key: secret.reveal() for key, secret in settings.secrets.items()})
@@ -77,12 +80,14 @@ class KafkaSource:
         handler: SourceHandler,
         metrics: Metrics,
         commit_interval: float = 1.0,
+        vitals: Vitals | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
         self._metrics = metrics
         self._commit_interval = commit_interval
-        self._consumer = Consumer(consumer_config(settings))
+        self._vitals = vitals or Vitals.on(SystemClock())
+        self._consumer = Consumer(self._vitals.brokers.instrument(consumer_config(settings)))
         self._stop = threading.Event()
         self._paused = False
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
@@ -119,6 +124,7 @@ class KafkaSource:
         next_commit = time.monotonic() + self._commit_interval
         try:
             while not self._stop.is_set():
+                self._vitals.consumer.beat()
                 self._apply_pause()
                 messages = self._consumer.consume(BATCH_SIZE, timeout=0.1)
                 good = [m for m in messages if self._usable(m)]
