@@ -187,7 +187,7 @@ class Health:
     def readiness(self) -> Report:
         assigned = self._assigned()
         partitions = (
-            Check(True, f"{assigned} partitions assigned")
+            Check(True, f"{assigned} partition{'' if assigned == 1 else 's'} assigned")
             if assigned
             else Check(False, "no partitions assigned (not in the group yet, or revoked or lost)")
         )

@@ -4,9 +4,10 @@ Contract:
 
 * It runs in a thread of its own with its own event loop, so it answers (and reports the
   stall) while the pipeline's loop is blocked.
-* ``GET /metrics``: the registry in Prometheus' text format. ``GET /healthz``, ``GET /ready``:
-  ``{"status": "ok"|"failing", "checks": {...}}`` (see :class:`stream.health.Report`), 200 when
-  ok, else 503. ``HEAD`` answers as ``GET`` without a body; any other path is 404.
+* ``GET /metrics``: the registry, in the exposition format the ``Accept`` header asks for.
+* ``GET /healthz``, ``GET /ready``: ``{"status": "ok"|"failing", "checks": {...}}`` (see
+  :class:`stream.health.Report`), 200 when ok, else 503.
+* ``HEAD`` answers as ``GET`` without a body; any other path is 404.
 * :meth:`HttpServer.start` returns once the port is bound, or raises ``OSError`` when it cannot
   be, so the caller can say so before anything else starts.
 """
@@ -19,7 +20,8 @@ import threading
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from stream.health import Health, Report
 
@@ -30,10 +32,11 @@ _JSON = "application/json"
 def build_app(registry: CollectorRegistry, health: Health) -> web.Application:
     """The routes of :data:`PATHS` (aiohttp answers 404 for the rest)."""
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def metrics(request: web.Request) -> web.Response:
+        # The format Prometheus asks for (OpenMetrics or text), as prometheus-client's own
+        # server chooses it; text 0.0.4 without an Accept header.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(registry), headers={"Content-Type": content_type})
 
     async def healthz(_request: web.Request) -> web.Response:
         return _report(health.liveness())
