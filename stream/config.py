@@ -125,6 +125,9 @@ class MetricsSettings:
     host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from outside the pod
     port: int = 9464
     enabled: bool = True
+    # /healthz fails when the event loop or the consumer thread made no progress for this long;
+    # must exceed batching.revoke_flush_seconds (the consumer thread waits that long on revoke).
+    liveness_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -272,7 +275,15 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         host=_get(metrics, "metrics.host", str, MetricsSettings.host),
         port=_get(metrics, "metrics.port", int, 9464),
         enabled=_get(metrics, "metrics.enabled", bool, True),
+        liveness_timeout_seconds=_positive(
+            metrics, "metrics.liveness_timeout_seconds", float, 60.0
+        ),
     )
+    if metrics_settings.liveness_timeout_seconds <= batching_settings.revoke_flush_seconds:
+        raise ConfigError(
+            "metrics.liveness_timeout_seconds must exceed batching.revoke_flush_seconds "
+            "(the consumer thread waits that long on a revoke; liveness would fail meanwhile)"
+        )
     connectors_raw = _section(raw, "connectors")
     if not connectors_raw:
         raise ConfigError("no connector configured: add a [connectors.NAME] section")

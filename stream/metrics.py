@@ -3,12 +3,25 @@
 Contract: metric names and label sets below are a public interface (dashboards and the alert
 rules in ``deploy/prometheus/`` use them). Labels carry connector names, operations, reasons,
 topics and partitions: never contact data and never credentials. Each :class:`Metrics` owns its
-own registry, so tests and several pipelines in one process do not collide.
+own registry, so tests and several pipelines in one process do not collide. The registry also
+holds prometheus-client's ``process_*`` (CPU, memory, file descriptors; Linux only) and
+``python_info`` series, and ``ddsync_build_info{version}`` = 1. :mod:`stream.http_server`
+serves it.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from stream import __version__
 
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 750, 1000, 2500)
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -20,6 +33,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Info("ddsync_build", "The running ddsync's version.", registry=r)
+        self.build_info.info({"version": __version__})
         self.records_consumed = Counter(
             "ddsync_records_consumed", "Records read from the source topics.", ["topic"], registry=r
         )
@@ -176,7 +193,3 @@ class Metrics:
             ["connector", "outcome"],
             registry=r,
         )
-
-    def serve(self, host: str, port: int) -> None:
-        """Expose ``/metrics`` over HTTP in a background thread."""
-        start_http_server(port, addr=host, registry=self.registry)

@@ -48,6 +48,7 @@ from stream.deadletter_headers import DeadLetter, replay_count_of
 from stream.dispatch import Dispatcher, Failure
 from stream.dotdigital import Operation
 from stream.events import InvalidRecord, decode_transition
+from stream.health import Vitals
 from stream.kafka_config import producer_config
 from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
@@ -85,6 +86,7 @@ class Pipeline:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
+        self.vitals = Vitals.on(self.clock)  # progress signals for /healthz and /ready
         batching = settings.batching
         self.windows = Windower.from_settings(self.clock, batching)
         self.tracker = OffsetTracker(self.clock)
@@ -129,6 +131,7 @@ class Pipeline:
             self,
             self.metrics,
             commit_interval=self.settings.dispatch.commit_interval_seconds,
+            vitals=self.vitals,
         )
         self.source.start()
         log.info(
@@ -183,6 +186,7 @@ class Pipeline:
     def _tick(self) -> None:
         """Periodic work on the loop: closed windows, delivery reports, backpressure."""
         assert self.dead_letters is not None
+        self.vitals.loop.beat()
         for batch in self.windows.due():
             self.dispatcher.submit(batch)
         self.dead_letters.poll(0)

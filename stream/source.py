@@ -26,11 +26,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from stream.clock import SystemClock
 from stream.config import KafkaSettings
+from stream.health import STATISTICS_INTERVAL_MS, Vitals
 from stream.kafka_config import consumer_config
 from stream.lag import LagMonitor, PartitionProgress
 from stream.metrics import Metrics
@@ -59,6 +61,14 @@ class SourceHandler(Protocol):
     def progress(self) -> Mapping[TopicPartitionKey, PartitionProgress]: ...
 
 
+def pipeline_consumer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The pipeline's consumer: :func:`stream.kafka_config.consumer_config`, with librdkafka
+    statistics on by default (they tell ``/ready`` whether a broker is connected)."""
+    config = consumer_config(settings)
+    config.setdefault("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+    return config
+
+
 class KafkaSource:
     def __init__(
         self,
@@ -66,12 +76,16 @@ class KafkaSource:
         handler: SourceHandler,
         metrics: Metrics,
         commit_interval: float = 1.0,
+        vitals: Vitals | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
         self._metrics = metrics
         self._commit_interval = commit_interval
-        self._consumer = Consumer(consumer_config(settings))
+        self._vitals = vitals or Vitals.on(SystemClock())
+        self._consumer = Consumer(
+            self._vitals.brokers.instrument(pipeline_consumer_config(settings))
+        )
         self._lag = LagMonitor(self._consumer, handler.progress, metrics)
         self._stop = threading.Event()
         self._paused = False
@@ -109,6 +123,7 @@ class KafkaSource:
         next_commit = time.monotonic() + self._commit_interval
         try:
             while not self._stop.is_set():
+                self._vitals.consumer.beat()
                 self._apply_pause()
                 messages = self._consumer.consume(BATCH_SIZE, timeout=0.1)
                 good = [m for m in messages if self._usable(m)]

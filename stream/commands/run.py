@@ -14,6 +14,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.commands import load_or_exit
 from stream.config import Settings
+from stream.health import Health
+from stream.http_server import HttpServer
 from stream.kafka_config import consumer_config, producer_config
 from stream.pipeline import Pipeline
 from stream.topics import TopicError, ensure_topics
@@ -66,18 +68,30 @@ async def run(settings: Settings) -> int:
         print(f"ddsync: {exc}", file=sys.stderr)
         return 2
     pipeline = Pipeline(settings)
+    server: HttpServer | None = None
     if settings.metrics.enabled:
+        metrics = settings.metrics
+        health = Health.of(pipeline, metrics.liveness_timeout_seconds)
+        server = HttpServer(pipeline.metrics.registry, health)
         try:
-            pipeline.metrics.serve(settings.metrics.host, settings.metrics.port)
+            server.start(metrics.host, metrics.port)
         except OSError as exc:
             print(
-                f"ddsync: metrics.port {settings.metrics.port} cannot be opened: {exc.strerror}",
+                f"ddsync: metrics.port {metrics.port} cannot be opened: {exc.strerror}",
                 file=sys.stderr,
             )
             return 2
-        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port)
+        log.info(
+            "metrics on http://%s:%d/metrics, health on /healthz and /ready",
+            metrics.host,
+            metrics.port,
+        )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, pipeline.stop)
-    await pipeline.run()
+    try:
+        await pipeline.run()
+    finally:
+        if server is not None:
+            server.stop()
     return 0

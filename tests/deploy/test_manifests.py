@@ -7,6 +7,8 @@
 * The Kubernetes manifests agree with each other, with ``ddsync.toml`` as ``stream.config`` reads
   it, and with the container image.
 * The Dockerfile's ENTRYPOINT and CMD parse as a real ``ddsync`` command line.
+* The probes and the image's HEALTHCHECK ask paths ddsync's HTTP server answers, and fail when
+  its health does (the server and the HEALTHCHECK's own command run for real).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,8 +34,12 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from stream import cli
+from stream.breaker import DeadLetterBreaker
+from stream.clock import FakeClock
 from stream.commands import run as run_command
 from stream.config import MetricsSettings, Settings, load_settings
+from stream.health import Health, Vitals
+from stream.http_server import HttpServer
 from stream.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -520,10 +528,75 @@ def test_container_exposes_the_configured_metrics_port(settings: Settings) -> No
         spec = container()[probe]
         action = spec.get("httpGet") or spec.get("tcpSocket")
         assert action["port"] in ("metrics", settings.metrics.port), probe
-        if "httpGet" in spec:
-            assert spec["httpGet"]["path"] == "/metrics", probe
     expose = dockerfile_instructions()["EXPOSE"]
     assert [str(settings.metrics.port)] == [p.split("/")[0] for e in expose for p in e.split()]
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[HttpServer, FakeClock]]:
+    """ddsync's HTTP server on a free port, its health on a fake clock, everything else ok."""
+    clock = FakeClock()
+    vitals = Vitals.on(clock)
+    vitals.brokers.instrument({"statistics.interval.ms": 0})
+    health = Health(
+        vitals,
+        liveness_timeout=MetricsSettings.liveness_timeout_seconds,
+        assigned=lambda: 1,
+        breaker=DeadLetterBreaker(window=10, ratio=0.5, min_records=4),
+    )
+    server = HttpServer(Metrics().registry, health)
+    server.start("127.0.0.1", 0)
+    try:
+        yield server, clock
+    finally:
+        server.stop()
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_probes_ask_the_health_endpoints_the_server_answers(
+    health_server: tuple[HttpServer, FakeClock],
+) -> None:
+    server, clock = health_server
+    probes = ("startupProbe", "livenessProbe", "readinessProbe")
+    paths = {probe: container()[probe]["httpGet"]["path"] for probe in probes}
+    assert paths == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/ready",
+    }
+    for probe, path in paths.items():
+        assert http_status(server.port, path) == 200, probe
+    clock.advance(MetricsSettings.liveness_timeout_seconds + 1)
+    for probe, path in paths.items():
+        assert http_status(server.port, path) == 503, f"{probe} cannot fail"
+    (endpoint,) = resources()["ServiceMonitor"]["spec"]["endpoints"]
+    assert http_status(server.port, endpoint["path"]) == 200
+    assert http_status(server.port, "/no-such-path") == 404
+
+
+def test_the_image_healthcheck_asks_healthz_and_fails_with_it(
+    health_server: tuple[HttpServer, FakeClock], settings: Settings
+) -> None:
+    (healthcheck,) = dockerfile_instructions()["HEALTHCHECK"]
+    options, _, command = healthcheck.partition("CMD ")
+    assert "--timeout=5s" in options.split()
+    argv = json.loads(command)
+    assert argv[:2] == ["python", "-c"], "the slim image has python, not curl"
+    url = f"http://127.0.0.1:{settings.metrics.port}/healthz"
+    assert url in argv[2]
+    server, clock = health_server
+    # The image's very command, against the server on its test port.
+    code = [sys.executable, "-c", argv[2].replace(url, f"http://127.0.0.1:{server.port}/healthz")]
+    assert subprocess.run(code, capture_output=True, timeout=30, check=False).returncode == 0
+    clock.advance(MetricsSettings.liveness_timeout_seconds + 1)
+    assert subprocess.run(code, capture_output=True, timeout=30, check=False).returncode == 1
 
 
 def test_grace_period_outlasts_the_shutdown_flush(settings: Settings) -> None:

@@ -37,6 +37,7 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
     assert connector.discovery_endpoint == "https://r1-api.dotdigital.com"
     assert connector.api_endpoint is None
     assert connector.password.reveal() == "s3cret"
+    assert settings.metrics.liveness_timeout_seconds == 60
 
 
 def test_environment_overrides_any_setting(tmp_path: Path) -> None:
@@ -93,6 +94,11 @@ def test_a_secret_never_prints_itself() -> None:
             ("[kafka]", "[dead_letter]\nbreaker_window = 10\nbreaker_min_records = 20\n[kafka]"),
             ENV,
             "breaker_min_records must not exceed",
+        ),
+        (
+            ("[kafka]", "[metrics]\nliveness_timeout_seconds = 10\n[kafka]"),
+            ENV,
+            "metrics.liveness_timeout_seconds must exceed batching.revoke_flush_seconds",
         ),
         (
             ('username = "apiuser-1@apiconnector.com"', 'username = "u"\napi_endpoint = "r2"'),
