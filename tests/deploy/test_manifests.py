@@ -51,17 +51,10 @@ TARGET_LABELS = frozenset(
 )
 # Series a rule may use that Prometheus itself produces.
 PROMETHEUS_SERIES = frozenset({"up"})
-# Sections of README.md the runbook annotations point to (concept pages), and deploy/README.md.
-RUNBOOKS = frozenset(
-    {
-        "README.md#offsets",
-        "README.md#backpressure",
-        "README.md#dead-letter-topic",
-        "README.md#circuit-breaker",
-        "README.md#rate-limits",
-        "deploy/README.md",
-    }
-)
+OPERATIONS = REPO / "docs" / "operations.md"
+# The label kube-prometheus-stack's rule and ServiceMonitor selectors match for a Helm release
+# named `prometheus` (its default: `release: <release name>`).
+OPERATOR_SELECTOR_LABELS = {"release": "prometheus"}
 
 
 # -- what ddsync exports -----------------------------------------------------------------------
@@ -293,6 +286,17 @@ def test_rules_reference_only_exported_metrics_and_labels() -> None:
 def test_rules_cover_the_operational_signals() -> None:
     exprs = " ".join(rule["expr"] for rule in alert_rules())
     for series in (
+        "ddsync_partition_read_lag_records",
+        "ddsync_oldest_open_record_age_seconds",
+        "ddsync_window_seconds",
+        "ddsync_partition_end_offset",
+        "ddsync_records_consumed_total",
+        "ddsync_assigned_partitions",
+        "ddsync_partition_commit_lag_records",
+        "ddsync:committed_offset:last_change_timestamp",
+        "ddsync_dotdigital_throttled_total",
+        "ddsync_dead_letter_errors_total",
+        "absent(up{",
         "ddsync_dead_letter_circuit_open",
         "ddsync_records_dead_lettered_total",
         "ddsync_consumer_paused",
@@ -303,17 +307,43 @@ def test_rules_cover_the_operational_signals() -> None:
     ):
         assert series in exprs
     assert 'reason="auth_failed"' in exprs
+    assert 'result="error"' in exprs
     assert recorded_names(), "at least one recording rule"
     assert all(name.startswith("ddsync:") for name in recorded_names())
 
 
+def markdown_anchors(text: str) -> frozenset[str]:
+    """The anchors GitHub gives a Markdown page's headings (lower case, punctuation dropped)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading and not in_code:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug)
+    return frozenset(anchors)
+
+
+def test_markdown_anchors_are_headings_only() -> None:
+    text = "# Top\n## Rate limits\nDdsyncX in text\n```\n# not a heading\n```\n### DdsyncX\n"
+    assert markdown_anchors(text) == {"top", "rate-limits", "ddsyncx"}
+
+
 def test_alerts_carry_severity_summary_description_and_runbook() -> None:
+    anchors = markdown_anchors(OPERATIONS.read_text(encoding="utf-8"))
     for rule in alert_rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         annotations = rule["annotations"]
         assert annotations["summary"].strip(), rule["alert"]
         assert len(annotations["description"]) > len(annotations["summary"]), rule["alert"]
-        assert annotations["runbook"] in RUNBOOKS, rule["alert"]
+        assert "runbook" not in annotations, f"{rule['alert']}: runbook_url, not runbook"
+        page, _, anchor = annotations["runbook_url"].partition("#")
+        assert page == "docs/operations.md", rule["alert"]
+        # One section per alert, named after it.
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: no heading #{anchor} in docs/operations.md"
 
 
 def test_prometheus_rule_resource_matches_the_rule_file() -> None:
@@ -604,6 +634,13 @@ def test_service_monitor_and_disruption_budget_select_the_pods() -> None:
     pdb = r["PodDisruptionBudget"]
     assert matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
     assert pdb["spec"].get("maxUnavailable", 0) == 1 or pdb["spec"].get("minAvailable") == 1
+
+
+def test_operator_resources_carry_the_labels_kube_prometheus_stack_selects() -> None:
+    r = resources()
+    for kind in ("PrometheusRule", "ServiceMonitor"):
+        labels = r[kind]["metadata"]["labels"]
+        assert matches(OPERATOR_SELECTOR_LABELS, labels), f"{kind} lacks {OPERATOR_SELECTOR_LABELS}"
 
 
 # -- Dockerfile --------------------------------------------------------------------------------
