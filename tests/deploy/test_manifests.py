@@ -717,3 +717,259 @@ def test_dockerfile_builds_a_non_root_python_311_image_of_the_repo() -> None:
             assert (REPO / source).exists(), source
             assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
     assert {"pyproject.toml", "README.md", "stream"} <= allowed
+
+
+# -- KEDA --------------------------------------------------------------------------------------
+
+KEDA = K8S / "keda"
+
+
+def scaled_object() -> dict[str, Any]:
+    (component,) = load_yaml_documents(KEDA / "kustomization.yaml")
+    assert component["kind"] == "Component", "optional: a kustomize component, not a base"
+    (name,) = component["resources"]
+    (resource,) = load_yaml_documents(KEDA / name)
+    return resource
+
+
+def test_scaled_object_scales_the_deployment_on_the_groups_lag(settings: Settings) -> None:
+    resource = scaled_object()
+    assert resource["apiVersion"] == "keda.sh/v1alpha1"
+    assert resource["kind"] == "ScaledObject"
+    spec = resource["spec"]
+    deployment = resources()["Deployment"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    # The PodDisruptionBudget lets one pod go: with fewer than two, a drain stops consuming.
+    assert 2 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    triggers = spec["triggers"]
+    assert {t["type"] for t in triggers} == {"kafka"}
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(settings.kafka.topics)
+    for trigger in triggers:
+        metadata = trigger["metadata"]
+        # KEDA reads trigger metadata as strings only.
+        assert all(isinstance(v, str) for v in metadata.values()), metadata
+        assert metadata["consumerGroup"] == settings.kafka.group_id
+        assert metadata["bootstrapServers"] == settings.kafka.bootstrap_servers
+        # Idle consumers beyond the partitions would only add rebalances.
+        assert metadata["allowIdleConsumers"] == "false"
+        # Committed lag holds about a window of input in normal operation (docs/scaling.md).
+        assert int(metadata["lagThreshold"]) >= 10_000
+
+
+# -- schema validation -------------------------------------------------------------------------
+
+# kubernetes-validate (PyPI) ships the Kubernetes API's JSON schemas; kubeconform validates
+# manifests against them. Versions pinned in the Makefile's install target.
+KUBERNETES_VERSIONS = ("v1.30.0", "v1.37.0")
+# Custom resources: no registry package reachable here ships their CRDs' schemas in a form
+# kubeconform reads, so they get the structural checks below instead.
+CUSTOM_KINDS = frozenset({"PrometheusRule", "ServiceMonitor", "ScaledObject"})
+
+
+@pytest.fixture(scope="module")
+def kubeconform() -> str:
+    beside_python = Path(sys.executable).parent / "kubeconform"
+    path = str(beside_python) if beside_python.exists() else shutil.which("kubeconform")
+    if path is None:
+        pytest.fail(
+            "kubeconform is not installed: `make install` puts it into .venv/bin with "
+            "`go install github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0`. "
+            "The manifests cannot be validated without it."
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def kubernetes_schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Standalone copies of kubernetes-validate's strict schemas, in kubeconform's layout.
+
+    kubernetes-validate's schemas refer to one shared ``/api/_definitions.json`` that only its
+    own resolver finds; each copy here embeds those definitions so kubeconform can read it.
+    """
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail(
+            "kubernetes-validate is not installed: `make install` installs "
+            "kubernetes-validate==1.37.0, which ships the Kubernetes JSON schemas."
+        )
+    shipped = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    out = tmp_path_factory.mktemp("schemas")
+    kinds = {
+        (d["apiVersion"], d["kind"])
+        for d in manifests_to_validate()
+        if d["kind"] not in CUSTOM_KINDS
+    }
+    for version in KUBERNETES_VERSIONS:
+        source = shipped / f"{version}-local-strict"
+        assert source.is_dir(), f"kubernetes-validate ships no schemas for {version}"
+        shared = json.loads((source / "_definitions.json").read_text(encoding="utf-8"))["$defs"]
+        target = out / f"{version}-standalone-strict"
+        target.mkdir()
+        for api_version, kind in kinds:
+            group, _, ver = api_version.rpartition("/")
+            suffix = f"-{group.split('.')[0]}-{ver}" if group else f"-{ver}"
+            name = f"{kind.lower()}{suffix}.json"
+            schema = json.loads(_local_refs((source / name).read_text(encoding="utf-8")))
+            schema["$defs"] = json.loads(_local_refs(json.dumps(shared)))
+            (target / name).write_text(json.dumps(schema), encoding="utf-8")
+    return out
+
+
+def _local_refs(text: str) -> str:
+    return text.replace('"/api/_definitions.json#/$defs/', '"#/$defs/')
+
+
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    kustomize = shutil.which("kustomize")
+    if kustomize:
+        argv = [kustomize, "build", str(directory)]
+    elif kubectl:
+        argv = [kubectl, "kustomize", str(directory)]
+    else:
+        pytest.fail("neither kustomize nor kubectl is installed: the kustomization cannot build")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+
+
+def with_keda(tmp_path: Path) -> Path:
+    """An overlay of the base with the KEDA component, as a user enables it."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    # kustomize takes only relative paths to bases and components.
+    base = os.path.relpath(K8S, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [base], "components": [f"{base}/keda"]}), encoding="utf-8"
+    )
+    return overlay
+
+
+def manifests_to_validate() -> list[dict[str, Any]]:
+    files = [*sorted(K8S.glob("*.yaml")), *sorted(KEDA.glob("*.yaml"))]
+    return [
+        d
+        for path in files
+        for d in load_yaml_documents(path)
+        if d["kind"] not in {"Kustomization", "Component"}
+    ]
+
+
+def run_kubeconform(
+    kubeconform: str, schemas: Path, version: str, documents: list[dict[str, Any]], tmp: Path
+) -> subprocess.CompletedProcess:
+    path = tmp / f"manifests-{version}.yaml"
+    path.write_text(yaml.safe_dump_all(documents), encoding="utf-8")
+    location = (
+        f"{schemas}/{version}-standalone-strict/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json"
+    )
+    return subprocess.run(
+        [
+            kubeconform,
+            "-strict",
+            "-summary",
+            "-schema-location",
+            location,
+            "-skip",
+            ",".join(sorted(CUSTOM_KINDS)),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_manifests_validate_against_the_kubernetes_schemas(
+    kubeconform: str, kubernetes_schemas: Path, tmp_path: Path
+) -> None:
+    files = manifests_to_validate()
+    built = kustomize_build(with_keda(tmp_path))
+    assert {d["kind"] for d in built} == {d["kind"] for d in files} - {"Secret"}
+    for version in KUBERNETES_VERSIONS:
+        for name, documents in (("files", files), ("kustomize output", built)):
+            result = run_kubeconform(kubeconform, kubernetes_schemas, version, documents, tmp_path)
+            assert result.returncode == 0, f"{name} on {version}:\n{result.stdout}{result.stderr}"
+            core = sum(d["kind"] not in CUSTOM_KINDS for d in documents)
+            assert f"Valid: {core}, Invalid: 0, Errors: 0" in result.stdout, result.stdout
+
+
+def test_schema_validation_rejects_a_broken_manifest(
+    kubeconform: str, kubernetes_schemas: Path, tmp_path: Path
+) -> None:
+    """The validation can fail: a misspelt field and a wrong type are reported."""
+    deployment = resources()["Deployment"]
+    misspelt = json.loads(json.dumps(deployment))
+    misspelt["spec"]["replica"] = misspelt["spec"].pop("replicas")
+    mistyped = json.loads(json.dumps(deployment))
+    mistyped["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "sixty"
+    for broken in (misspelt, mistyped):
+        result = run_kubeconform(
+            kubeconform, kubernetes_schemas, KUBERNETES_VERSIONS[-1], [broken], tmp_path
+        )
+        assert result.returncode != 0, result.stdout
+        assert "Invalid: 1" in result.stdout, result.stdout
+
+
+def custom_resource_problems(document: Mapping[str, Any]) -> list[str]:
+    """Structural checks of the custom resources, standing in for their CRDs' schemas."""
+    kind = document["kind"]
+    spec = document.get("spec", {})
+    problems: list[str] = []
+    expected_api = {
+        "PrometheusRule": "monitoring.coreos.com/v1",
+        "ServiceMonitor": "monitoring.coreos.com/v1",
+        "ScaledObject": "keda.sh/v1alpha1",
+    }[kind]
+    if document["apiVersion"] != expected_api:
+        problems.append(f"{kind}: apiVersion {document['apiVersion']} is not {expected_api}")
+    if set(document) - {"apiVersion", "kind", "metadata", "spec"}:
+        problems.append(f"{kind}: unknown top-level fields")
+    if kind == "PrometheusRule":
+        for group in spec.get("groups", []):
+            if set(group) - {"name", "interval", "limit", "rules"} or "name" not in group:
+                problems.append(f"PrometheusRule group {group.get('name')}: bad fields")
+            for rule in group.get("rules", []):
+                allowed = {"alert", "record", "expr", "for", "keep_firing_for", "labels"}
+                allowed |= {"annotations"}
+                if set(rule) - allowed or ("alert" in rule) == ("record" in rule):
+                    problems.append(f"PrometheusRule rule {rule}: bad fields")
+                if not isinstance(rule.get("expr"), str):
+                    problems.append(f"PrometheusRule rule {rule}: expr is not a string")
+    elif kind == "ServiceMonitor":
+        if not isinstance(spec.get("selector", {}).get("matchLabels"), dict):
+            problems.append("ServiceMonitor: no selector.matchLabels")
+        for endpoint in spec.get("endpoints", []):
+            if set(endpoint) - {"port", "path", "interval", "scrapeTimeout", "scheme"}:
+                problems.append(f"ServiceMonitor endpoint {endpoint}: unknown fields")
+    elif kind == "ScaledObject":
+        allowed = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval"}
+        allowed |= {"cooldownPeriod", "advanced", "triggers", "fallback", "idleReplicaCount"}
+        if set(spec) - allowed:
+            problems.append(f"ScaledObject: unknown spec fields {sorted(set(spec) - allowed)}")
+        for field in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
+            if field in spec and not isinstance(spec[field], int):
+                problems.append(f"ScaledObject: {field} is not an integer")
+        for trigger in spec.get("triggers", []):
+            if set(trigger) - {"type", "name", "metadata", "authenticationRef", "metricType"}:
+                problems.append(f"ScaledObject trigger {trigger.get('type')}: unknown fields")
+            if not all(isinstance(v, str) for v in trigger.get("metadata", {}).values()):
+                problems.append("ScaledObject trigger metadata values must be strings")
+    return problems
+
+
+def test_custom_resources_are_structurally_valid(tmp_path: Path) -> None:
+    documents = [d for d in kustomize_build(with_keda(tmp_path)) if d["kind"] in CUSTOM_KINDS]
+    assert {d["kind"] for d in documents} == CUSTOM_KINDS
+    assert [p for d in documents for p in custom_resource_problems(d)] == []
+    # The checks can fail.
+    broken = json.loads(json.dumps(scaled_object()))
+    broken["spec"]["maxReplicas"] = broken["spec"].pop("maxReplicaCount")
+    broken["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 50000
+    assert len(custom_resource_problems(broken)) == 2
