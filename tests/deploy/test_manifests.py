@@ -416,6 +416,18 @@ def test_dashboard_shows_the_operational_signals() -> None:
         "ddsync_flush_seconds_bucket",
         "ddsync_batch_contacts_bucket",
         "ddsync_rebalances_total",
+        "ddsync_partition_read_lag_records",
+        "ddsync_partition_commit_lag_records",
+        "ddsync_oldest_open_record_age_seconds",
+        "ddsync_window_seconds",
+        "ddsync_assigned_partitions",
+        "ddsync_dotdigital_requests_total",
+        "ddsync_dotdigital_throttled_total",
+        "ddsync_dotdigital_retries_total",
+        "ddsync_rate_limiter_wait_seconds_total",
+        "ddsync_rate_limit_budget_per_minute",
+        "ddsync_dotdigital_active_imports",
+        "ddsync_import_contacts_total",
     ):
         assert series in exprs
     assert "histogram_quantile(0.95" in exprs
