@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	# Manifest validation (tests/deploy): the Kubernetes JSON schemas, and kubeconform built with Go.
+	$(PY) -m pip install -q kubernetes-validate==1.37.0
+	GOBIN=$(abspath $(VENV))/bin go install github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0
 	touch $@
 
 install: $(VENV)/.installed

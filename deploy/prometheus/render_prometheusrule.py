@@ -19,12 +19,17 @@ import yaml
 HERE = Path(__file__).resolve().parent
 RULES = HERE / "ddsync-rules.yml"
 RESOURCE = HERE.parent / "kubernetes" / "prometheusrule.yaml"
+SELECTOR_LABELS = {"app.kubernetes.io/name": "ddsync"}
+# The label a Prometheus Operator install selects rules (and ServiceMonitors) on: a
+# kube-prometheus-stack Helm release named `prometheus` selects `release: prometheus`.
+OPERATOR_LABELS = {"release": "prometheus"}
 
 HEADER = """\
 # Prometheus Operator form of deploy/prometheus/ddsync-rules.yml: the same groups, wrapped in a
 # PrometheusRule. Generated: edit ddsync-rules.yml, then run
 #   python deploy/prometheus/render_prometheusrule.py
-# (tests fail while the two differ). Your Prometheus' ruleSelector may need extra labels here.
+# (tests fail while the two differ). `release: prometheus` is what kube-prometheus-stack's
+# ruleSelector matches for a Helm release named `prometheus`: see deploy/README.md to change it.
 """
 
 
@@ -45,7 +50,7 @@ def render() -> str:
     resource = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "ddsync", "labels": {"app.kubernetes.io/name": "ddsync"}},
+        "metadata": {"name": "ddsync", "labels": {**SELECTOR_LABELS, **OPERATOR_LABELS}},
         "spec": {"groups": rules["groups"]},
     }
     return HEADER + yaml.dump(resource, Dumper=_Dumper, sort_keys=False, width=100)

@@ -59,17 +59,10 @@ TARGET_LABELS = frozenset(
 )
 # Series a rule may use that Prometheus itself produces.
 PROMETHEUS_SERIES = frozenset({"up"})
-# Sections of README.md the runbook annotations point to (concept pages), and deploy/README.md.
-RUNBOOKS = frozenset(
-    {
-        "README.md#offsets",
-        "README.md#backpressure",
-        "README.md#dead-letter-topic",
-        "README.md#circuit-breaker",
-        "README.md#rate-limits",
-        "deploy/README.md",
-    }
-)
+OPERATIONS = REPO / "docs" / "operations.md"
+# The label kube-prometheus-stack's rule and ServiceMonitor selectors match for a Helm release
+# named `prometheus` (its default: `release: <release name>`).
+OPERATOR_SELECTOR_LABELS = {"release": "prometheus"}
 
 
 # -- what ddsync exports -----------------------------------------------------------------------
@@ -301,6 +294,17 @@ def test_rules_reference_only_exported_metrics_and_labels() -> None:
 def test_rules_cover_the_operational_signals() -> None:
     exprs = " ".join(rule["expr"] for rule in alert_rules())
     for series in (
+        "ddsync_partition_read_lag_records",
+        "ddsync_oldest_open_record_age_seconds",
+        "ddsync_window_seconds",
+        "ddsync_partition_end_offset",
+        "ddsync_records_consumed_total",
+        "ddsync_assigned_partitions",
+        "ddsync_partition_commit_lag_records",
+        "ddsync:committed_offset:last_change_timestamp",
+        "ddsync_dotdigital_throttled_total",
+        "ddsync_dead_letter_errors_total",
+        "absent(up{",
         "ddsync_dead_letter_circuit_open",
         "ddsync_records_dead_lettered_total",
         "ddsync_consumer_paused",
@@ -311,17 +315,43 @@ def test_rules_cover_the_operational_signals() -> None:
     ):
         assert series in exprs
     assert 'reason="auth_failed"' in exprs
+    assert 'result="error"' in exprs
     assert recorded_names(), "at least one recording rule"
     assert all(name.startswith("ddsync:") for name in recorded_names())
 
 
+def markdown_anchors(text: str) -> frozenset[str]:
+    """The anchors GitHub gives a Markdown page's headings (lower case, punctuation dropped)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading and not in_code:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug)
+    return frozenset(anchors)
+
+
+def test_markdown_anchors_are_headings_only() -> None:
+    text = "# Top\n## Rate limits\nDdsyncX in text\n```\n# not a heading\n```\n### DdsyncX\n"
+    assert markdown_anchors(text) == {"top", "rate-limits", "ddsyncx"}
+
+
 def test_alerts_carry_severity_summary_description_and_runbook() -> None:
+    anchors = markdown_anchors(OPERATIONS.read_text(encoding="utf-8"))
     for rule in alert_rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         annotations = rule["annotations"]
         assert annotations["summary"].strip(), rule["alert"]
         assert len(annotations["description"]) > len(annotations["summary"]), rule["alert"]
-        assert annotations["runbook"] in RUNBOOKS, rule["alert"]
+        assert "runbook" not in annotations, f"{rule['alert']}: runbook_url, not runbook"
+        page, _, anchor = annotations["runbook_url"].partition("#")
+        assert page == "docs/operations.md", rule["alert"]
+        # One section per alert, named after it.
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: no heading #{anchor} in docs/operations.md"
 
 
 def test_prometheus_rule_resource_matches_the_rule_file() -> None:
@@ -394,6 +424,18 @@ def test_dashboard_shows_the_operational_signals() -> None:
         "ddsync_flush_seconds_bucket",
         "ddsync_batch_contacts_bucket",
         "ddsync_rebalances_total",
+        "ddsync_partition_read_lag_records",
+        "ddsync_partition_commit_lag_records",
+        "ddsync_oldest_open_record_age_seconds",
+        "ddsync_window_seconds",
+        "ddsync_assigned_partitions",
+        "ddsync_dotdigital_requests_total",
+        "ddsync_dotdigital_throttled_total",
+        "ddsync_dotdigital_retries_total",
+        "ddsync_rate_limiter_wait_seconds_total",
+        "ddsync_rate_limit_budget_per_minute",
+        "ddsync_dotdigital_active_imports",
+        "ddsync_import_contacts_total",
     ):
         assert series in exprs
     assert "histogram_quantile(0.95" in exprs
@@ -679,6 +721,13 @@ def test_service_monitor_and_disruption_budget_select_the_pods() -> None:
     assert pdb["spec"].get("maxUnavailable", 0) == 1 or pdb["spec"].get("minAvailable") == 1
 
 
+def test_operator_resources_carry_the_labels_kube_prometheus_stack_selects() -> None:
+    r = resources()
+    for kind in ("PrometheusRule", "ServiceMonitor"):
+        labels = r[kind]["metadata"]["labels"]
+        assert matches(OPERATOR_SELECTOR_LABELS, labels), f"{kind} lacks {OPERATOR_SELECTOR_LABELS}"
+
+
 # -- Dockerfile --------------------------------------------------------------------------------
 
 
@@ -753,3 +802,259 @@ def test_dockerfile_builds_a_non_root_python_311_image_of_the_repo() -> None:
             assert (REPO / source).exists(), source
             assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
     assert {"pyproject.toml", "README.md", "stream"} <= allowed
+
+
+# -- KEDA --------------------------------------------------------------------------------------
+
+KEDA = K8S / "keda"
+
+
+def scaled_object() -> dict[str, Any]:
+    (component,) = load_yaml_documents(KEDA / "kustomization.yaml")
+    assert component["kind"] == "Component", "optional: a kustomize component, not a base"
+    (name,) = component["resources"]
+    (resource,) = load_yaml_documents(KEDA / name)
+    return resource
+
+
+def test_scaled_object_scales_the_deployment_on_the_groups_lag(settings: Settings) -> None:
+    resource = scaled_object()
+    assert resource["apiVersion"] == "keda.sh/v1alpha1"
+    assert resource["kind"] == "ScaledObject"
+    spec = resource["spec"]
+    deployment = resources()["Deployment"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    # The PodDisruptionBudget lets one pod go: with fewer than two, a drain stops consuming.
+    assert 2 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    triggers = spec["triggers"]
+    assert {t["type"] for t in triggers} == {"kafka"}
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(settings.kafka.topics)
+    for trigger in triggers:
+        metadata = trigger["metadata"]
+        # KEDA reads trigger metadata as strings only.
+        assert all(isinstance(v, str) for v in metadata.values()), metadata
+        assert metadata["consumerGroup"] == settings.kafka.group_id
+        assert metadata["bootstrapServers"] == settings.kafka.bootstrap_servers
+        # Idle consumers beyond the partitions would only add rebalances.
+        assert metadata["allowIdleConsumers"] == "false"
+        # Committed lag holds about a window of input in normal operation (docs/scaling.md).
+        assert int(metadata["lagThreshold"]) >= 10_000
+
+
+# -- schema validation -------------------------------------------------------------------------
+
+# kubernetes-validate (PyPI) ships the Kubernetes API's JSON schemas; kubeconform validates
+# manifests against them. Versions pinned in the Makefile's install target.
+KUBERNETES_VERSIONS = ("v1.30.0", "v1.37.0")
+# Custom resources: no registry package reachable here ships their CRDs' schemas in a form
+# kubeconform reads, so they get the structural checks below instead.
+CUSTOM_KINDS = frozenset({"PrometheusRule", "ServiceMonitor", "ScaledObject"})
+
+
+@pytest.fixture(scope="module")
+def kubeconform() -> str:
+    beside_python = Path(sys.executable).parent / "kubeconform"
+    path = str(beside_python) if beside_python.exists() else shutil.which("kubeconform")
+    if path is None:
+        pytest.fail(
+            "kubeconform is not installed: `make install` puts it into .venv/bin with "
+            "`go install github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0`. "
+            "The manifests cannot be validated without it."
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def kubernetes_schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Standalone copies of kubernetes-validate's strict schemas, in kubeconform's layout.
+
+    kubernetes-validate's schemas refer to one shared ``/api/_definitions.json`` that only its
+    own resolver finds; each copy here embeds those definitions so kubeconform can read it.
+    """
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail(
+            "kubernetes-validate is not installed: `make install` installs "
+            "kubernetes-validate==1.37.0, which ships the Kubernetes JSON schemas."
+        )
+    shipped = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    out = tmp_path_factory.mktemp("schemas")
+    kinds = {
+        (d["apiVersion"], d["kind"])
+        for d in manifests_to_validate()
+        if d["kind"] not in CUSTOM_KINDS
+    }
+    for version in KUBERNETES_VERSIONS:
+        source = shipped / f"{version}-local-strict"
+        assert source.is_dir(), f"kubernetes-validate ships no schemas for {version}"
+        shared = json.loads((source / "_definitions.json").read_text(encoding="utf-8"))["$defs"]
+        target = out / f"{version}-standalone-strict"
+        target.mkdir()
+        for api_version, kind in kinds:
+            group, _, ver = api_version.rpartition("/")
+            suffix = f"-{group.split('.')[0]}-{ver}" if group else f"-{ver}"
+            name = f"{kind.lower()}{suffix}.json"
+            schema = json.loads(_local_refs((source / name).read_text(encoding="utf-8")))
+            schema["$defs"] = json.loads(_local_refs(json.dumps(shared)))
+            (target / name).write_text(json.dumps(schema), encoding="utf-8")
+    return out
+
+
+def _local_refs(text: str) -> str:
+    return text.replace('"/api/_definitions.json#/$defs/', '"#/$defs/')
+
+
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    kustomize = shutil.which("kustomize")
+    if kustomize:
+        argv = [kustomize, "build", str(directory)]
+    elif kubectl:
+        argv = [kubectl, "kustomize", str(directory)]
+    else:
+        pytest.fail("neither kustomize nor kubectl is installed: the kustomization cannot build")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+
+
+def with_keda(tmp_path: Path) -> Path:
+    """An overlay of the base with the KEDA component, as a user enables it."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    # kustomize takes only relative paths to bases and components.
+    base = os.path.relpath(K8S, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [base], "components": [f"{base}/keda"]}), encoding="utf-8"
+    )
+    return overlay
+
+
+def manifests_to_validate() -> list[dict[str, Any]]:
+    files = [*sorted(K8S.glob("*.yaml")), *sorted(KEDA.glob("*.yaml"))]
+    return [
+        d
+        for path in files
+        for d in load_yaml_documents(path)
+        if d["kind"] not in {"Kustomization", "Component"}
+    ]
+
+
+def run_kubeconform(
+    kubeconform: str, schemas: Path, version: str, documents: list[dict[str, Any]], tmp: Path
+) -> subprocess.CompletedProcess:
+    path = tmp / f"manifests-{version}.yaml"
+    path.write_text(yaml.safe_dump_all(documents), encoding="utf-8")
+    location = (
+        f"{schemas}/{version}-standalone-strict/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json"
+    )
+    return subprocess.run(
+        [
+            kubeconform,
+            "-strict",
+            "-summary",
+            "-schema-location",
+            location,
+            "-skip",
+            ",".join(sorted(CUSTOM_KINDS)),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_manifests_validate_against_the_kubernetes_schemas(
+    kubeconform: str, kubernetes_schemas: Path, tmp_path: Path
+) -> None:
+    files = manifests_to_validate()
+    built = kustomize_build(with_keda(tmp_path))
+    assert {d["kind"] for d in built} == {d["kind"] for d in files} - {"Secret"}
+    for version in KUBERNETES_VERSIONS:
+        for name, documents in (("files", files), ("kustomize output", built)):
+            result = run_kubeconform(kubeconform, kubernetes_schemas, version, documents, tmp_path)
+            assert result.returncode == 0, f"{name} on {version}:\n{result.stdout}{result.stderr}"
+            core = sum(d["kind"] not in CUSTOM_KINDS for d in documents)
+            assert f"Valid: {core}, Invalid: 0, Errors: 0" in result.stdout, result.stdout
+
+
+def test_schema_validation_rejects_a_broken_manifest(
+    kubeconform: str, kubernetes_schemas: Path, tmp_path: Path
+) -> None:
+    """The validation can fail: a misspelt field and a wrong type are reported."""
+    deployment = resources()["Deployment"]
+    misspelt = json.loads(json.dumps(deployment))
+    misspelt["spec"]["replica"] = misspelt["spec"].pop("replicas")
+    mistyped = json.loads(json.dumps(deployment))
+    mistyped["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "sixty"
+    for broken in (misspelt, mistyped):
+        result = run_kubeconform(
+            kubeconform, kubernetes_schemas, KUBERNETES_VERSIONS[-1], [broken], tmp_path
+        )
+        assert result.returncode != 0, result.stdout
+        assert "Invalid: 1" in result.stdout, result.stdout
+
+
+def custom_resource_problems(document: Mapping[str, Any]) -> list[str]:
+    """Structural checks of the custom resources, standing in for their CRDs' schemas."""
+    kind = document["kind"]
+    spec = document.get("spec", {})
+    problems: list[str] = []
+    expected_api = {
+        "PrometheusRule": "monitoring.coreos.com/v1",
+        "ServiceMonitor": "monitoring.coreos.com/v1",
+        "ScaledObject": "keda.sh/v1alpha1",
+    }[kind]
+    if document["apiVersion"] != expected_api:
+        problems.append(f"{kind}: apiVersion {document['apiVersion']} is not {expected_api}")
+    if set(document) - {"apiVersion", "kind", "metadata", "spec"}:
+        problems.append(f"{kind}: unknown top-level fields")
+    if kind == "PrometheusRule":
+        for group in spec.get("groups", []):
+            if set(group) - {"name", "interval", "limit", "rules"} or "name" not in group:
+                problems.append(f"PrometheusRule group {group.get('name')}: bad fields")
+            for rule in group.get("rules", []):
+                allowed = {"alert", "record", "expr", "for", "keep_firing_for", "labels"}
+                allowed |= {"annotations"}
+                if set(rule) - allowed or ("alert" in rule) == ("record" in rule):
+                    problems.append(f"PrometheusRule rule {rule}: bad fields")
+                if not isinstance(rule.get("expr"), str):
+                    problems.append(f"PrometheusRule rule {rule}: expr is not a string")
+    elif kind == "ServiceMonitor":
+        if not isinstance(spec.get("selector", {}).get("matchLabels"), dict):
+            problems.append("ServiceMonitor: no selector.matchLabels")
+        for endpoint in spec.get("endpoints", []):
+            if set(endpoint) - {"port", "path", "interval", "scrapeTimeout", "scheme"}:
+                problems.append(f"ServiceMonitor endpoint {endpoint}: unknown fields")
+    elif kind == "ScaledObject":
+        allowed = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval"}
+        allowed |= {"cooldownPeriod", "advanced", "triggers", "fallback", "idleReplicaCount"}
+        if set(spec) - allowed:
+            problems.append(f"ScaledObject: unknown spec fields {sorted(set(spec) - allowed)}")
+        for field in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
+            if field in spec and not isinstance(spec[field], int):
+                problems.append(f"ScaledObject: {field} is not an integer")
+        for trigger in spec.get("triggers", []):
+            if set(trigger) - {"type", "name", "metadata", "authenticationRef", "metricType"}:
+                problems.append(f"ScaledObject trigger {trigger.get('type')}: unknown fields")
+            if not all(isinstance(v, str) for v in trigger.get("metadata", {}).values()):
+                problems.append("ScaledObject trigger metadata values must be strings")
+    return problems
+
+
+def test_custom_resources_are_structurally_valid(tmp_path: Path) -> None:
+    documents = [d for d in kustomize_build(with_keda(tmp_path)) if d["kind"] in CUSTOM_KINDS]
+    assert {d["kind"] for d in documents} == CUSTOM_KINDS
+    assert [p for d in documents for p in custom_resource_problems(d)] == []
+    # The checks can fail.
+    broken = json.loads(json.dumps(scaled_object()))
+    broken["spec"]["maxReplicas"] = broken["spec"].pop("maxReplicaCount")
+    broken["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 50000
+    assert len(custom_resource_problems(broken)) == 2
