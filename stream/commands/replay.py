@@ -1,9 +1,10 @@
 """``ddsync replay --config FILE``: re-produce dead-letter records to their source topics.
 
-Exit status: 0 when the replay reached the end offsets or ``--limit``; 1 when it stopped on an
-error (printed as one line; what was acknowledged is committed, so a rerun resumes); 2 for a bad
-configuration or arguments; 128 + the signal number when SIGINT/SIGTERM interrupted it (after
-committing what was acknowledged). The report goes to stdout, logs to stderr; neither holds record
+Exit status (:mod:`stream.exitcodes`): 0 when the replay reached the end offsets or ``--limit``;
+1 when it stopped on an error (printed as one line; what was acknowledged is committed, so a
+rerun resumes); 2 for a bad configuration, setting or argument; 3 when Kafka could not be
+reached; 128 + the signal number when SIGINT/SIGTERM interrupted it (after committing what was
+acknowledged). The report goes to stdout, logs to stderr; neither holds record
 values, error messages or secrets. See ``docs/replay.md``.
 """
 
@@ -19,8 +20,10 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from stream.commands import load_or_exit
+from stream.commands.run import check_kafka_settings
 from stream.config import Settings
 from stream.deadletter_headers import Reason
+from stream.exitcodes import ExitCode, interrupted
 from stream.replay import (
     Replayer,
     ReplayError,
@@ -78,7 +81,11 @@ def handle(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
     if args.group is not None and not args.group.strip():
         print("ddsync: --group must not be empty", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
+    problem = check_kafka_settings(settings)
+    if problem is not None:
+        print(f"ddsync: {problem}", file=sys.stderr)
+        return ExitCode.USAGE
     return replay(settings, build_options(settings, args))
 
 
@@ -121,20 +128,21 @@ def replay(settings: Settings, options: ReplayOptions) -> int:
     except ReplayError as exc:
         _report(exc.summary)
         print(f"ddsync replay: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except KafkaException as exc:
+        # What the cluster said when it could not be reached, or refused us (authorization).
         error = exc.args[0] if exc.args else None
         text = error.str() if isinstance(error, KafkaError) else str(exc)
         print(f"ddsync replay: Kafka: {text}", file=sys.stderr)
-        return 1
+        return ExitCode.UNAVAILABLE
     except KeyboardInterrupt:
         # Ctrl-C while connecting, before the handler that stops cleanly was installed.
         print("ddsync replay: interrupted before it started; nothing replayed", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return interrupted(signal.SIGINT)
     _report(summary)
     if summary.stopped is StopReason.INTERRUPTED:
-        return 128 + (signalled[0] if signalled else signal.SIGINT)
-    return 0
+        return interrupted(signalled[0] if signalled else signal.SIGINT)
+    return ExitCode.OK
 
 
 def _report(summary: ReplaySummary) -> None:

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from stream.commands import load_or_exit
 from stream.config import Settings
 from stream.deadletter import producer_config
+from stream.exitcodes import ExitCode
 from stream.pipeline import Pipeline
 from stream.source import consumer_config
 
@@ -55,7 +56,7 @@ async def run(settings: Settings) -> int:
     problem = check_kafka_settings(settings)
     if problem is not None:
         print(f"ddsync: {problem}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     pipeline = Pipeline(settings)
     if settings.metrics.enabled:
         try:
@@ -65,10 +66,10 @@ async def run(settings: Settings) -> int:
                 f"ddsync: metrics.port {settings.metrics.port} cannot be opened: {exc.strerror}",
                 file=sys.stderr,
             )
-            return 2
+            return ExitCode.USAGE
         log.info("metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, pipeline.stop)
     await pipeline.run()
-    return 0
+    return ExitCode.OK
