@@ -53,6 +53,7 @@ from stream.dotdigital import (
     RetryPolicy,
 )
 from stream.dotdigital.guard import Abandoned, SendGuard, guarded
+from stream.logs import log_context
 from stream.metrics import Metrics
 from stream.offsets import TopicPartitionKey
 from stream.windowing import Batch, Contact
@@ -173,6 +174,13 @@ class Dispatcher:
             del self._tails[key]
 
     async def _after(self, previous: asyncio.Task[None] | None, batch: Batch) -> None:
+        # Every line logged about this flush (the client's too) says which batch it is about.
+        with log_context(
+            connector=batch.connector_id, address_book=batch.address_book_id, batch=batch.sequence
+        ):
+            await self._flush(previous, batch)
+
+    async def _flush(self, previous: asyncio.Task[None] | None, batch: Batch) -> None:
         if previous is not None:
             # Order only: the earlier flush reports its own outcome.
             await asyncio.wait([previous])

@@ -27,9 +27,13 @@ Contract:
 * Dry run: the same decisions, nothing produced and nothing committed.
 * Reports never hold record values or error messages (either may be personal data); keys
   (profile ids), reasons, error codes and positions are enough to act on.
+* Progress: after each batch consumed the run hands a :class:`ReplayProgress` to its
+  ``on_progress`` callback; :class:`ProgressReporter` shows it (a bar on a terminal, a line every
+  few seconds otherwise) and :func:`summary_json` is the report as one JSON object.
 
-The pure part (:class:`ReplayFilter`, :func:`decide`, :func:`format_summary`) knows nothing of
-Kafka; :class:`Replayer` is the thin Kafka edge around it.
+The pure part (:class:`ReplayFilter`, :func:`decide`, :func:`format_summary`,
+:class:`ProgressReporter`) knows nothing of Kafka; :class:`Replayer` is the thin Kafka edge
+around it.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from stream.clock import Clock
 from stream.config import Settings
 from stream.deadletter_headers import DeadLetter, Reason, replay_headers
 from stream.kafka_config import consumer_config, producer_config
@@ -246,6 +251,100 @@ def format_summary(summary: ReplaySummary) -> list[str]:
     return lines
 
 
+def summary_json(summary: ReplaySummary, error: str | None = None) -> dict[str, Any]:
+    """The report as one JSON object: the counts, how it stopped, ``error`` (the line printed on
+    stderr when an error stopped it, else null), per reason and source topic, the samples."""
+    return {
+        "dry_run": summary.dry_run,
+        "group": summary.group,
+        "stopped": summary.stopped.value,
+        "error": error,
+        "replayed": summary.replayed,
+        "refused": summary.refused,
+        "filtered": summary.filtered,
+        "malformed": summary.malformed,
+        "by_reason_and_topic": [
+            {"reason": reason, "source_topic": topic, "count": count}
+            for (reason, topic), count in sorted(summary.by_reason_and_topic.items())
+        ],
+        "samples": [asdict(sample) for sample in summary.samples],
+        "malformed_samples": list(summary.malformed_samples),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayProgress:
+    """How far a run is: ``looked_at`` of ``backlog`` records decided about, of which
+    ``replayed`` replayed (would be, in a dry run) and ``skipped`` refused, filtered or
+    malformed. ``backlog`` is the upper bound taken at the start."""
+
+    looked_at: int
+    backlog: int
+    replayed: int
+    skipped: int
+    dry_run: bool = False
+
+    def describe(self) -> str:
+        """E.g. ``1200 / 5000 records (24%): replayed 900, skipped 300``."""
+        verb = "would replay" if self.dry_run else "replayed"
+        return (
+            f"{self.looked_at} / {self.backlog} records ({self.percent}%): "
+            f"{verb} {self.replayed}, skipped {self.skipped}"
+        )
+
+    @property
+    def percent(self) -> int:
+        if self.backlog <= 0:
+            return 100
+        return min(100, self.looked_at * 100 // self.backlog)
+
+
+class ProgressReporter:
+    """Shows :class:`ReplayProgress` on ``stream``. On a terminal (``tty``) a bar redrawn in
+    place with ``\\r`` at most every ``redraw`` seconds; otherwise one line every ``every``
+    seconds, so a log file gets a steady trickle. :meth:`finish` ends the bar's line."""
+
+    BAR_WIDTH: Final = 30
+
+    def __init__(
+        self,
+        stream: TextIO,
+        clock: Clock,
+        *,
+        tty: bool,
+        every: float = 5.0,
+        redraw: float = 0.2,
+    ) -> None:
+        self._stream = stream
+        self._clock = clock
+        self._tty = tty
+        self._interval = redraw if tty else every
+        self._started = clock.monotonic()
+        self._shown_at: float | None = None
+        self._drawn = False
+
+    def update(self, progress: ReplayProgress) -> None:
+        now = self._clock.monotonic()
+        last = self._started if self._shown_at is None else self._shown_at
+        if now - last < self._interval:
+            return
+        self._shown_at = now
+        if self._tty:
+            filled = self.BAR_WIDTH * progress.percent // 100
+            bar = "#" * filled + "." * (self.BAR_WIDTH - filled)
+            self._stream.write(f"\r[{bar}] {progress.describe()}\x1b[K")
+            self._drawn = True
+        else:
+            self._stream.write(f"replay: {progress.describe()}\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
 class _Tally:
     """The mutable counts behind a :class:`ReplaySummary` (one run, one thread)."""
 
@@ -350,9 +449,15 @@ class Replayer:
     the record in hand, commits what was acknowledged and returns with ``StopReason.INTERRUPTED``.
     """
 
-    def __init__(self, settings: Settings, options: ReplayOptions) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: ReplayOptions,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._options = options
+        self._on_progress = on_progress
         self._topic = settings.kafka.dead_letter_topic
         self._max_replays = settings.dead_letter.max_replays
         self._stop = threading.Event()
@@ -448,6 +553,14 @@ class Replayer:
         """Dead-letter records between the start and the end offsets (the upper bound of work)."""
         return sum(self.end_offsets[p] - self.start_offsets[p] for p in self.end_offsets)
 
+    def progress(self) -> ReplayProgress:
+        counts = self._tally.counts
+        replayed = counts[Verdict.REPLAY]
+        looked_at = sum(counts.values())
+        return ReplayProgress(
+            looked_at, self.backlog, replayed, looked_at - replayed, self._options.dry_run
+        )
+
     # -- the run
 
     def run(self) -> ReplaySummary:
@@ -484,6 +597,8 @@ class Replayer:
                     stopped = StopReason.LIMIT
                     break
             self._checkpoint()
+            if self._on_progress is not None:
+                self._on_progress(self.progress())
             if stopped is not StopReason.END:
                 break
             if not messages:
@@ -670,10 +785,12 @@ def run_replay(
     settings: Settings,
     options: ReplayOptions,
     on_open: Callable[[Replayer], None] | None = None,
+    on_progress: Callable[[ReplayProgress], None] | None = None,
 ) -> ReplaySummary:
     """Open, run and close a :class:`Replayer`; ``on_open`` sees it before the run starts (the
-    CLI installs signal handlers there, tests add records after the end offsets were taken)."""
-    with Replayer(settings, options) as replayer:
+    CLI installs signal handlers there, tests add records after the end offsets were taken),
+    ``on_progress`` after every batch."""
+    with Replayer(settings, options, on_progress) as replayer:
         if on_open is not None:
             on_open(replayer)
         return replayer.run()

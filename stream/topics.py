@@ -28,7 +28,12 @@ BROKER_DEFAULT = -1
 
 
 class TopicError(RuntimeError):
-    """A topic ddsync needs is missing and cannot be had; the message says what to do."""
+    """A topic ddsync needs is missing and cannot be had, or the cluster cannot be reached
+    (``unreachable``); the message says what to do."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ def describe_topics(
     except KafkaException as exc:
         raise TopicError(
             f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g} s "
-            f"({_describe(exc)}): check kafka.bootstrap_servers and the security settings"
+            f"({_describe(exc)}): check kafka.bootstrap_servers and the security settings",
+            unreachable=True,
         ) from None
     states = []
     for name in (*settings.topics, settings.dead_letter_topic):

@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 from stream.config import ConfigError, Settings, load_settings
+from stream.exitcodes import ExitCode
 
 
 def load_or_exit(path: Path) -> Settings:
-    """The configuration, or one line on stderr naming what is wrong and exit status 2."""
+    """The configuration, or one line on stderr naming what is wrong and exit status
+    ``ExitCode.USAGE``."""
     try:
         return load_settings(path)
     except ConfigError as exc:
         print(f"ddsync: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitCode.USAGE) from None

@@ -26,6 +26,8 @@ from stream.config import Settings
 from stream.deadletter_headers import H_REASON
 from stream.demo import Target, generate
 from stream.dotdigital import DotDigitalClient, DotDigitalError
+from stream.dotdigital.commands import exit_code_for
+from stream.exitcodes import ExitCode
 from stream.kafka_config import admin_config, consumer_config, producer_config
 
 
@@ -52,15 +54,18 @@ def handle(args: argparse.Namespace) -> int:
     try:
         create_topics(settings, args.partitions)
         targets = asyncio.run(create_address_books(settings, args.address_books))
-    except (DotDigitalError, KafkaException) as exc:
+    except DotDigitalError as exc:
         print(f"ddsync demo: {exc}", file=sys.stderr)
-        return 1
+        return exit_code_for(exc)
+    except KafkaException as exc:
+        print(f"ddsync demo: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     if args.setup_only:
-        return 0
+        return ExitCode.OK
     with contextlib.suppress(KeyboardInterrupt):
         produce(settings, targets, args.count, args.rate, args.bad_share)
         watch(settings, targets, args.every, args.watch_seconds)
-    return 0
+    return ExitCode.OK
 
 
 def create_topics(settings: Settings, partitions: int) -> None:

@@ -1,10 +1,12 @@
 """``ddsync replay --config FILE``: re-produce dead-letter records to their source topics.
 
-Exit status: 0 when the replay reached the end offsets or ``--limit``; 1 when it stopped on an
-error (printed as one line; what was acknowledged is committed, so a rerun resumes); 2 for a bad
-configuration or arguments; 128 + the signal number when SIGINT/SIGTERM interrupted it (after
-committing what was acknowledged). The report goes to stdout, logs to stderr; neither holds record
-values, error messages or secrets. See ``docs/replay.md``.
+Exit status (:mod:`stream.exitcodes`): 0 when the replay reached the end offsets or ``--limit``;
+1 when it stopped on an error (printed as one line; what was acknowledged is committed, so a
+rerun resumes); 2 for a bad configuration, setting or argument; 3 when Kafka could not be
+reached; 128 + the signal number when SIGINT/SIGTERM interrupted it (after committing what was
+acknowledged). The report goes to stdout (with ``--json`` one JSON object and nothing else),
+progress and logs to stderr; none holds record values, error messages or secrets. See
+``docs/replay.md``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException
 
+from stream.clock import SystemClock
 from stream.commands import load_or_exit
+from stream.commands.run import check_kafka_settings
 from stream.config import Settings
 from stream.deadletter_headers import Reason
+from stream.exitcodes import ExitCode, interrupted
 from stream.replay import (
+    ProgressReporter,
     Replayer,
     ReplayError,
     ReplayFilter,
@@ -31,6 +38,7 @@ from stream.replay import (
     format_summary,
     replay_group,
     run_replay,
+    summary_json,
 )
 
 
@@ -71,6 +79,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="G",
         help="the replay's consumer group (default: <kafka.group_id>.replay)",
     )
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -78,8 +89,12 @@ def handle(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
     if args.group is not None and not args.group.strip():
         print("ddsync: --group must not be empty", file=sys.stderr)
-        return 2
-    return replay(settings, build_options(settings, args))
+        return ExitCode.USAGE
+    problem = check_kafka_settings(settings)
+    if problem is not None:
+        print(f"ddsync: {problem}", file=sys.stderr)
+        return ExitCode.USAGE
+    return replay(settings, build_options(settings, args), as_json=args.json)
 
 
 def build_options(settings: Settings, args: argparse.Namespace) -> ReplayOptions:
@@ -97,9 +112,18 @@ def build_options(settings: Settings, args: argparse.Namespace) -> ReplayOptions
     )
 
 
-def replay(settings: Settings, options: ReplayOptions) -> int:
-    """Run the replay and print its report; returns the exit status."""
+def replay(
+    settings: Settings,
+    options: ReplayOptions,
+    *,
+    as_json: bool = False,
+    progress_stream: TextIO | None = None,
+) -> int:
+    """Run the replay, show its progress on ``progress_stream`` (stderr) and print its report
+    (text, or one JSON object with ``as_json``) on stdout; returns the exit status."""
     signalled: list[int] = []
+    shown_on = progress_stream or sys.stderr
+    progress = ProgressReporter(shown_on, SystemClock(), tty=shown_on.isatty())
 
     def install(replayer: Replayer) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -113,33 +137,43 @@ def replay(settings: Settings, options: ReplayOptions) -> int:
             f"{settings.kafka.dead_letter_topic} as group {options.group} "
             f"({options.record_filter.describe()}; max_replays "
             f"{settings.dead_letter.max_replays}): {replayer.backlog} record(s) to look at",
+            # --json keeps stdout for the one object.
+            file=shown_on if as_json else sys.stdout,
             flush=True,
         )
 
     try:
-        summary = run_replay(settings, options, on_open=install)
+        summary = run_replay(settings, options, on_open=install, on_progress=progress.update)
     except ReplayError as exc:
-        _report(exc.summary)
+        progress.finish()
+        _report(exc.summary, as_json, str(exc))
         print(f"ddsync replay: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except KafkaException as exc:
+        progress.finish()
+        # What the cluster said when it could not be reached, or refused us (authorization).
         error = exc.args[0] if exc.args else None
         text = error.str() if isinstance(error, KafkaError) else str(exc)
         print(f"ddsync replay: Kafka: {text}", file=sys.stderr)
-        return 1
+        return ExitCode.UNAVAILABLE
     except KeyboardInterrupt:
         # Ctrl-C while connecting, before the handler that stops cleanly was installed.
         print("ddsync replay: interrupted before it started; nothing replayed", file=sys.stderr)
-        return 128 + signal.SIGINT
-    _report(summary)
+        return interrupted(signal.SIGINT)
+    finally:
+        progress.finish()
+    _report(summary, as_json)
     if summary.stopped is StopReason.INTERRUPTED:
-        return 128 + (signalled[0] if signalled else signal.SIGINT)
-    return 0
+        return interrupted(signalled[0] if signalled else signal.SIGINT)
+    return ExitCode.OK
 
 
-def _report(summary: ReplaySummary) -> None:
-    for line in format_summary(summary):
-        print(line)
+def _report(summary: ReplaySummary, as_json: bool, error: str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary_json(summary, error)).decode() + "\n")
+    else:
+        for line in format_summary(summary):
+            print(line)
     sys.stdout.flush()
 
 

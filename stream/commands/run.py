@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.commands import load_or_exit
 from stream.config import Settings
+from stream.exitcodes import ExitCode
 from stream.health import Health
 from stream.http_server import HttpServer
 from stream.kafka_config import consumer_config, producer_config
@@ -57,7 +58,7 @@ async def run(settings: Settings) -> int:
     problem = check_kafka_settings(settings)
     if problem is not None:
         print(f"ddsync: {problem}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         for topic in await asyncio.to_thread(ensure_topics, settings.kafka):
             if topic.created:
@@ -66,7 +67,7 @@ async def run(settings: Settings) -> int:
                 )
     except TopicError as exc:
         print(f"ddsync: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.UNAVAILABLE if exc.unreachable else ExitCode.USAGE
     pipeline = Pipeline(settings)
     server: HttpServer | None = None
     if settings.metrics.enabled:
@@ -80,7 +81,7 @@ async def run(settings: Settings) -> int:
                 f"ddsync: metrics.port {metrics.port} cannot be opened: {exc.strerror}",
                 file=sys.stderr,
             )
-            return 2
+            return ExitCode.USAGE
         log.info(
             "metrics on http://%s:%d/metrics, health on /healthz and /ready",
             metrics.host,
@@ -94,4 +95,4 @@ async def run(settings: Settings) -> int:
     finally:
         if server is not None:
             server.stop()
-    return 0
+    return ExitCode.OK

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import logging
 from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -209,9 +210,7 @@ class DotDigitalClient:
         # The Authorization value is built once and lives only here: never logged nor shown.
         token = f"{settings.username}:{settings.password.reveal()}".encode()
         self._authorization = "Basic " + base64.b64encode(token).decode("ascii")
-        self._secrets = tuple(
-            s.encode() for s in (settings.password.reveal(), self._authorization[6:]) if s
-        )
+        self._secrets = _spellings(settings.password.reveal(), self._authorization[6:])
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
         self._limiters: dict[Tier, RateLimiter] = {
             "add": RateLimiter(settings.add_requests_per_minute, self._clock, operation="add"),
@@ -919,6 +918,23 @@ class DotDigitalClient:
             if secret in payload:
                 payload = payload.replace(secret, b"***")
         return payload
+
+
+def _spellings(*secrets: str) -> tuple[bytes, ...]:
+    """Each secret as a response body may carry it: as UTF-8, and as a JSON string escapes it
+    (non-ASCII as \\uXXXX, "/" as "\\/", quotes and backslashes), longest first so that a
+    spelling that contains another is scrubbed whole."""
+    found: set[bytes] = set()
+    for secret in filter(None, secrets):
+        escaped = json.dumps(secret)[1:-1]
+        for spelling in (
+            secret,
+            escaped,
+            escaped.replace("/", "\\/"),
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+        ):
+            found.add(spelling.encode())
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 def _new_session(settings: ConnectorSettings) -> aiohttp.ClientSession:

@@ -2,7 +2,9 @@
 
 Each takes ``--config FILE`` and ``--connector NAME`` (default: the only connector). Problems a
 user can fix (configuration, credentials, an unreachable host, a duplicate name) end the
-command with one line on stderr and a non-zero status; never a traceback, never the password.
+command with one line on stderr and a non-zero status (:func:`exit_code_for`: 2 for the
+configuration, 3 for an unreachable DotDigital or rejected credentials, 1 for a refused
+request); never a traceback, never the password.
 Unlike the pipeline, these commands do not retry a 401: a wrong password should fail at once
 (DotDigital locks an API user after five bad ones).
 """
@@ -12,26 +14,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
+from stream.checks import CheckResult, exit_code, format_results, results_json
 from stream.config import ConfigError, ConnectorSettings, Settings, load_settings
 from stream.dotdigital.client import DotDigitalClient
-from stream.dotdigital.errors import DotDigitalError, RetriesExhausted, WrongRegionError
+from stream.dotdigital.errors import (
+    AuthenticationError,
+    DotDigitalError,
+    RetriesExhausted,
+    ThrottledError,
+    TransientError,
+    WrongRegionError,
+)
 from stream.dotdigital.models import AddressBook
 from stream.dotdigital.ratelimit import parse_reset
 from stream.dotdigital.retry import RetryPolicy
+from stream.exitcodes import ExitCode, interrupted
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "dotdigital_checks", "exit_code_for"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 # Interactive commands give up on an unreachable or failing DotDigital after this long.
 DEFAULT_RETRY_SECONDS = 20.0
 
@@ -80,6 +90,7 @@ def add_parser(subparsers: Any) -> None:
         description="Log in to DotDigital with a connector's credentials and report the "
         "account's region (detected or configured) and rate-limit budget.",
     )
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=handle_check)
 
 
@@ -97,7 +108,7 @@ def handle_list(args: argparse.Namespace) -> int:
 def handle_create(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name or len(name) > 128:
-        return _fail("the address book name must be 1 to 128 characters long")
+        return _fail("the address book name must be 1 to 128 characters long", code=ExitCode.USAGE)
 
     async def run(client: DotDigitalClient) -> None:
         book = await client.create_address_book(name, args.visibility, exist_ok=args.exist_ok)
@@ -113,45 +124,57 @@ def handle_create(args: argparse.Namespace) -> int:
 
 
 def handle_check(args: argparse.Namespace) -> int:
-    async def run(client: DotDigitalClient) -> None:
-        settings = client.settings
-        info = await client.account_info()
-        how = (
-            "configured" if settings.api_endpoint else f"detected via {settings.discovery_endpoint}"
-        )
-        rows = [
-            ("connector", settings.name),
-            ("api user", f"{settings.username} (credentials accepted)"),
-            ("account", f"{info.id} {info.properties.get('Name', '')}".rstrip()),
-            ("endpoint", f"{client.endpoint} ({how})"),
-        ]
-        calls = info.properties.get("ApiCallsInLastHour")
-        remaining = info.properties.get("ApiCallsRemaining")
-        if calls is not None or remaining is not None:
-            rows.append(
-                ("api calls", f"{calls or '?'} in the last hour, {remaining or '?'} remaining")
-            )
-        headers = info.rate_limit_headers
-        if "x-ratelimit-limit" in headers:
-            reset = parse_reset(headers.get("x-ratelimit-reset", ""), time.time())
-            rows.append(
-                (
-                    "server budget",
-                    f"{headers.get('x-ratelimit-remaining', '?')} of "
-                    f"{headers['x-ratelimit-limit']} calls left "
-                    f"({headers.get('x-ratelimit-scope', 'this tier')})"
-                    + (f", resets in {reset:.0f}s" if reset is not None else ""),
-                )
-            )
-        for name, status in client.rate_limit_status().items():
-            rows.append(
-                (f"{name} budget", f"{status.limit} requests/minute, {status.available} available")
-            )
-        rows.append(("imports", f"at most {settings.max_active_imports} at once"))
-        width = max(len(label) for label, _ in rows) + 2
-        sys.stdout.write("".join(f"{label + ':':<{width}}{value}\n" for label, value in rows))
+    outcome: list[CheckResult] = []
 
-    return _run(args, run)
+    async def run(client: DotDigitalClient) -> None:
+        outcome.extend(await dotdigital_checks(client))
+        if args.json:
+            _write_json(results_json(outcome))
+        else:
+            sys.stdout.write(format_results(outcome))
+
+    def failed(line: str) -> None:
+        if args.json:
+            _write_json(results_json([CheckResult("dotdigital", False, line)]))
+
+    status = _run(args, run, failed)
+    return status if status != ExitCode.OK else exit_code(outcome)
+
+
+async def dotdigital_checks(client: DotDigitalClient) -> list[CheckResult]:
+    """What ``ddsync check`` reports about a connector: it logs in (raising the client's
+    error when it cannot), then lists the account, its endpoint and the rate-limit budgets."""
+    settings = client.settings
+    info = await client.account_info()
+    how = "configured" if settings.api_endpoint else f"detected via {settings.discovery_endpoint}"
+    rows = [
+        ("connector", settings.name),
+        ("api user", f"{settings.username} (credentials accepted)"),
+        ("account", f"{info.id} {info.properties.get('Name', '')}".rstrip()),
+        ("endpoint", f"{client.endpoint} ({how})"),
+    ]
+    calls = info.properties.get("ApiCallsInLastHour")
+    remaining = info.properties.get("ApiCallsRemaining")
+    if calls is not None or remaining is not None:
+        rows.append(("api calls", f"{calls or '?'} in the last hour, {remaining or '?'} remaining"))
+    headers = info.rate_limit_headers
+    if "x-ratelimit-limit" in headers:
+        reset = parse_reset(headers.get("x-ratelimit-reset", ""), time.time())
+        rows.append(
+            (
+                "server budget",
+                f"{headers.get('x-ratelimit-remaining', '?')} of "
+                f"{headers['x-ratelimit-limit']} calls left "
+                f"({headers.get('x-ratelimit-scope', 'this tier')})"
+                + (f", resets in {reset:.0f}s" if reset is not None else ""),
+            )
+        )
+    for name, status in client.rate_limit_status().items():
+        rows.append(
+            (f"{name} budget", f"{status.limit} requests/minute, {status.available} available")
+        )
+    rows.append(("imports", f"at most {settings.max_active_imports} at once"))
+    return [CheckResult(label, True, value) for label, value in rows]
 
 
 def format_table(books: Sequence[AddressBook]) -> str:
@@ -194,8 +217,24 @@ def select_connector(settings: Settings, name: str | None) -> ConnectorSettings:
     raise ConfigError(f"several connectors are configured ({known}); choose one with --connector")
 
 
-def _run(args: argparse.Namespace, work: Callable[[DotDigitalClient], Awaitable[None]]) -> int:
-    """Load the connector, connect, run ``work``; turn the expected failures into one line."""
+def exit_code_for(exc: DotDigitalError) -> ExitCode:
+    """The exit status of a command that DotDigital failed with ``exc``: ``UNAVAILABLE`` when it
+    could not be reached or refused the credentials, ``USAGE`` for a wrongly configured region,
+    ``FAILED`` when it refused the request itself."""
+    if isinstance(exc, WrongRegionError):
+        return ExitCode.USAGE
+    if isinstance(exc, RetriesExhausted | AuthenticationError | TransientError | ThrottledError):
+        return ExitCode.UNAVAILABLE
+    return ExitCode.FAILED
+
+
+def _run(
+    args: argparse.Namespace,
+    work: Callable[[DotDigitalClient], Awaitable[None]],
+    failed: Callable[[str], None] | None = None,
+) -> int:
+    """Load the connector, connect, run ``work``; turn the expected failures into one line on
+    stderr (also handed to ``failed``) and their exit status."""
     secret = ""
     try:
         connector = select_connector(load_settings(args.config), args.connector)
@@ -208,28 +247,39 @@ def _run(args: argparse.Namespace, work: Callable[[DotDigitalClient], Awaitable[
 
         asyncio.run(main())
     except ConfigError as exc:
-        return _fail(f"configuration: {exc}", secret)
+        return _fail(f"configuration: {exc}", secret, ExitCode.USAGE, failed)
     except WrongRegionError as exc:
         return _fail(
             f"{exc.message}. Remove api_endpoint from the connector to detect the region, "
             "or set the right one",
             secret,
+            exit_code_for(exc),
+            failed,
         )
     except RetriesExhausted as exc:
-        return _fail(f"DotDigital is unavailable: {exc.message}", secret)
+        return _fail(
+            f"DotDigital is unavailable: {exc.message}", secret, exit_code_for(exc), failed
+        )
     except DotDigitalError as exc:
-        return _fail(exc.message, secret)
+        return _fail(exc.message, secret, exit_code_for(exc), failed)
     except KeyboardInterrupt:
-        return 130
+        return interrupted(signal.SIGINT)
     except Exception as exc:  # a bug, or something unforeseen: still one line, details in DEBUG
         log.debug("unexpected failure", exc_info=True)
-        return _fail(f"unexpected {type(exc).__name__}: {exc}", secret)
-    return EXIT_OK
+        return _fail(f"unexpected {type(exc).__name__}: {exc}", secret, ExitCode.FAILED, failed)
+    return ExitCode.OK
 
 
-def _fail(message: str, secret: str = "", stream: TextIO | None = None) -> int:
+def _fail(
+    message: str,
+    secret: str = "",
+    code: ExitCode = ExitCode.FAILED,
+    failed: Callable[[str], None] | None = None,
+) -> int:
     line = " ".join(message.split())
     if secret:
         line = line.replace(secret, "***")
-    (stream or sys.stderr).write(f"ddsync: error: {line}\n")
-    return EXIT_FAILED
+    sys.stderr.write(f"ddsync: error: {line}\n")
+    if failed is not None:
+        failed(line)
+    return code

@@ -232,3 +232,29 @@ def test_format_table_aligns_columns() -> None:
         "12345  Longer name  Public          1200",
         "2 address books",
     ]
+
+
+async def test_check_json_lists_each_result(sandbox: Sandbox, tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, sandbox))
+    text = await ddsync("check", "--config", config)
+    result = await ddsync("check", "--json", "--config", config)
+    assert result.status == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["ok"] is True
+    checks = {c["name"]: c for c in report["checks"]}
+    assert all(c["ok"] is True for c in checks.values())
+    assert checks["endpoint"]["detail"] == (
+        f"{sandbox.urls['r2']} (detected via {sandbox.discovery_url})"
+    )
+    assert checks["add budget"]["detail"] == "75 requests/minute, 75 available"
+    # The same results as the text report, line for line.
+    assert [c["name"] for c in report["checks"]] == [
+        line.split(":", 1)[0] for line in text.stdout.splitlines()
+    ]
+    denied = await ddsync("check", "--json", "--config", config, password="wrong-" + PASSWORD)
+    assert denied.status == 3
+    failed = orjson.loads(denied.stdout)
+    assert failed["ok"] is False
+    assert [(c["name"], c["ok"]) for c in failed["checks"]] == [("dotdigital", False)]
+    assert "HTTP 401" in failed["checks"][0]["detail"]
+    assert "wrong-" not in denied.stdout + denied.stderr

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -32,6 +33,7 @@ from stream.replay import (
     ReplayError,
     ReplayFilter,
     ReplayOptions,
+    ReplayProgress,
     StopReason,
     run_replay,
 )
@@ -368,6 +370,18 @@ def test_a_missing_source_topic_stops_the_run_before_that_record(kafka: KafkaClu
     assert setup.committed() == [1]  # the record of the missing topic is read again next time
 
 
+def cli_config(setup: Setup, tmp_path: Path) -> Path:
+    """A configuration file for ``ddsync replay`` as a process, on ``setup``'s topics."""
+    return write_config(
+        tmp_path / "ddsync.toml",
+        bootstrap=setup.kafka.bootstrap_servers,
+        topics=[setup.audience, setup.journey],
+        dead_letter_topic=setup.dlq,
+        group="ddsync-cli",
+        connectors={"eu-main": ("apiuser-1@apiconnector.com", "http://127.0.0.1:9")},
+    )
+
+
 def test_cli_dry_run_then_replay_as_a_real_process(kafka: KafkaCluster, tmp_path: Path) -> None:
     setup = Setup(kafka)
     setup.put(
@@ -377,14 +391,7 @@ def test_cli_dry_run_then_replay_as_a_real_process(kafka: KafkaCluster, tmp_path
             setup.letter(3, reason=Reason.AUTH_FAILED, replay_count=3),
         ]
     )
-    config = write_config(
-        tmp_path / "ddsync.toml",
-        bootstrap=kafka.bootstrap_servers,
-        topics=[setup.audience, setup.journey],
-        dead_letter_topic=setup.dlq,
-        group="ddsync-cli",
-        connectors={"eu-main": ("apiuser-1@apiconnector.com", "http://127.0.0.1:9")},
-    )
+    config = cli_config(setup, tmp_path)
     env = {**os.environ, password_env("eu-main"): "cli-secret-password"}
 
     def ddsync(*args: str) -> subprocess.CompletedProcess[str]:
@@ -432,3 +439,48 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0
     assert run.stderr.startswith("ddsync: kafka.topics")
+
+
+def test_progress_is_reported_after_each_batch_up_to_the_whole_backlog(
+    kafka: KafkaCluster,
+) -> None:
+    setup = Setup(kafka)
+    setup.put(
+        [
+            setup.letter(n, reason=Reason.AUTH_FAILED if n % 3 else Reason.INVALID_EVENT)
+            for n in range(1, 8)
+        ]
+    )
+    seen: list[ReplayProgress] = []
+    summary = run_replay(
+        setup.settings,
+        setup.options(
+            batch_size=2, record_filter=ReplayFilter(reasons=frozenset({Reason.AUTH_FAILED}))
+        ),
+        on_progress=seen.append,
+    )
+    assert (summary.replayed, summary.filtered) == (5, 2)
+    assert len(seen) >= 4  # 7 records, at most 2 a batch
+    assert [p.looked_at for p in seen] == sorted(p.looked_at for p in seen)
+    assert seen[-1] == ReplayProgress(looked_at=7, backlog=7, replayed=5, skipped=2)
+
+
+def test_cli_json_prints_one_object_on_stdout(kafka: KafkaCluster, tmp_path: Path) -> None:
+    setup = Setup(kafka)
+    setup.put([setup.letter(1), setup.letter(2, replay_count=3)])
+    config = cli_config(setup, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "replay", "--config", str(config), "--json",
+         "--group", setup.group],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, password_env("eu-main"): "x"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert (report["replayed"], report["refused"], report["stopped"]) == (1, 1, "end")
+    assert report["error"] is None
+    assert report["by_reason_and_topic"] == [
+        {"reason": "retries_exhausted", "source_topic": setup.audience, "count": 1}
+    ]
+    assert "2 record(s) to look at" in result.stderr
+    assert "@example.com" not in result.stdout + result.stderr

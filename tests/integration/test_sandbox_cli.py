@@ -196,14 +196,14 @@ def test_bad_accounts_file_is_a_one_line_error(tmp_path: Path, content: str, mes
     assert "Traceback" not in result.stderr
 
 
-def test_port_in_use_exits_1(tmp_path: Path) -> None:
+def test_port_in_use_exits_2(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     first = start(tmp_path, "--ready-file", str(ready))
     try:
         info = wait_ready(first, ready)
         port = info["urls"]["r1"].rsplit(":", 1)[1]
         result = run_to_exit("--port", port)
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert "cannot listen" in result.stderr
     finally:
         stop(first)

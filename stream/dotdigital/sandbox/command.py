@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from stream.cli import add_log_level, run_command
+from stream.cli import add_logging_options, run_command
 from stream.dotdigital.sandbox.accounts import (
     DEMO_PASSWORD,
     DEMO_R2_USERNAME,
@@ -32,6 +32,7 @@ from stream.dotdigital.sandbox.accounts import (
 )
 from stream.dotdigital.sandbox.server import Sandbox, run_sandbox
 from stream.dotdigital.sandbox.settings import SandboxSettings
+from stream.exitcodes import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +144,19 @@ def settings_from_args(args: argparse.Namespace) -> SandboxSettings:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run until SIGINT/SIGTERM; 0 on a clean stop, 2 on bad input, 1 if it cannot listen."""
+    """Run until SIGINT/SIGTERM; ``OK`` on a clean stop, ``USAGE`` on bad input or a port it
+    cannot listen on (like ``ddsync run`` on a metrics port it cannot open)."""
     try:
         settings = settings_from_args(args)
     except (AccountsError, ValueError) as exc:
         print(f"ddsync sandbox: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         asyncio.run(serve(settings, args.ready_file))
     except OSError as exc:
         print(f"ddsync sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.USAGE
+    return ExitCode.OK
 
 
 async def serve(settings: SandboxSettings, ready_file: Path | None = None) -> None:
@@ -236,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_log_level(parser)
+    add_logging_options(parser)
     configure_parser(parser)
     return parser
 
