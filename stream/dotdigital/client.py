@@ -350,7 +350,6 @@ class DotDigitalClient:
         response = await self._call(
             "GET",
             f"/v2/address-books/{int(address_book_id)}",
-            not_found=AddressBookNotFoundError,
             deadline=deadline,
         )
         data = response.data
@@ -714,7 +713,9 @@ class DotDigitalClient:
                 try:
                     contact = (await self._call("GET", path, policy=policy, deadline=deadline)).data
                 except PermanentError as error:
-                    if error.status == 404 or error.code in CONTACT_NOT_FOUND_CODES:
+                    # Only DotDigital's own "contact not found" means already removed; a bare
+                    # 404 (a proxy's) is UnrecognizedNotFoundError, retried and never success.
+                    if error.code in CONTACT_NOT_FOUND_CODES:
                         not_found.add(key)
                         return
                     rejected[key] = Rejection(email, error.code or "invalidEmail", error.message)
@@ -751,7 +752,6 @@ class DotDigitalClient:
             limiter="remove",
             policy=policy,
             deadline=deadline,
-            not_found=AddressBookNotFoundError,
         )
         accepted = response.data
         deletion_id = accepted.get("id") if isinstance(accepted, Mapping) else None
@@ -784,7 +784,6 @@ class DotDigitalClient:
         base: str | None = None,
         body: Any = None,
         limiter: Operation | None = None,
-        not_found: type[PermanentError] | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
         tally: _Tally | None = None,
@@ -801,7 +800,6 @@ class DotDigitalClient:
                 base=base,
                 body=body,
                 limiter=limiter,
-                not_found=not_found,
                 tally=tally,
             )
 
@@ -817,7 +815,6 @@ class DotDigitalClient:
         base: str | None = None,
         body: Any = None,
         limiter: Operation | None = None,
-        not_found: type[PermanentError] | None = None,
         tally: _Tally,
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
@@ -864,7 +861,6 @@ class DotDigitalClient:
             self._scrub(payload),
             what=what,
             retry_after=_retry_after(response_headers, self._clock.time()),
-            not_found=not_found,
         )
         if isinstance(error, ThrottledError):
             if error.concurrency_cap:

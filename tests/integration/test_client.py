@@ -29,6 +29,7 @@ from stream.dotdigital import (
     RetryPolicy,
     ThrottledError,
     TransientError,
+    UnrecognizedNotFoundError,
     WrongRegionError,
 )
 from stream.dotdigital.sandbox import (
@@ -403,6 +404,33 @@ async def test_removing_from_a_missing_book_is_address_book_not_found(
         await client.import_contacts(BOOK_A, ["a@example.com"])
         with pytest.raises(AddressBookNotFoundError):
             await client.remove_contacts(424242, ["a@example.com"])
+
+
+async def test_a_proxys_404_is_never_taken_for_a_contact_already_removed(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["kept@example.com"])
+    # A fresh client must look the contact up; a proxy in front answers 404 in HTML.
+    sandbox.faults.update({"proxy_404_rate": 1.0})
+    async with await connect(
+        sandbox, clock, api_endpoint=sandbox.urls["r2"], retry=fast_retry(total_seconds=30)
+    ) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.remove_contacts(BOOK_A, ["kept@example.com"])
+        # The bare 404 on an address-book path is no "address book not found" either.
+        with pytest.raises(RetriesExhausted) as book:
+            await client.get_address_book(BOOK_A, deadline=clock.monotonic() + 5)
+    assert isinstance(caught.value.last_error, UnrecognizedNotFoundError)
+    assert caught.value.attempts > 1  # retried within the budget, then given up on
+    assert "without DotDigital's error body" in str(caught.value)
+    assert "kept@example.com" not in str(caught.value)
+    assert isinstance(book.value.last_error, UnrecognizedNotFoundError)
+    sandbox.faults.update({"proxy_404_rate": 0.0})
+    assert sandbox.members(USER, BOOK_A) == {"kept@example.com"}
+    lookups = calls(sandbox, "GET", "/contacts/v3/email/")
+    assert lookups
+    assert {e.status for e in lookups} == {404}
 
 
 async def test_a_removal_waits_for_an_import_given_up_on_in_its_book(

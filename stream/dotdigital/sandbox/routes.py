@@ -9,8 +9,10 @@ them without credentials):
 
 * ``GET /_sandbox/health`` -> ``{"status": "ok", "urls": {...}}``
 * ``GET /_sandbox/faults`` -> the current switches; ``POST /_sandbox/faults`` with a JSON
-  object of some of ``error_rate``, ``latency_seconds``, ``drop_rate``, ``fail_next``,
-  ``drop_next`` changes them and returns the result (400 on a bad value, nothing changed).
+  object of some of the :class:`.faults.Faults` fields (``error_rate``, ``latency_seconds``,
+  ``drop_rate``, ``throttle_rate``, ``proxy_404_rate``, ``fail_next``, ``drop_next``,
+  ``proxy_404_next``, ...) changes them and returns the result (400 on a bad value, nothing
+  changed).
 * ``GET /_sandbox/accounts/{username}/address-books/{id}/members`` -> ``{"emails": [...]}``
   (sorted; 404 for an unknown account or book).
 * ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served.
