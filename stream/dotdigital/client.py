@@ -85,6 +85,9 @@ IMPORT_FAILED_STATUSES = frozenset(
 )
 DELETION_FAILED_STATUSES = frozenset({"Failed", "NotAvailableInThisVersion"})
 CONTACT_NOT_FOUND_CODES = frozenset({"contacts:contactNotFound", "ERROR_CONTACT_NOT_FOUND"})
+# The v3 import's per-contact failure for a list id the account does not have (the specs'
+# examples are camelCase, the docs' table PascalCase: compared case-folded).
+INVALID_LIST_FAILURE = "invalidaddressbookids"
 # A 429 for the concurrent-job caps says nothing about when a slot frees; poll-like wait.
 CONCURRENCY_RETRY_SECONDS = 2.0
 VISIBILITIES = ("Private", "Public")
@@ -403,6 +406,11 @@ class DotDigitalClient:
             raise TransientError("POST /v2/address-books answered with an unexpected body")
         return AddressBook.from_json(response.data)
 
+    async def _book_exists(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
+        """Returns when the address book exists; :class:`AddressBookNotFoundError` when
+        DotDigital says it does not (``ERROR_ADDRESSBOOK_NOT_FOUND``)."""
+        await self._call("GET", f"/v2/address-books/{book_id}", policy=policy, deadline=deadline)
+
     async def _find_address_book(self, name: str, deadline: float | None) -> AddressBook | None:
         books = await self.list_address_books(deadline=deadline)
         for book in books:
@@ -428,8 +436,10 @@ class DotDigitalClient:
         ``missingFromResult`` when the result does not mention it; ``invalidEmail`` for an
         empty string, not sent). Emails compare case-insensitively; one contact is sent per
         distinct email. Raises :class:`ImportFailedError` when the import as a whole ends
-        badly, :class:`RetriesExhausted` past ``deadline``, or the request's error when it is
-        not retryable. At most ``max_active_imports`` imports of this client run at once.
+        badly, :class:`AddressBookNotFoundError` when contacts failed for an unknown list id and
+        ``GET /v2/address-books/{id}`` confirms the book is gone (as a removal from it would),
+        :class:`RetriesExhausted` past ``deadline``, or the request's error when it is not
+        retryable. At most ``max_active_imports`` imports of this client run at once.
         """
         policy = retry or self._retry
         names = _Names(emails)
@@ -490,6 +500,12 @@ class DotDigitalClient:
             # A contact both imported and failed (e.g. its consent records) is imported.
             if key in names.spellings and key not in imported_ids and key not in failed:
                 failed[key] = _failure_of(item)
+        if any(code.casefold() == INVALID_LIST_FAILURE for code, _ in failed.values()):
+            # One cause, one reason: a book deleted meanwhile is address_book_not_found for adds
+            # as for removals, not a rejection of each contact. Only DotDigital's answer about
+            # the book itself decides (one call, and only then); if the book exists after all,
+            # the failures stand as rejections.
+            await self._book_exists(int(address_book_id), policy, deadline)
 
         imported: dict[str, int] = {}
         for key, spellings in names.spellings.items():
@@ -630,7 +646,8 @@ class DotDigitalClient:
         (bounded concurrency). A contact DotDigital does not know, or that is not in the book,
         counts as removed (listed in ``not_found`` too). The rest go in bulk removals
         (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``.
-        Raises :class:`AddressBookNotFoundError` when the book does not exist,
+        Raises :class:`AddressBookNotFoundError` when the book does not exist (asked with
+        ``GET /v2/address-books/{id}`` when no removal is to be sent),
         :class:`RemovalFailedError` when DotDigital reports the removal ``Failed``,
         :class:`RetriesExhausted` past ``deadline``.
         """
@@ -655,6 +672,10 @@ class DotDigitalClient:
         await self._look_up(
             to_look_up, names, book_id, policy, deadline, ids, not_found, lookup_rejected
         )
+        if not ids and not_found:
+            # No removal goes out to say the book is gone: ask, so that a deleted book is
+            # address_book_not_found whatever the contacts (one call, only in this case).
+            await self._book_exists(book_id, policy, deadline)
 
         deletion_ids: list[str] = []
         keys = list(ids)

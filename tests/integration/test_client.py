@@ -291,13 +291,20 @@ async def test_import_reports_every_contact(sandbox: Sandbox, clock: FakeClock) 
         validate_exchange(entry)
 
 
-async def test_import_into_a_missing_book_rejects_each_contact(
+async def test_import_into_a_missing_book_is_address_book_not_found(
     sandbox: Sandbox, clock: FakeClock
 ) -> None:
     async with await connect(sandbox, clock) as client:
-        outcome = await client.import_contacts(999999, ["a@example.com"])
-    assert outcome.imported == {}
-    assert outcome.rejected["a@example.com"].failure_code.lower() == "invalidaddressbookids"
+        with pytest.raises(AddressBookNotFoundError) as caught:
+            await client.import_contacts(999999, ["a@example.com", "b@example.com"])
+    assert caught.value.code == "ERROR_ADDRESSBOOK_NOT_FOUND"
+    # The import said invalidAddressBookIds per contact; the book itself was then asked after.
+    assert len(calls(sandbox, "PUT", "/contacts/v3/import")) == 1
+    polls = calls(sandbox, "GET", "/contacts/v3/import/")
+    failures = polls[-1].response["failures"]
+    assert {f["failures"][0]["failureCode"] for f in failures} == {"invalidAddressBookIds"}
+    assert [e.status for e in calls(sandbox, "GET", "/v2/address-books/999999")] == [404]
+    assert_requests_follow_the_specs(sandbox)
 
 
 async def test_import_with_nothing_to_send_sends_nothing(
@@ -404,6 +411,11 @@ async def test_removing_from_a_missing_book_is_address_book_not_found(
         await client.import_contacts(BOOK_A, ["a@example.com"])
         with pytest.raises(AddressBookNotFoundError):
             await client.remove_contacts(424242, ["a@example.com"])
+    # A fresh client looks the contacts up: none is in the missing book, so no removal is
+    # sent; the book is asked after rather than the removal taken for done.
+    async with await connect(sandbox, clock) as client:
+        with pytest.raises(AddressBookNotFoundError):
+            await client.remove_contacts(424242, ["a@example.com", "nobody@example.com"])
 
 
 async def test_a_proxys_404_is_never_taken_for_a_contact_already_removed(
@@ -651,6 +663,7 @@ class Scripted:
     def __init__(self, statuses: Sequence[dict[str, Any]]) -> None:
         self.statuses = list(statuses)
         self.puts = 0
+        self.book_gets = 0
 
     async def put_import(self, request: web.Request) -> web.Response:
         self.puts += 1
@@ -659,6 +672,11 @@ class Scripted:
                 {"errorCode": "contacts:tooManyActiveImports", "description": "wait"}, status=429
             )
         return web.json_response({"importId": "job-1"}, status=202)
+
+    async def get_book(self, request: web.Request) -> web.Response:
+        self.book_gets += 1
+        book = {"id": 7, "name": "Seven", "visibility": "Private", "contacts": 0}
+        return web.json_response(book)
 
     async def get_import(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -679,6 +697,11 @@ async def scripted_url() -> AsyncIterator[tuple[str, list[Scripted]]]:
 
     app.router.add_put("/contacts/v3/import", put)
     app.router.add_get("/contacts/v3/import/{id}", get)
+
+    async def get_book(request: web.Request) -> web.Response:
+        return await holder[0].get_book(request)
+
+    app.router.add_get("/v2/address-books/{id}", get_book)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -757,6 +780,37 @@ async def test_a_failed_import_is_import_failed_error(
 
 
 # -- volume ----------------------------------------------------------------------------------
+
+
+async def test_an_unknown_list_id_of_an_existing_book_stays_a_rejection(
+    scripted_url: tuple[str, list[Scripted]], clock: FakeClock
+) -> None:
+    url, holder = scripted_url
+    failure = {"failureCode": "InvalidAddressBookIds", "description": "odd"}
+    holder.append(
+        Scripted(
+            [
+                {
+                    "importId": "job-1",
+                    "status": "Finished",
+                    "failures": [
+                        {
+                            "matchIdentifier": "email",
+                            "identifiers": {"email": "a@example.com"},
+                            "failures": [failure],
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    settings = ConnectorSettings(
+        name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
+    )
+    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+        outcome = await client.import_contacts(7, ["a@example.com"])
+    assert outcome.rejected["a@example.com"].failure_code == "InvalidAddressBookIds"
+    assert holder[0].book_gets == 1
 
 
 async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None:
