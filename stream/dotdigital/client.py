@@ -4,7 +4,11 @@ One :class:`DotDigitalClient` per connector (DotDigital account). It owns one ai
 one rate limiter per bulk operation (``add``: ``PUT /contacts/v3/import``; ``remove``:
 ``POST /v2/address-books/{id}/contacts/delete``) and one for every other call, a cap on
 concurrent imports, and a cache of
-the contact ids imports returned (so removals need no look-up).
+the contact ids imports returned (``contact_cache_size`` entries at most, each for
+``contact_cache_ttl_seconds``), so a removal can go out before any look-up. A remembered id may
+be stale (the contact deleted and re-created with a new id: DotDigital then completes the
+removal of the old id and the contact stays), so every contact removed by a remembered id is
+looked up once the removal completed, and removed again under its new id if still a member.
 
 Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`. The bulk methods
 take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one
@@ -191,7 +195,6 @@ class DotDigitalClient:
         poll: PollSchedule | None = None,
         lookup_concurrency: int = 16,
         removal_chunk_size: int = 1000,
-        contact_cache_size: int = 1_000_000,
     ) -> None:
         """Prefer :meth:`connect`. ``session`` may be injected (the caller then closes it);
         ``endpoint`` is the regional base URL (``None`` until detection ran)."""
@@ -222,8 +225,10 @@ class DotDigitalClient:
         self._imports = asyncio.Semaphore(settings.max_active_imports)
         self._lookups = asyncio.Semaphore(lookup_concurrency)
         self._removal_chunk_size = removal_chunk_size
-        self._contact_ids: dict[str, int] = {}
-        self._contact_cache_size = contact_cache_size
+        # normalized email -> (contact id, when learned); insertion order is age order.
+        self._contact_ids: dict[str, tuple[int, float]] = {}
+        self._contact_cache_size = settings.contact_cache_size
+        self._contact_cache_ttl = settings.contact_cache_ttl_seconds
         # Jobs given up on while perhaps still running, by address book and poll path; the
         # next import or removal of the book waits for them (one waiter per book at a time).
         self._unfinished: dict[int, dict[str, tuple[_Job, float]]] = {}  # -> given up at
@@ -306,8 +311,19 @@ class DotDigitalClient:
         return {name: limiter.status() for name, limiter in self._limiters.items()}
 
     def known_contact_id(self, email: str) -> int | None:
-        """The contact id an import returned for ``email``, if remembered."""
-        return self._contact_ids.get(normalize_email(email))
+        """The contact id an import or look-up returned for ``email``, if remembered and not
+        older than ``contact_cache_ttl_seconds``."""
+        return self._remembered(normalize_email(email))
+
+    def _remembered(self, key: str) -> int | None:
+        entry = self._contact_ids.get(key)
+        if entry is None:
+            return None
+        contact_id, learned_at = entry
+        if self._clock.monotonic() - learned_at >= self._contact_cache_ttl:
+            del self._contact_ids[key]
+            return None
+        return contact_id
 
     # -- account ---------------------------------------------------------------------------
 
@@ -628,7 +644,9 @@ class DotDigitalClient:
             # Oldest first (dicts keep insertion order): drop a tenth at once, amortized O(1).
             for old in list(_take(iter(cache), max(1, self._contact_cache_size // 10))):
                 del cache[old]
-        cache[key] = contact_id
+        # Re-inserted, not updated in place: the dict's order stays the order of age.
+        cache.pop(key, None)
+        cache[key] = (contact_id, self._clock.monotonic())
 
     # -- bulk remove -----------------------------------------------------------------------
 
@@ -645,7 +663,9 @@ class DotDigitalClient:
         Contact ids come from earlier imports, else from ``GET /contacts/v3/email/{email}``
         (bounded concurrency). A contact DotDigital does not know, or that is not in the book,
         counts as removed (listed in ``not_found`` too). The rest go in bulk removals
-        (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``.
+        (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``; the
+        contacts removed by a remembered id are then looked up, and removed again under their
+        current id when still in the book (their remembered id was stale).
         Raises :class:`AddressBookNotFoundError` when the book does not exist (asked with
         ``GET /v2/address-books/{id}`` when no removal is to be sent),
         :class:`RemovalFailedError` when DotDigital reports the removal ``Failed``,
@@ -661,7 +681,7 @@ class DotDigitalClient:
         cached: set[str] = set()
         to_look_up: list[str] = []
         for key in names.spellings:
-            contact_id = self._contact_ids.get(key)
+            contact_id = self._remembered(key)
             if contact_id is None:
                 to_look_up.append(key)
             else:
@@ -704,6 +724,11 @@ class DotDigitalClient:
                     deletion_ids.append(
                         await self._delete_members(book_id, retry_ids, policy, deadline)
                     )
+        deletion_ids.extend(
+            await self._remove_stale(
+                [k for k in keys if k in cached], ids, names, book_id, policy, deadline
+            )
+        )
 
         for key, rejection in lookup_rejected.items():
             for email in names.spellings[key]:
@@ -715,6 +740,36 @@ class DotDigitalClient:
             rejected=rejected,
             deletion_ids=tuple(deletion_ids),
         )
+
+    async def _remove_stale(
+        self,
+        keys: Sequence[str],
+        sent: Mapping[str, int],
+        names: _Names,
+        book_id: int,
+        policy: RetryPolicy,
+        deadline: float | None,
+    ) -> list[str]:
+        """After a completed removal by remembered ids (``sent``), look those contacts up and
+        remove again the ones still in the book under another id; returns those removals.
+
+        DotDigital completes the removal of an id it does not know, so a stale id would leave
+        its contact in the book while reporting it removed. One look-up per contact, on the
+        ``other`` budget: what removing a contact not remembered costs anyway.
+        """
+        current: dict[str, int] = {}
+        await self._look_up(keys, names, book_id, policy, deadline, current, set(), {})
+        stale = [k for k, contact_id in current.items() if contact_id != sent[k]]
+        if not stale:
+            return []
+        log.info("address book %s: %d remembered contact ids were stale", book_id, len(stale))
+        deletion_ids = []
+        for start in range(0, len(stale), self._removal_chunk_size):
+            chunk = stale[start : start + self._removal_chunk_size]
+            deletion_ids.append(
+                await self._delete_members(book_id, [current[k] for k in chunk], policy, deadline)
+            )
+        return deletion_ids
 
     async def _look_up(
         self,

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -356,8 +357,11 @@ async def test_remove_uses_remembered_ids_and_keeps_the_contacts(
     assert outcome.not_found == frozenset()
     assert outcome.rejected == {}
     assert sandbox.members(USER, BOOK_A) == {"c@example.com"}
-    assert calls(sandbox, "GET", "/contacts/v3/email/") == []  # no look-ups needed
+    # No look-up before the removal; one per contact after it completed, to check it left.
     (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    lookups = calls(sandbox, "GET", "/contacts/v3/email/")
+    assert len(lookups) == 2
+    assert all(sandbox.journal.index(e) > sandbox.journal.index(post) for e in lookups)
     assert sorted(post.body) == sorted(
         [imported.imported["a@example.com"], imported.imported["b@example.com"]]
     )
@@ -416,6 +420,75 @@ async def test_removing_from_a_missing_book_is_address_book_not_found(
     async with await connect(sandbox, clock) as client:
         with pytest.raises(AddressBookNotFoundError):
             await client.remove_contacts(424242, ["a@example.com", "nobody@example.com"])
+
+
+async def test_a_contact_re_created_with_a_new_id_still_leaves_the_book(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        imported = await client.import_contacts(BOOK_A, ["back@example.com", "stays@example.com"])
+        old_id = imported.imported["back@example.com"]
+        assert client.known_contact_id("back@example.com") == old_id
+        # Someone deletes the contact in DotDigital; it comes back, with a new id, in the book.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{sandbox.urls['r1']}/_sandbox/accounts/{USER}/contacts/back@example.com/recreate",
+                json={"lists": [BOOK_A]},
+            ) as response,
+        ):
+            assert response.status == 200
+            ids = await response.json()
+        assert ids["previousContactId"] == old_id
+        new_id = ids["contactId"]
+        assert new_id != old_id
+        assert sandbox.members(USER, BOOK_A) == {"back@example.com", "stays@example.com"}
+
+        outcome = await client.remove_contacts(BOOK_A, ["back@example.com"])
+        assert client.known_contact_id("back@example.com") == new_id
+    assert outcome.removed == {"back@example.com"}
+    assert sandbox.members(USER, BOOK_A) == {"stays@example.com"}
+    # The removal of the stale id completed (DotDigital does not object); the look-up after it
+    # found the contact still a member under its new id, and removed that.
+    posts = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert [p.body for p in posts] == [[old_id], [new_id]]
+    assert len(outcome.deletion_ids) == 2
+    assert_requests_follow_the_specs(sandbox)
+
+
+async def test_a_removal_by_a_fresh_remembered_id_is_checked_once_and_sent_once(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["a@example.com"])
+        await client.remove_contacts(BOOK_A, ["a@example.com"])
+    assert sandbox.members(USER, BOOK_A) == set()
+    assert len(calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")) == 1
+    (lookup,) = calls(sandbox, "GET", "/contacts/v3/email/")
+    (poll,) = [e for e in calls(sandbox, "GET", "/v2/contacts/deletion/")][-1:]
+    assert sandbox.journal.index(lookup) > sandbox.journal.index(poll)  # after it completed
+
+
+async def test_remembered_ids_expire_and_the_cache_is_bounded(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(
+        sandbox, clock, contact_cache_size=2, contact_cache_ttl_seconds=60.0
+    ) as client:
+        await client.import_contacts(BOOK_A, ["a@example.com"])
+        await client.import_contacts(BOOK_A, ["b@example.com"])
+        await client.import_contacts(BOOK_A, ["c@example.com"])
+        assert client.known_contact_id("a@example.com") is None  # the oldest went first
+        assert client.known_contact_id("c@example.com") is not None
+        clock.advance(60.0)
+        assert client.known_contact_id("c@example.com") is None
+        # An expired id is looked up before the removal, not sent and checked after.
+        await client.remove_contacts(BOOK_A, ["c@example.com"])
+    lookup = calls(sandbox, "GET", "/contacts/v3/email/")
+    (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert len(lookup) == 1
+    assert sandbox.journal.index(lookup[0]) < sandbox.journal.index(post)
+    assert sandbox.members(USER, BOOK_A) == {"a@example.com", "b@example.com"}
 
 
 async def test_a_proxys_404_is_never_taken_for_a_contact_already_removed(
@@ -824,7 +897,14 @@ async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None
     )
     settings_kwargs: dict[str, Any] = {"accounts": [account], "journal_limit": 1000}
     async with run_sandbox(SandboxSettings(**settings_kwargs)) as sb:
-        settings = connector(sb, add_requests_per_minute=10_000, remove_requests_per_minute=10_000)
+        # Every removed contact is looked up (after its removal by remembered id): the sandbox's
+        # limits are off, so the client's 'other' budget is raised too.
+        settings = connector(
+            sb,
+            add_requests_per_minute=10_000,
+            remove_requests_per_minute=10_000,
+            other_requests_per_minute=1_000_000,
+        )
         emails = [f"user{i}@example.com" for i in range(20_000)]
         started = time.monotonic()
         async with await DotDigitalClient.connect(settings, clock=SystemClock()) as client:
