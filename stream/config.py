@@ -118,6 +118,12 @@ class ConnectorSettings:
     max_active_imports: int = 25
     # DotDigital asks clients to allow 121 s before timing a call out.
     request_timeout_seconds: float = 121.0
+    # Contact ids remembered from imports: at most this many (oldest dropped first), each for
+    # this long. An hour spans a few 20-minute windows (a contact entering and leaving soon
+    # after is removed without a look-up first); an older id is looked up afresh, since the
+    # older it is the likelier its contact was deleted and re-created with a new id meanwhile.
+    contact_cache_size: int = 1_000_000
+    contact_cache_ttl_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -316,6 +322,8 @@ def parse_connector(
         "other_requests_per_minute",
         "max_active_imports",
         "request_timeout_seconds",
+        "contact_cache_size",
+        "contact_cache_ttl_seconds",
     }
     if "password" in raw:
         raise ConfigError(
@@ -335,6 +343,10 @@ def parse_connector(
         other_requests_per_minute=_positive(raw, f"{where}.other_requests_per_minute", int, 600),
         max_active_imports=_positive(raw, f"{where}.max_active_imports", int, 25),
         request_timeout_seconds=_positive(raw, f"{where}.request_timeout_seconds", float, 121.0),
+        contact_cache_size=_positive(raw, f"{where}.contact_cache_size", int, 1_000_000),
+        contact_cache_ttl_seconds=_positive(
+            raw, f"{where}.contact_cache_ttl_seconds", float, 3600.0
+        ),
     )
 
 

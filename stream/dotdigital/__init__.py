@@ -16,6 +16,7 @@ from stream.dotdigital.errors import (
     RetriesExhausted,
     ThrottledError,
     TransientError,
+    UnrecognizedNotFoundError,
     WrongRegionError,
 )
 from stream.dotdigital.models import (
@@ -51,6 +52,7 @@ __all__ = [
     "RetryPolicy",
     "ThrottledError",
     "TransientError",
+    "UnrecognizedNotFoundError",
     "WrongRegionError",
     "normalize_email",
 ]

@@ -4,7 +4,11 @@ One :class:`DotDigitalClient` per connector (DotDigital account). It owns one ai
 one rate limiter per bulk operation (``add``: ``PUT /contacts/v3/import``; ``remove``:
 ``POST /v2/address-books/{id}/contacts/delete``) and one for every other call, a cap on
 concurrent imports, and a cache of
-the contact ids imports returned (so removals need no look-up).
+the contact ids imports returned (``contact_cache_size`` entries at most, each for
+``contact_cache_ttl_seconds``), so a removal can go out before any look-up. A remembered id may
+be stale (the contact deleted and re-created with a new id: DotDigital then completes the
+removal of the old id and the contact stays), so every contact removed by a remembered id is
+looked up once the removal completed, and removed again under its new id if still a member.
 
 Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`. The bulk methods
 take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one
@@ -89,6 +93,9 @@ IMPORT_FAILED_STATUSES = frozenset(
 )
 DELETION_FAILED_STATUSES = frozenset({"Failed", "NotAvailableInThisVersion"})
 CONTACT_NOT_FOUND_CODES = frozenset({"contacts:contactNotFound", "ERROR_CONTACT_NOT_FOUND"})
+# The v3 import's per-contact failure for a list id the account does not have (the specs'
+# examples are camelCase, the docs' table PascalCase: compared case-folded).
+INVALID_LIST_FAILURE = "invalidaddressbookids"
 # A 429 for the concurrent-job caps says nothing about when a slot frees; poll-like wait.
 CONCURRENCY_RETRY_SECONDS = 2.0
 VISIBILITIES = ("Private", "Public")
@@ -192,7 +199,6 @@ class DotDigitalClient:
         poll: PollSchedule | None = None,
         lookup_concurrency: int = 16,
         removal_chunk_size: int = 1000,
-        contact_cache_size: int = 1_000_000,
         observer: ClientObserver | None = None,
     ) -> None:
         """Prefer :meth:`connect`. ``session`` may be injected (the caller then closes it);
@@ -224,8 +230,10 @@ class DotDigitalClient:
         self._imports = asyncio.Semaphore(settings.max_active_imports)
         self._lookups = asyncio.Semaphore(lookup_concurrency)
         self._removal_chunk_size = removal_chunk_size
-        self._contact_ids: dict[str, int] = {}
-        self._contact_cache_size = contact_cache_size
+        # normalized email -> (contact id, when learned); insertion order is age order.
+        self._contact_ids: dict[str, tuple[int, float]] = {}
+        self._contact_cache_size = settings.contact_cache_size
+        self._contact_cache_ttl = settings.contact_cache_ttl_seconds
         # Jobs given up on while perhaps still running, by address book and poll path; the
         # next import or removal of the book waits for them (one waiter per book at a time).
         self._unfinished: dict[int, dict[str, tuple[_Job, float]]] = {}  # -> given up at
@@ -311,8 +319,19 @@ class DotDigitalClient:
         return {name: limiter.status() for name, limiter in self._limiters.items()}
 
     def known_contact_id(self, email: str) -> int | None:
-        """The contact id an import returned for ``email``, if remembered."""
-        return self._contact_ids.get(normalize_email(email))
+        """The contact id an import or look-up returned for ``email``, if remembered and not
+        older than ``contact_cache_ttl_seconds``."""
+        return self._remembered(normalize_email(email))
+
+    def _remembered(self, key: str) -> int | None:
+        entry = self._contact_ids.get(key)
+        if entry is None:
+            return None
+        contact_id, learned_at = entry
+        if self._clock.monotonic() - learned_at >= self._contact_cache_ttl:
+            del self._contact_ids[key]
+            return None
+        return contact_id
 
     # -- account ---------------------------------------------------------------------------
 
@@ -358,7 +377,6 @@ class DotDigitalClient:
         response = await self._call(
             "GET",
             f"/v2/address-books/{int(address_book_id)}",
-            not_found=AddressBookNotFoundError,
             deadline=deadline,
         )
         data = response.data
@@ -412,6 +430,11 @@ class DotDigitalClient:
             raise TransientError("POST /v2/address-books answered with an unexpected body")
         return AddressBook.from_json(response.data)
 
+    async def _book_exists(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
+        """Returns when the address book exists; :class:`AddressBookNotFoundError` when
+        DotDigital says it does not (``ERROR_ADDRESSBOOK_NOT_FOUND``)."""
+        await self._call("GET", f"/v2/address-books/{book_id}", policy=policy, deadline=deadline)
+
     async def _find_address_book(self, name: str, deadline: float | None) -> AddressBook | None:
         books = await self.list_address_books(deadline=deadline)
         for book in books:
@@ -437,8 +460,10 @@ class DotDigitalClient:
         ``missingFromResult`` when the result does not mention it; ``invalidEmail`` for an
         empty string, not sent). Emails compare case-insensitively; one contact is sent per
         distinct email. Raises :class:`ImportFailedError` when the import as a whole ends
-        badly, :class:`RetriesExhausted` past ``deadline``, or the request's error when it is
-        not retryable. At most ``max_active_imports`` imports of this client run at once.
+        badly, :class:`AddressBookNotFoundError` when contacts failed for an unknown list id and
+        ``GET /v2/address-books/{id}`` confirms the book is gone (as a removal from it would),
+        :class:`RetriesExhausted` past ``deadline``, or the request's error when it is not
+        retryable. At most ``max_active_imports`` imports of this client run at once.
         """
         policy = retry or self._retry
         names = _Names(emails)
@@ -506,6 +531,12 @@ class DotDigitalClient:
             # A contact both imported and failed (e.g. its consent records) is imported.
             if key in names.spellings and key not in imported_ids and key not in failed:
                 failed[key] = _failure_of(item)
+        if any(code.casefold() == INVALID_LIST_FAILURE for code, _ in failed.values()):
+            # One cause, one reason: a book deleted meanwhile is address_book_not_found for adds
+            # as for removals, not a rejection of each contact. Only DotDigital's answer about
+            # the book itself decides (one call, and only then); if the book exists after all,
+            # the failures stand as rejections.
+            await self._book_exists(int(address_book_id), policy, deadline)
 
         imported: dict[str, int] = {}
         for key, spellings in names.spellings.items():
@@ -634,7 +665,9 @@ class DotDigitalClient:
             # Oldest first (dicts keep insertion order): drop a tenth at once, amortized O(1).
             for old in list(_take(iter(cache), max(1, self._contact_cache_size // 10))):
                 del cache[old]
-        cache[key] = contact_id
+        # Re-inserted, not updated in place: the dict's order stays the order of age.
+        cache.pop(key, None)
+        cache[key] = (contact_id, self._clock.monotonic())
 
     # -- bulk remove -----------------------------------------------------------------------
 
@@ -651,8 +684,11 @@ class DotDigitalClient:
         Contact ids come from earlier imports, else from ``GET /contacts/v3/email/{email}``
         (bounded concurrency). A contact DotDigital does not know, or that is not in the book,
         counts as removed (listed in ``not_found`` too). The rest go in bulk removals
-        (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``.
-        Raises :class:`AddressBookNotFoundError` when the book does not exist,
+        (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``; the
+        contacts removed by a remembered id are then looked up, and removed again under their
+        current id when still in the book (their remembered id was stale).
+        Raises :class:`AddressBookNotFoundError` when the book does not exist (asked with
+        ``GET /v2/address-books/{id}`` when no removal is to be sent),
         :class:`RemovalFailedError` when DotDigital reports the removal ``Failed``,
         :class:`RetriesExhausted` past ``deadline``.
         """
@@ -666,7 +702,7 @@ class DotDigitalClient:
         cached: set[str] = set()
         to_look_up: list[str] = []
         for key in names.spellings:
-            contact_id = self._contact_ids.get(key)
+            contact_id = self._remembered(key)
             if contact_id is None:
                 to_look_up.append(key)
             else:
@@ -677,6 +713,10 @@ class DotDigitalClient:
         await self._look_up(
             to_look_up, names, book_id, policy, deadline, ids, not_found, lookup_rejected
         )
+        if not ids and not_found:
+            # No removal goes out to say the book is gone: ask, so that a deleted book is
+            # address_book_not_found whatever the contacts (one call, only in this case).
+            await self._book_exists(book_id, policy, deadline)
 
         deletion_ids: list[str] = []
         keys = list(ids)
@@ -705,6 +745,11 @@ class DotDigitalClient:
                     deletion_ids.append(
                         await self._delete_members(book_id, retry_ids, policy, deadline)
                     )
+        deletion_ids.extend(
+            await self._remove_stale(
+                [k for k in keys if k in cached], ids, names, book_id, policy, deadline
+            )
+        )
 
         for key, rejection in lookup_rejected.items():
             for email in names.spellings[key]:
@@ -716,6 +761,36 @@ class DotDigitalClient:
             rejected=rejected,
             deletion_ids=tuple(deletion_ids),
         )
+
+    async def _remove_stale(
+        self,
+        keys: Sequence[str],
+        sent: Mapping[str, int],
+        names: _Names,
+        book_id: int,
+        policy: RetryPolicy,
+        deadline: float | None,
+    ) -> list[str]:
+        """After a completed removal by remembered ids (``sent``), look those contacts up and
+        remove again the ones still in the book under another id; returns those removals.
+
+        DotDigital completes the removal of an id it does not know, so a stale id would leave
+        its contact in the book while reporting it removed. One look-up per contact, on the
+        ``other`` budget: what removing a contact not remembered costs anyway.
+        """
+        current: dict[str, int] = {}
+        await self._look_up(keys, names, book_id, policy, deadline, current, set(), {})
+        stale = [k for k, contact_id in current.items() if contact_id != sent[k]]
+        if not stale:
+            return []
+        log.info("address book %s: %d remembered contact ids were stale", book_id, len(stale))
+        deletion_ids = []
+        for start in range(0, len(stale), self._removal_chunk_size):
+            chunk = stale[start : start + self._removal_chunk_size]
+            deletion_ids.append(
+                await self._delete_members(book_id, [current[k] for k in chunk], policy, deadline)
+            )
+        return deletion_ids
 
     async def _look_up(
         self,
@@ -735,7 +810,9 @@ class DotDigitalClient:
                 try:
                     contact = (await self._call("GET", path, policy=policy, deadline=deadline)).data
                 except PermanentError as error:
-                    if error.status == 404 or error.code in CONTACT_NOT_FOUND_CODES:
+                    # Only DotDigital's own "contact not found" means already removed; a bare
+                    # 404 (a proxy's) is UnrecognizedNotFoundError, retried and never success.
+                    if error.code in CONTACT_NOT_FOUND_CODES:
                         not_found.add(key)
                         return
                     rejected[key] = Rejection(email, error.code or "invalidEmail", error.message)
@@ -772,7 +849,6 @@ class DotDigitalClient:
             limiter="remove",
             policy=policy,
             deadline=deadline,
-            not_found=AddressBookNotFoundError,
         )
         accepted = response.data
         deletion_id = accepted.get("id") if isinstance(accepted, Mapping) else None
@@ -805,7 +881,6 @@ class DotDigitalClient:
         base: str | None = None,
         body: Any = None,
         limiter: Operation | None = None,
-        not_found: type[PermanentError] | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
         tally: _Tally | None = None,
@@ -822,7 +897,6 @@ class DotDigitalClient:
                 base=base,
                 body=body,
                 limiter=limiter,
-                not_found=not_found,
                 tally=tally,
             )
 
@@ -838,7 +912,6 @@ class DotDigitalClient:
         base: str | None = None,
         body: Any = None,
         limiter: Operation | None = None,
-        not_found: type[PermanentError] | None = None,
         tally: _Tally,
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
@@ -898,7 +971,6 @@ class DotDigitalClient:
             self._scrub(payload),
             what=what,
             retry_after=_retry_after(response_headers, self._clock.time()),
-            not_found=not_found,
         )
         if isinstance(error, ThrottledError):
             if error.concurrency_cap:

@@ -5,6 +5,8 @@
   pipeline may retry, an interactive command should stop.
 * :class:`WrongRegionError`: the account lives on another regional host; configuration problem.
 * :class:`PermanentError`: trying again will not help (bad request, address book gone, ...).
+* :class:`UnrecognizedNotFoundError`: a 404 that is not DotDigital's own answer (a proxy's, a
+  wrong ``api_endpoint``'s); retried like a transient error, within the budget.
 * :class:`RetriesExhausted`: the retry budget ran out; ``last_error`` says why.
 
 Contract: messages and ``repr`` never contain the password nor the ``Authorization`` header.
@@ -30,6 +32,7 @@ __all__ = [
     "RetriesExhausted",
     "ThrottledError",
     "TransientError",
+    "UnrecognizedNotFoundError",
     "WrongRegionError",
     "error_from_response",
     "parse_error_body",
@@ -107,6 +110,22 @@ class ThrottledError(DotDigitalError):
 
 class TransientError(DotDigitalError):
     """5xx, timeouts, refused or reset connections: the same request may succeed later."""
+
+
+class UnrecognizedNotFoundError(TransientError):
+    """HTTP 404 without DotDigital's error body: neither a v2 ``ERROR_*`` token nor a v3
+    ``errorCode`` (an HTML page, an empty body, JSON of another shape).
+
+    DotDigital names what it did not find (``ERROR_ADDRESSBOOK_NOT_FOUND``,
+    ``contacts:contactNotFound``, ...); a bare 404 comes from something in between (a proxy
+    or load balancer without a route, a wrong ``api_endpoint``), so it says nothing about the
+    contact, the address book or the job asked for. It must never count as "already removed"
+    nor as "address book gone". It is a :class:`TransientError`: a proxy being redeployed
+    recovers, so it is retried within the call's budget; then :class:`RetriesExhausted` carries
+    it, and the pipeline dead-letters its records as ``retries_exhausted`` with this message
+    (replay them once the endpoint is fixed). A wrong endpoint fails every record, so the
+    dead-letter circuit breaker stops the consumer rather than empty the topic.
+    """
 
 
 class PermanentError(DotDigitalError):
@@ -209,14 +228,13 @@ def error_from_response(
     *,
     what: str,
     retry_after: float | None = None,
-    not_found: type[PermanentError] | None = None,
 ) -> DotDigitalError:
     """Classify a failed response.
 
     ``what`` names the request for the message (``"GET /v2/address-books/7"``: method and path
     only, never the URL's credentials or headers). ``retry_after`` is the caller's reading of
-    the rate-limit headers. ``not_found`` is the class for a 404 that carries no known token
-    (e.g. :class:`AddressBookNotFoundError` on an address-book path).
+    the rate-limit headers. Only DotDigital's own code says what was not found: a 404 without
+    one is :class:`UnrecognizedNotFoundError`, whatever the path.
     """
     code, text = parse_error_body(body)
     detail = f"{code}: {text}" if code and code not in text else (text or "no details")
@@ -247,6 +265,10 @@ def error_from_response(
         return AddressBookNotFoundError(message, status=status, code=code)
     if code == ADDRESSBOOK_DUPLICATE:
         return DuplicateAddressBookError(message, status=status, code=code)
-    if status == 404 and not_found is not None and code is None:
-        return not_found(message, status=status, code=code)
+    if status == 404 and code is None:
+        return UnrecognizedNotFoundError(
+            f"{what} failed with HTTP 404 without DotDigital's error body (a proxy's or another "
+            f"server's answer; is api_endpoint right?): {text or 'empty body'}",
+            status=status,
+        )
     return PermanentError(message, status=status, code=code)

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from stream.dotdigital import (
     RetryPolicy,
     ThrottledError,
     TransientError,
+    UnrecognizedNotFoundError,
     WrongRegionError,
 )
 from stream.dotdigital.sandbox import (
@@ -290,13 +292,20 @@ async def test_import_reports_every_contact(sandbox: Sandbox, clock: FakeClock) 
         validate_exchange(entry)
 
 
-async def test_import_into_a_missing_book_rejects_each_contact(
+async def test_import_into_a_missing_book_is_address_book_not_found(
     sandbox: Sandbox, clock: FakeClock
 ) -> None:
     async with await connect(sandbox, clock) as client:
-        outcome = await client.import_contacts(999999, ["a@example.com"])
-    assert outcome.imported == {}
-    assert outcome.rejected["a@example.com"].failure_code.lower() == "invalidaddressbookids"
+        with pytest.raises(AddressBookNotFoundError) as caught:
+            await client.import_contacts(999999, ["a@example.com", "b@example.com"])
+    assert caught.value.code == "ERROR_ADDRESSBOOK_NOT_FOUND"
+    # The import said invalidAddressBookIds per contact; the book itself was then asked after.
+    assert len(calls(sandbox, "PUT", "/contacts/v3/import")) == 1
+    polls = calls(sandbox, "GET", "/contacts/v3/import/")
+    failures = polls[-1].response["failures"]
+    assert {f["failures"][0]["failureCode"] for f in failures} == {"invalidAddressBookIds"}
+    assert [e.status for e in calls(sandbox, "GET", "/v2/address-books/999999")] == [404]
+    assert_requests_follow_the_specs(sandbox)
 
 
 async def test_import_with_nothing_to_send_sends_nothing(
@@ -348,8 +357,11 @@ async def test_remove_uses_remembered_ids_and_keeps_the_contacts(
     assert outcome.not_found == frozenset()
     assert outcome.rejected == {}
     assert sandbox.members(USER, BOOK_A) == {"c@example.com"}
-    assert calls(sandbox, "GET", "/contacts/v3/email/") == []  # no look-ups needed
+    # No look-up before the removal; one per contact after it completed, to check it left.
     (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    lookups = calls(sandbox, "GET", "/contacts/v3/email/")
+    assert len(lookups) == 2
+    assert all(sandbox.journal.index(e) > sandbox.journal.index(post) for e in lookups)
     assert sorted(post.body) == sorted(
         [imported.imported["a@example.com"], imported.imported["b@example.com"]]
     )
@@ -403,6 +415,107 @@ async def test_removing_from_a_missing_book_is_address_book_not_found(
         await client.import_contacts(BOOK_A, ["a@example.com"])
         with pytest.raises(AddressBookNotFoundError):
             await client.remove_contacts(424242, ["a@example.com"])
+    # A fresh client looks the contacts up: none is in the missing book, so no removal is
+    # sent; the book is asked after rather than the removal taken for done.
+    async with await connect(sandbox, clock) as client:
+        with pytest.raises(AddressBookNotFoundError):
+            await client.remove_contacts(424242, ["a@example.com", "nobody@example.com"])
+
+
+async def test_a_contact_re_created_with_a_new_id_still_leaves_the_book(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        imported = await client.import_contacts(BOOK_A, ["back@example.com", "stays@example.com"])
+        old_id = imported.imported["back@example.com"]
+        assert client.known_contact_id("back@example.com") == old_id
+        # Someone deletes the contact in DotDigital; it comes back, with a new id, in the book.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{sandbox.urls['r1']}/_sandbox/accounts/{USER}/contacts/back@example.com/recreate",
+                json={"lists": [BOOK_A]},
+            ) as response,
+        ):
+            assert response.status == 200
+            ids = await response.json()
+        assert ids["previousContactId"] == old_id
+        new_id = ids["contactId"]
+        assert new_id != old_id
+        assert sandbox.members(USER, BOOK_A) == {"back@example.com", "stays@example.com"}
+
+        outcome = await client.remove_contacts(BOOK_A, ["back@example.com"])
+        assert client.known_contact_id("back@example.com") == new_id
+    assert outcome.removed == {"back@example.com"}
+    assert sandbox.members(USER, BOOK_A) == {"stays@example.com"}
+    # The removal of the stale id completed (DotDigital does not object); the look-up after it
+    # found the contact still a member under its new id, and removed that.
+    posts = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert [p.body for p in posts] == [[old_id], [new_id]]
+    assert len(outcome.deletion_ids) == 2
+    assert_requests_follow_the_specs(sandbox)
+
+
+async def test_a_removal_by_a_fresh_remembered_id_is_checked_once_and_sent_once(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["a@example.com"])
+        await client.remove_contacts(BOOK_A, ["a@example.com"])
+    assert sandbox.members(USER, BOOK_A) == set()
+    assert len(calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")) == 1
+    (lookup,) = calls(sandbox, "GET", "/contacts/v3/email/")
+    (poll,) = [e for e in calls(sandbox, "GET", "/v2/contacts/deletion/")][-1:]
+    assert sandbox.journal.index(lookup) > sandbox.journal.index(poll)  # after it completed
+
+
+async def test_remembered_ids_expire_and_the_cache_is_bounded(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(
+        sandbox, clock, contact_cache_size=2, contact_cache_ttl_seconds=60.0
+    ) as client:
+        await client.import_contacts(BOOK_A, ["a@example.com"])
+        await client.import_contacts(BOOK_A, ["b@example.com"])
+        await client.import_contacts(BOOK_A, ["c@example.com"])
+        assert client.known_contact_id("a@example.com") is None  # the oldest went first
+        assert client.known_contact_id("c@example.com") is not None
+        clock.advance(60.0)
+        assert client.known_contact_id("c@example.com") is None
+        # An expired id is looked up before the removal, not sent and checked after.
+        await client.remove_contacts(BOOK_A, ["c@example.com"])
+    lookup = calls(sandbox, "GET", "/contacts/v3/email/")
+    (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert len(lookup) == 1
+    assert sandbox.journal.index(lookup[0]) < sandbox.journal.index(post)
+    assert sandbox.members(USER, BOOK_A) == {"a@example.com", "b@example.com"}
+
+
+async def test_a_proxys_404_is_never_taken_for_a_contact_already_removed(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["kept@example.com"])
+    # A fresh client must look the contact up; a proxy in front answers 404 in HTML.
+    sandbox.faults.update({"proxy_404_rate": 1.0})
+    async with await connect(
+        sandbox, clock, api_endpoint=sandbox.urls["r2"], retry=fast_retry(total_seconds=30)
+    ) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await client.remove_contacts(BOOK_A, ["kept@example.com"])
+        # The bare 404 on an address-book path is no "address book not found" either.
+        with pytest.raises(RetriesExhausted) as book:
+            await client.get_address_book(BOOK_A, deadline=clock.monotonic() + 5)
+    assert isinstance(caught.value.last_error, UnrecognizedNotFoundError)
+    assert caught.value.attempts > 1  # retried within the budget, then given up on
+    assert "without DotDigital's error body" in str(caught.value)
+    assert "kept@example.com" not in str(caught.value)
+    assert isinstance(book.value.last_error, UnrecognizedNotFoundError)
+    sandbox.faults.update({"proxy_404_rate": 0.0})
+    assert sandbox.members(USER, BOOK_A) == {"kept@example.com"}
+    lookups = calls(sandbox, "GET", "/contacts/v3/email/")
+    assert lookups
+    assert {e.status for e in lookups} == {404}
 
 
 async def test_a_removal_waits_for_an_import_given_up_on_in_its_book(
@@ -623,6 +736,7 @@ class Scripted:
     def __init__(self, statuses: Sequence[dict[str, Any]]) -> None:
         self.statuses = list(statuses)
         self.puts = 0
+        self.book_gets = 0
 
     async def put_import(self, request: web.Request) -> web.Response:
         self.puts += 1
@@ -631,6 +745,11 @@ class Scripted:
                 {"errorCode": "contacts:tooManyActiveImports", "description": "wait"}, status=429
             )
         return web.json_response({"importId": "job-1"}, status=202)
+
+    async def get_book(self, request: web.Request) -> web.Response:
+        self.book_gets += 1
+        book = {"id": 7, "name": "Seven", "visibility": "Private", "contacts": 0}
+        return web.json_response(book)
 
     async def get_import(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -651,6 +770,11 @@ async def scripted_url() -> AsyncIterator[tuple[str, list[Scripted]]]:
 
     app.router.add_put("/contacts/v3/import", put)
     app.router.add_get("/contacts/v3/import/{id}", get)
+
+    async def get_book(request: web.Request) -> web.Response:
+        return await holder[0].get_book(request)
+
+    app.router.add_get("/v2/address-books/{id}", get_book)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -731,6 +855,37 @@ async def test_a_failed_import_is_import_failed_error(
 # -- volume ----------------------------------------------------------------------------------
 
 
+async def test_an_unknown_list_id_of_an_existing_book_stays_a_rejection(
+    scripted_url: tuple[str, list[Scripted]], clock: FakeClock
+) -> None:
+    url, holder = scripted_url
+    failure = {"failureCode": "InvalidAddressBookIds", "description": "odd"}
+    holder.append(
+        Scripted(
+            [
+                {
+                    "importId": "job-1",
+                    "status": "Finished",
+                    "failures": [
+                        {
+                            "matchIdentifier": "email",
+                            "identifiers": {"email": "a@example.com"},
+                            "failures": [failure],
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    settings = ConnectorSettings(
+        name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
+    )
+    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+        outcome = await client.import_contacts(7, ["a@example.com"])
+    assert outcome.rejected["a@example.com"].failure_code == "InvalidAddressBookIds"
+    assert holder[0].book_gets == 1
+
+
 async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None:
     account = SandboxAccount(
         USER,
@@ -742,7 +897,14 @@ async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None
     )
     settings_kwargs: dict[str, Any] = {"accounts": [account], "journal_limit": 1000}
     async with run_sandbox(SandboxSettings(**settings_kwargs)) as sb:
-        settings = connector(sb, add_requests_per_minute=10_000, remove_requests_per_minute=10_000)
+        # Every removed contact is looked up (after its removal by remembered id): the sandbox's
+        # limits are off, so the client's 'other' budget is raised too.
+        settings = connector(
+            sb,
+            add_requests_per_minute=10_000,
+            remove_requests_per_minute=10_000,
+            other_requests_per_minute=1_000_000,
+        )
         emails = [f"user{i}@example.com" for i in range(20_000)]
         started = time.monotonic()
         async with await DotDigitalClient.connect(settings, clock=SystemClock()) as client:

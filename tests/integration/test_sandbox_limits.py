@@ -211,6 +211,27 @@ async def test_fail_next_serves_503_html_then_recovers(session: aiohttp.ClientSe
         assert sb.stats.as_dict()["faults"] == {"503": 2}
 
 
+async def test_proxy_404_serves_an_html_page_without_dotdigitals_error_body(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with run_sandbox(SandboxSettings(accounts=[account()])) as sb:
+        api = Api(session, sb.urls, USER, PASSWORD)
+        async with session.post(
+            sb.urls["r1"] + "/_sandbox/faults", json={"proxy_404_next": 1}
+        ) as r:
+            assert r.status == 200
+        reply = await api.call("GET", "/contacts/v3/email/a@example.com")
+        assert reply.status == 404
+        assert reply.headers["Content-Type"].startswith("text/html")
+        assert "errorCode" not in reply.text
+        assert "ERROR_" not in reply.text
+        # Then DotDigital's own answer again.
+        reply = await api.call("GET", "/contacts/v3/email/a@example.com")
+        assert reply.status == 404
+        assert "contacts:contactNotFound" in reply.text
+        assert sb.stats.as_dict()["faults"] == {"404": 1}
+
+
 async def test_error_rate_one_fails_every_api_call_but_not_control(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -278,8 +299,10 @@ async def test_faults_control_endpoint(session: aiohttp.ClientSession) -> None:
                 "drop_rate": 0.0,
                 "throttle_rate": 0.0,
                 "throttle_reset_seconds": 2.0,
+                "proxy_404_rate": 0.0,
                 "fail_next": 0,
                 "drop_next": 0,
+                "proxy_404_next": 0,
             }
         assert sb.faults.error_rate == 1.0
         api = Api(session, sb.urls, USER, PASSWORD)
@@ -288,6 +311,8 @@ async def test_faults_control_endpoint(session: aiohttp.ClientSession) -> None:
             {"error_rate": 2},
             {"drop_rate": -1},
             {"throttle_rate": 1.5},
+            {"proxy_404_rate": 1.5},
+            {"proxy_404_next": 0.5},
             {"bogus": 1},
             {"fail_next": 1.5},
             [1],

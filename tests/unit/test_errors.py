@@ -14,6 +14,7 @@ from stream.dotdigital.errors import (
     RetriesExhausted,
     ThrottledError,
     TransientError,
+    UnrecognizedNotFoundError,
     WrongRegionError,
     error_from_response,
     parse_error_body,
@@ -119,19 +120,34 @@ def test_concurrency_cap_is_told_apart_from_the_call_rate() -> None:
     assert not error_from_response(429, b"", what="PUT /i").concurrency_cap  # type: ignore[attr-defined]
 
 
-def test_a_bare_404_on_an_address_book_path_is_address_book_not_found() -> None:
-    error = error_from_response(
-        404, b"", what="GET /v2/address-books/9", not_found=AddressBookNotFoundError
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>",
+        b'{"error": "not found"}',
+        v2("No HTTP resource was found that matches the request URI."),
+    ],
+)
+def test_a_404_without_dotdigitals_code_is_not_taken_for_dotdigitals_answer(body: bytes) -> None:
+    error = error_from_response(404, body, what="GET /v2/address-books/9")
+    assert type(error) is UnrecognizedNotFoundError
+    assert isinstance(error, TransientError)  # retried within the budget, never success
+    assert error.code is None
+    assert "without DotDigital's error body" in error.message
+    assert "GET /v2/address-books/9" in error.message
+
+
+def test_a_404_with_dotdigitals_code_keeps_its_meaning() -> None:
+    book = error_from_response(
+        404, v2("Error: ERROR_ADDRESSBOOK_NOT_FOUND"), what="GET /v2/address-books/9"
     )
-    assert isinstance(error, AddressBookNotFoundError)
-    # A 404 with another known code keeps its own meaning.
-    other = error_from_response(
-        404,
-        v3("contacts:contactNotFound", "gone"),
-        what="GET /c",
-        not_found=AddressBookNotFoundError,
+    assert type(book) is AddressBookNotFoundError
+    contact = error_from_response(
+        404, v3("contacts:contactNotFound", "gone"), what="GET /contacts/v3/email/{email}"
     )
-    assert type(other) is PermanentError
+    assert type(contact) is PermanentError
+    assert contact.code == "contacts:contactNotFound"
 
 
 def test_retries_exhausted_keeps_the_last_error() -> None:

@@ -2,8 +2,8 @@
 
 Every API request goes through :func:`_api_middleware`, in this order (each step can answer):
 
-1. faults (latency, dropped connection, 500/503) — they model the network, so they come first
-   and cost no rate budget;
+1. faults (latency, dropped connection, 500/503, a proxy's HTML 404) — they model the network,
+   so they come first and cost no rate budget;
 2. Basic auth -> 401;
 3. due jobs of the account are settled (so the handler sees completed imports/removals);
 4. rate limit of the call's tier -> 429 (tiered) or 400 ``ERROR_APIUSAGE_EXCEEDED`` (flat);
@@ -87,6 +87,8 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         reset = max(1, math.ceil(core.faults.throttle_reset_seconds))
         response.headers["X-RateLimit-Remaining"] = "0"
         response.headers["X-RateLimit-Reset"] = str(reset)
+    elif fault == "404":
+        response = bodies.proxy_not_found()
     elif fault is not None:
         response = bodies.server_error(int(fault))
     else:

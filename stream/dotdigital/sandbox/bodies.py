@@ -42,6 +42,12 @@ UNAVAILABLE_HTML = (
     "<body><h1>503 Service Unavailable</h1></body></html>"
 )
 
+# What a reverse proxy answers for a path it has no route for: a 404 that is not DotDigital's.
+PROXY_NOT_FOUND_HTML = (
+    "<html><head><title>404 Not Found</title></head>"
+    "<body><center><h1>404 Not Found</h1></center><hr><center>nginx</center></body></html>"
+)
+
 
 class JsonResponse(web.Response):
     """A JSON response that remembers its payload."""
@@ -94,3 +100,7 @@ def server_error(status: int) -> web.Response:
     if status == 503:
         return web.Response(status=503, text=UNAVAILABLE_HTML, content_type="text/html")
     return json_response(status, {"message": SERVER_ERROR})
+
+
+def proxy_not_found() -> web.Response:
+    return web.Response(status=404, text=PROXY_NOT_FOUND_HTML, content_type="text/html")

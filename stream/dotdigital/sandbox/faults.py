@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-FaultKind = Literal["drop", "500", "503", "429"]
+FaultKind = Literal["drop", "500", "503", "429", "404"]
 
 
 @dataclass
@@ -26,8 +26,12 @@ class Faults:
     * ``throttle_rate``: share of API calls answered 429 with ``X-RateLimit-Remaining: 0`` and
       a reset ``throttle_reset_seconds`` away: a throttling storm, as when other API users of
       the same account spend its budget.
-    * ``fail_next`` / ``drop_next``: the next N API calls fail with 503 / are dropped, for
-      deterministic tests; they count down and take precedence over the rates.
+    * ``proxy_404_rate``: share of API calls answered 404 with an HTML page and no DotDigital
+      error body, as a proxy or load balancer without a route for the path answers (or a
+      wrong ``api_endpoint``): a client must not read it as DotDigital's "not found".
+    * ``fail_next`` / ``drop_next`` / ``proxy_404_next``: the next N API calls fail with 503 /
+      are dropped / get the proxy's 404, for deterministic tests; they count down and take
+      precedence over the rates.
     """
 
     error_rate: float = 0.0
@@ -35,8 +39,10 @@ class Faults:
     drop_rate: float = 0.0
     throttle_rate: float = 0.0
     throttle_reset_seconds: float = 2.0
+    proxy_404_rate: float = 0.0
     fail_next: int = 0
     drop_next: int = 0
+    proxy_404_next: int = 0
 
     def decide(self, rng: random.Random) -> FaultKind | None:
         """Pick this call's fault, if any (consumes ``fail_next``/``drop_next``)."""
@@ -46,12 +52,18 @@ class Faults:
         if self.fail_next > 0:
             self.fail_next -= 1
             return "503"
+        if self.proxy_404_next > 0:
+            self.proxy_404_next -= 1
+            return "404"
         if self.drop_rate > 0 and rng.random() < self.drop_rate:
             return "drop"
         if self.error_rate > 0 and rng.random() < self.error_rate:
             return "500" if rng.random() < 0.5 else "503"
         if self.throttle_rate > 0 and rng.random() < self.throttle_rate:
             return "429"
+        # Last, so that seeds without it draw the same faults as before it existed.
+        if self.proxy_404_rate > 0 and rng.random() < self.proxy_404_rate:
+            return "404"
         return None
 
     def update(self, changes: Mapping[str, Any]) -> None:
@@ -62,11 +74,11 @@ class Faults:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(sorted(_FIELDS))}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{key} must be a number")
-            if key in ("error_rate", "drop_rate", "throttle_rate") and not 0.0 <= value <= 1.0:
+            if key in _RATES and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must be between 0 and 1")
             if value < 0:
                 raise ValueError(f"{key} must not be negative")
-            if key in ("fail_next", "drop_next"):
+            if key in ("fail_next", "drop_next", "proxy_404_next"):
                 if int(value) != value:
                     raise ValueError(f"{key} must be a whole number")
                 checked[key] = int(value)
@@ -80,3 +92,4 @@ class Faults:
 
 
 _FIELDS = frozenset(Faults.__dataclass_fields__)
+_RATES = frozenset({"error_rate", "drop_rate", "throttle_rate", "proxy_404_rate"})

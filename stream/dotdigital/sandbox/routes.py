@@ -9,10 +9,16 @@ them without credentials):
 
 * ``GET /_sandbox/health`` -> ``{"status": "ok", "urls": {...}}``
 * ``GET /_sandbox/faults`` -> the current switches; ``POST /_sandbox/faults`` with a JSON
-  object of some of ``error_rate``, ``latency_seconds``, ``drop_rate``, ``fail_next``,
-  ``drop_next`` changes them and returns the result (400 on a bad value, nothing changed).
+  object of some of the :class:`.faults.Faults` fields (``error_rate``, ``latency_seconds``,
+  ``drop_rate``, ``throttle_rate``, ``proxy_404_rate``, ``fail_next``, ``drop_next``,
+  ``proxy_404_next``, ...) changes them and returns the result (400 on a bad value, nothing
+  changed).
 * ``GET /_sandbox/accounts/{username}/address-books/{id}/members`` -> ``{"emails": [...]}``
   (sorted; 404 for an unknown account or book).
+* ``POST /_sandbox/accounts/{username}/contacts/{email}/recreate`` with ``{"lists": [ids]}``
+  deletes the contact and creates it again with a new id in those books (a contact deleted in
+  DotDigital and come back) -> ``{"previousContactId": old, "contactId": new}``; 404 for an
+  unknown account, contact or book.
 * ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served.
 """
 
@@ -63,6 +69,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_sandbox/faults", control_set_faults)
     r.add_get("/_sandbox/stats", control_stats)
     r.add_get("/_sandbox/accounts/{username}/address-books/{id}/members", control_members)
+    r.add_post("/_sandbox/accounts/{username}/contacts/{email}/recreate", control_recreate)
 
 
 def _account(request: web.Request) -> AccountState:
@@ -398,6 +405,29 @@ async def control_members(request: web.Request) -> web.Response:
     except SandboxError:
         return bodies.v2_error(404, bodies.BOOK_NOT_FOUND)
     return bodies.json_response(200, {"emails": sorted(emails)})
+
+
+async def control_recreate(request: web.Request) -> web.Response:
+    state = request.app[CORE].state.account(request.match_info["username"])
+    if state is None:
+        return bodies.json_response(404, {"message": "No such account."})
+    try:
+        body = await request.json(loads=_loads) if request.can_read_body else {}
+    except ValueError:
+        body = None
+    lists = body.get("lists", []) if isinstance(body, dict) else None
+    if not isinstance(lists, list) or any(
+        isinstance(i, bool) or not isinstance(i, int) for i in lists
+    ):
+        return bodies.json_response(400, {"message": 'The body must be {"lists": [ids]}.'})
+    state.settle()
+    try:
+        old, new = state.recreate_contact(request.match_info["email"], lists)
+    except SandboxError as exc:
+        if exc.kind == "book_not_found":
+            return bodies.v2_error(404, bodies.BOOK_NOT_FOUND)
+        return bodies.v2_error(404, bodies.CONTACT_NOT_FOUND)
+    return bodies.json_response(200, {"previousContactId": old, "contactId": new})
 
 
 def _loads(text: str) -> Any:

@@ -275,6 +275,28 @@ class AccountState:
             ],
         }
 
+    def recreate_contact(self, email: str, lists: Iterable[int]) -> tuple[int, int]:
+        """Delete the contact of ``email`` from the account (and so from every book) and create
+        it again with a new id, a member of ``lists``: what happens when someone deletes a
+        contact in DotDigital and it comes back. Returns ``(old id, new id)``;
+        ``contact_not_found`` / ``book_not_found`` when there is no such contact or book."""
+        old = self.find_contact("email", email)
+        books = [self.get_book(book_id) for book_id in lists]
+        for book_id in old.lists:
+            self.books[book_id].members.discard(old.id)
+        del self.contacts[old.id]
+        del self._by_email[email.lower()]
+        if old.mobile is not None:
+            self._by_mobile.pop(old.mobile, None)
+        now = _iso(self._clock.time())
+        new = Contact(self._ids.contact_id(), old.email, None, now, now)
+        self.contacts[new.id] = new
+        self._by_email[email.lower()] = new
+        for book in books:
+            book.members.add(new.id)
+            new.lists.add(book.id)
+        return old.id, new.id
+
     def remove_member(self, book_id: int, contact_id: int, *, strict: bool) -> None:
         """Take ``contact_id`` out of ``book_id`` (``strict``: unknown contact is an error)."""
         book = self.get_book(book_id)
