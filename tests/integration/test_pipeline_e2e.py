@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.deadletter_headers import H_REASON, Reason
-from stream.demo import DemoRecord, Target, generate
+from stream.demo import DemoRecord, Target, generate, realistic
 from tests.conftest import KafkaCluster
 from tests.support.processes import (
     Account,
@@ -47,6 +47,7 @@ EXPECTED_REASON = {
     "not_json": Reason.INVALID_EVENT,
     "wrong_shape": Reason.INVALID_EVENT,
     "missing_identifier": Reason.MISSING_IDENTIFIER,
+    "malformed_email": Reason.MISSING_IDENTIFIER,
     "unknown_connector": Reason.UNKNOWN_CONNECTOR,
     "rejected": Reason.CONTACT_REJECTED,
 }
@@ -449,3 +450,81 @@ def test_a_bad_librdkafka_setting_fails_with_one_clear_line(tmp_path: Path) -> N
     assert len(lines) == 1
     assert lines[0].startswith("ddsync: kafka.consumer: ")
     assert "no.such.setting" in lines[0]
+
+
+def test_a_realistic_backlog_with_the_default_breaker_syncs_exactly(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    # 3% bad records spread through a backlog, 2% duplicates, addresses as people type them;
+    # the breaker, the window (20 minutes) and the batch size at their defaults. The windows do
+    # not close during the test: batches leave when full, and the rest on shutdown.
+    books = tuple(range(1, 21))
+    port = free_port()
+    scenario = Scenario(
+        kafka, tmp_path, {"main": Account("realistic@apiconnector.com", "r1", books)},
+        "--no-rate-limits", "--import-delay", "0.05",
+        window_seconds=1200.0, requests_per_minute=100_000, metrics_port=port,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    records = list(realistic([Target("main", b) for b in books], 20_000, seed=17))
+    bad = [r for r in records if r.bad]
+    scenario.produce(records)
+    process = scenario.start_ddsync()
+
+    def consumed() -> bool:
+        try:
+            metrics = scrape(port)
+        except OSError:
+            return False
+        return metrics.get("ddsync_records_consumed_total") == len(records) and metrics.get(
+            "ddsync_records_dead_lettered_total", 0
+        ) >= sum(1 for r in bad if r.bad != "rejected")
+
+    wait_until(consumed, 120, "the backlog was not read", process.process)
+    assert "circuit breaker OPEN" not in process.output()
+    assert scrape(port)["ddsync_dead_letter_circuit_open"] == 0
+    assert process.terminate() == 0, process.output()[-3000:]  # flushes what the windows hold
+    assert "circuit breaker OPEN" not in process.output()
+    assert scenario.caught_up(), "the shutdown did not commit everything"
+    scenario.assert_membership(records)
+    scenario.assert_dead_letters(records)
+    print(f"\nrealistic backlog: {len(records)} records, {len(bad)} bad; breaker stayed closed")
+
+
+def test_a_wrong_password_for_the_only_connector_opens_the_default_breaker(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    books = (1, 2, 3, 4, 5)
+    scenario = Scenario(
+        kafka, tmp_path, {"main": Account("only@apiconnector.com", "r1", books)},
+        "--no-rate-limits", window_seconds=1.0, retry_timeout_seconds=3,
+        requests_per_minute=100_000,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    scenario.env[password_env("main")] = "not-the-password"
+    records = list(realistic([Target("main", b) for b in books], 5_000, seed=23))
+    scenario.produce(records)
+    process = scenario.start_ddsync()
+    wait_until(
+        lambda: "circuit breaker OPEN" in process.output(), 120, "the breaker did not open",
+        process.process,
+    )  # fmt: skip
+    time.sleep(2)  # dead letters decided before it opened reach the topic
+    assert process.alive(), "the process stays up for an operator to look"
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1, timeout=10)
+    reasons = Counter(letter.header(H_REASON) for letter in letters)
+    failed = reasons.pop(Reason.AUTH_FAILED.value, 0)
+    decoded_bad = sum(1 for r in records if r.bad and r.bad != "rejected")
+    # It opens at the default breaker_min_records (200) failed deliveries: one letter covers a
+    # contact's coalesced records, so fewer letters than that, and never a whole window's.
+    assert 0 < failed <= 200
+    assert sum(reasons.values()) <= decoded_bad
+    committed, ends = committed_and_end(
+        kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
+    )
+    assert sum(max(c, 0) for c in committed) < sum(ends), "it did not empty the topic"
+    assert process.terminate() == 0
+    print(
+        f"\nwrong password, only connector: breaker opened after {failed} auth_failed letters "
+        f"(and {sum(reasons.values())} invalid records at decode) of {len(records)} records"
+    )

@@ -24,6 +24,7 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.demo import DemoRecord
+from stream.dotdigital import normalize_email
 
 PASSWORD = "sandbox-secret-password"
 
@@ -231,7 +232,7 @@ def expected_membership(records: Iterable[DemoRecord]) -> dict[tuple[str, int], 
             continue
         event = orjson.loads(record.value)
         key = (event["connector_id"], event["address_book_id"])
-        email = event["profile"]["partner_ids"]["34"].lower()
+        email = normalize_email(event["profile"]["partner_ids"]["34"])
         if event["action"] == "add":
             books[key].add(email)
         else:
