@@ -140,9 +140,13 @@ def generate(
             n += 1
 
 
-def realistic(targets: Sequence[Target], count: int, *, seed: int = 7) -> Iterator[DemoRecord]:
+def realistic(
+    targets: Sequence[Target], count: int, *, seed: int = 7, profiles: int = 2000
+) -> Iterator[DemoRecord]:
     """The mix of the end-to-end tests, the benchmark and the demo: 3% bad, 2% duplicates."""
-    return generate(targets, count, seed=seed, bad_share=0.03, duplicate_share=0.02)
+    return generate(
+        targets, count, seed=seed, profiles=profiles, bad_share=0.03, duplicate_share=0.02
+    )
 
 
 def email_of(profile: str) -> str:

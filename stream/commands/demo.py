@@ -39,7 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--address-books", type=int, default=4, help="per connector")
     parser.add_argument("--count", type=int, default=5000, help="records to produce")
     parser.add_argument("--rate", type=float, default=250.0, help="records a second")
-    parser.add_argument("--bad-share", type=float, default=0.01, help="share of bad records")
+    parser.add_argument("--bad-share", type=float, default=0.03, help="share of bad records")
+    parser.add_argument(
+        "--duplicate-share", type=float, default=0.02, help="share of records sent twice"
+    )
     parser.add_argument("--partitions", type=int, default=6, help="of topics it creates")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between reports")
     parser.add_argument("--watch-seconds", type=float, default=0.0, help="0: until Ctrl-C")
@@ -63,7 +66,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.setup_only:
         return ExitCode.OK
     with contextlib.suppress(KeyboardInterrupt):
-        produce(settings, targets, args.count, args.rate, args.bad_share)
+        produce(settings, targets, args.count, args.rate, args.bad_share, args.duplicate_share)
         watch(settings, targets, args.every, args.watch_seconds)
     return ExitCode.OK
 
@@ -92,13 +95,20 @@ async def create_address_books(settings: Settings, per_connector: int) -> list[T
 
 
 def produce(
-    settings: Settings, targets: list[Target], count: int, rate: float, bad_share: float
+    settings: Settings,
+    targets: list[Target],
+    count: int,
+    rate: float,
+    bad_share: float,
+    duplicate_share: float,
 ) -> None:
     producer = Producer(producer_config(settings.kafka))
     topics = settings.kafka.topics
     started = time.monotonic()
     bad: Counter[str] = Counter()
-    for n, record in enumerate(generate(targets, count, bad_share=bad_share)):
+    for n, record in enumerate(
+        generate(targets, count, bad_share=bad_share, duplicate_share=duplicate_share)
+    ):
         # One profile's records stay in one topic (and partition), so they stay in order.
         topic = topics[zlib.crc32(record.key) % len(topics)]
         producer.produce(topic, key=record.key, value=record.value)
