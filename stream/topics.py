@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -64,14 +65,24 @@ def describe_topics(
     admin: AdminClient, settings: KafkaSettings, timeout: float
 ) -> list[TopicState]:
     """Each source topic and the dead-letter topic, with its partition count (0: missing)."""
+    return topic_states(cluster_metadata(admin, settings, timeout), settings)
+
+
+def cluster_metadata(admin: AdminClient, settings: KafkaSettings, timeout: float) -> Any:
+    """The cluster's brokers and topics; :class:`TopicError` (unreachable) when it does not
+    answer within ``timeout``."""
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise TopicError(
             f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g} s "
             f"({_describe(exc)}): check kafka.bootstrap_servers and the security settings",
             unreachable=True,
         ) from None
+
+
+def topic_states(metadata: Any, settings: KafkaSettings) -> list[TopicState]:
+    """From ``metadata``: each source topic, then the dead-letter topic."""
     states = []
     for name in (*settings.topics, settings.dead_letter_topic):
         topic = metadata.topics.get(name)

@@ -37,6 +37,7 @@ from stream.dotdigital.models import AddressBook
 from stream.dotdigital.ratelimit import parse_reset
 from stream.dotdigital.retry import RetryPolicy
 from stream.exitcodes import ExitCode, interrupted
+from stream.kafka_checks import kafka_checks
 
 __all__ = ["add_parser", "dotdigital_checks", "exit_code_for"]
 
@@ -86,11 +87,16 @@ def add_parser(subparsers: Any) -> None:
     check = subparsers.add_parser(
         "check",
         parents=[common],
-        help="check a connector's credentials, region and rate-limit budget",
-        description="Log in to DotDigital with a connector's credentials and report the "
+        help="check Kafka and a connector's credentials, region and rate-limit budget",
+        description="Check what ddsync run needs: the Kafka cluster with the configured "
+        "security settings (brokers, each topic's partitions, the dead-letter topic, the "
+        "group's lag), then log in to DotDigital with a connector's credentials and report the "
         "account's region (detected or configured) and rate-limit budget.",
     )
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument(
+        "--skip-kafka", action="store_true", help="check DotDigital only, not the Kafka cluster"
+    )
     check.set_defaults(handler=handle_check)
 
 
@@ -125,6 +131,16 @@ def handle_create(args: argparse.Namespace) -> int:
 
 def handle_check(args: argparse.Namespace) -> int:
     outcome: list[CheckResult] = []
+    kafka_reachable = True
+    if not args.skip_kafka:
+        try:
+            settings = load_settings(args.config)
+        except ConfigError:
+            pass  # _run below says what is wrong with it, once
+        else:
+            report = kafka_checks(settings.kafka)
+            outcome.extend(report.results)
+            kafka_reachable = report.reachable
 
     async def run(client: DotDigitalClient) -> None:
         outcome.extend(await dotdigital_checks(client))
@@ -135,10 +151,14 @@ def handle_check(args: argparse.Namespace) -> int:
 
     def failed(line: str) -> None:
         if args.json:
-            _write_json(results_json([CheckResult("dotdigital", False, line)]))
+            _write_json(results_json([*outcome, CheckResult("dotdigital", False, line)]))
+        else:
+            sys.stdout.write(format_results(outcome))
 
     status = _run(args, run, failed)
-    return status if status != ExitCode.OK else exit_code(outcome)
+    if status != ExitCode.OK:
+        return status
+    return ExitCode.UNAVAILABLE if not kafka_reachable else exit_code(outcome)
 
 
 async def dotdigital_checks(client: DotDigitalClient) -> list[CheckResult]:

@@ -155,7 +155,7 @@ async def test_create_duplicate_fails_unless_exist_ok(sandbox: Sandbox, tmp_path
 async def test_check_reports_credentials_region_and_budget(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    result = await ddsync("check", "--config", str(write_config(tmp_path, sandbox)))
+    result = await ddsync("check", "--skip-kafka", "--config", str(write_config(tmp_path, sandbox)))
     assert result.status == 0, result.stderr
     assert "credentials accepted" in result.stdout
     fields = dict(
@@ -170,7 +170,7 @@ async def test_check_reports_credentials_region_and_budget(
 
 async def test_wrong_password_is_one_line_and_tried_once(sandbox: Sandbox, tmp_path: Path) -> None:
     config = str(write_config(tmp_path, sandbox))
-    for command in (["address-books", "list"], ["check"]):
+    for command in (["address-books", "list"], ["check", "--skip-kafka"]):
         result = await ddsync(*command, "--config", config, password="wrong-" + PASSWORD)
         assert_one_line_error(result, "rejected the API user's credentials (HTTP 401)")
         assert "wrong-" not in result.stderr
@@ -191,7 +191,7 @@ discovery_endpoint = "http://127.0.0.1:9"
 """,
         encoding="utf-8",
     )
-    result = await ddsync("check", "--config", str(config), "--retry-seconds", "0")
+    result = await ddsync("check", "--skip-kafka", "--config", str(config), "--retry-seconds", "0")
     assert_one_line_error(result, "DotDigital is unavailable", "cannot connect to 127.0.0.1:9")
 
 
@@ -199,14 +199,16 @@ async def test_bad_configuration_is_one_line(sandbox: Sandbox, tmp_path: Path) -
     missing = await ddsync("address-books", "list", "--config", str(tmp_path / "nope.toml"))
     assert_one_line_error(missing, "configuration:", "does not exist")
     config = str(write_config(tmp_path, sandbox, extra_connector=True))
-    ambiguous = await ddsync("check", "--config", config)
+    ambiguous = await ddsync("check", "--skip-kafka", "--config", config)
     assert_one_line_error(ambiguous, "choose one with --connector")
-    unknown = await ddsync("check", "--config", config, "--connector", "nope")
+    unknown = await ddsync("check", "--skip-kafka", "--config", config, "--connector", "nope")
     assert_one_line_error(unknown, "no connector named 'nope'")
-    chosen = await ddsync("check", "--config", config, "--connector", "other")
+    chosen = await ddsync("check", "--skip-kafka", "--config", config, "--connector", "other")
     assert chosen.status == 0, chosen.stderr
     assert "(configured)" in chosen.stdout
-    no_secret = await ddsync("check", "--config", config, "--connector", "other", password="")
+    no_secret = await ddsync(
+        "check", "--skip-kafka", "--config", config, "--connector", "other", password=""
+    )
     assert_one_line_error(no_secret, f"environment variable {PASSWORD_ENV} is not set")
 
 
@@ -218,7 +220,9 @@ async def test_through_the_real_entry_point(sandbox: Sandbox, tmp_path: Path) ->
     assert created.status == 0, created.stderr
     listed = await ddsync("address-books", "list", "--config", config, real_cli=True)
     assert "Via ddsync" in listed.stdout
-    denied = await ddsync("check", "--config", config, password="nope", real_cli=True)
+    denied = await ddsync(
+        "check", "--skip-kafka", "--config", config, password="nope", real_cli=True
+    )
     assert_one_line_error(denied, "HTTP 401")
 
 
@@ -236,8 +240,8 @@ def test_format_table_aligns_columns() -> None:
 
 async def test_check_json_lists_each_result(sandbox: Sandbox, tmp_path: Path) -> None:
     config = str(write_config(tmp_path, sandbox))
-    text = await ddsync("check", "--config", config)
-    result = await ddsync("check", "--json", "--config", config)
+    text = await ddsync("check", "--skip-kafka", "--config", config)
+    result = await ddsync("check", "--skip-kafka", "--json", "--config", config)
     assert result.status == 0, result.stderr
     report = orjson.loads(result.stdout)
     assert report["ok"] is True
@@ -251,7 +255,9 @@ async def test_check_json_lists_each_result(sandbox: Sandbox, tmp_path: Path) ->
     assert [c["name"] for c in report["checks"]] == [
         line.split(":", 1)[0] for line in text.stdout.splitlines()
     ]
-    denied = await ddsync("check", "--json", "--config", config, password="wrong-" + PASSWORD)
+    denied = await ddsync(
+        "check", "--skip-kafka", "--json", "--config", config, password="wrong-" + PASSWORD
+    )
     assert denied.status == 3
     failed = orjson.loads(denied.stdout)
     assert failed["ok"] is False

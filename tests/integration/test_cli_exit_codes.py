@@ -51,11 +51,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess
     process.stop()
 
 
-def config_for(tmp_path: Path, discovery: str, bootstrap: str = "127.0.0.1:9") -> Path:
+def config_for(
+    tmp_path: Path, discovery: str, bootstrap: str = "127.0.0.1:9", topic: str = "exit-codes"
+) -> Path:
     return write_config(
         tmp_path / "ddsync.toml",
         bootstrap=bootstrap,
-        topics=["exit-codes"],
+        topics=[topic],
         dead_letter_topic=f"exit-codes-missing-dlq-{uuid.uuid4().hex[:8]}",
         group="exit-codes",
         connectors={"main": (USER, discovery)},
@@ -116,11 +118,13 @@ def test_the_sandbox_on_a_bad_accounts_file_is_a_usage_error(tmp_path: Path) -> 
 
 
 def test_check_and_address_books_succeed_or_fail_with_their_codes(
-    sandbox: SandboxProcess, tmp_path: Path
+    sandbox: SandboxProcess, kafka: KafkaCluster, tmp_path: Path
 ) -> None:
-    config = str(config_for(tmp_path, sandbox.discovery_url))
+    config = str(
+        config_for(tmp_path, sandbox.discovery_url, kafka.bootstrap_servers, kafka.create_topic())
+    )
     ok = ddsync("check", "--config", config, env=GOOD_PASSWORD)
-    assert ok.returncode == ExitCode.OK, ok.stderr
+    assert ok.returncode == ExitCode.OK, ok.stdout + ok.stderr
     created = ddsync("address-books", "create", "Twice", "--config", config, env=GOOD_PASSWORD)
     assert created.returncode == ExitCode.OK, created.stderr
     # DotDigital refused the request itself: the operation failed.
@@ -139,6 +143,11 @@ def test_rejected_credentials_and_an_unreachable_dotdigital_are_unavailable(
     denied = ddsync("check", "--config", config, env={password_env("main"): "wrong"})
     assert denied.returncode == ExitCode.UNAVAILABLE
     assert "HTTP 401" in denied.stderr
+    # DotDigital answers, Kafka does not: still a dependency out of reach.
+    no_kafka = ddsync("check", "--config", config, env=GOOD_PASSWORD)
+    assert no_kafka.returncode == ExitCode.UNAVAILABLE, no_kafka.stdout + no_kafka.stderr
+    assert "FAILED: cannot reach Kafka at 127.0.0.1:9" in no_kafka.stdout
+    assert "credentials accepted" in no_kafka.stdout
     nowhere = str(config_for(tmp_path, "http://127.0.0.1:9"))
     unreachable = ddsync(
         "address-books", "list", "--config", nowhere, "--retry-seconds", "0", env=GOOD_PASSWORD
