@@ -120,6 +120,7 @@ class DeadLetterPublisher:
             item.ref,
             why,
             backoff,
+            extra={"partition": f"{item.ref.topic}[{item.ref.partition}]"},
         )
 
     def poll(self, timeout: float = 0.0) -> int:

@@ -205,7 +205,13 @@ class KafkaSource:
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        log.warning("lost %s without a clean revoke; their records will be read again", keys)
+        for topic, partition in keys:
+            log.warning(
+                "lost %s[%d] without a clean revoke; its records will be read again",
+                topic,
+                partition,
+                extra={"partition": f"{topic}[{partition}]"},
+            )
         self._metrics.rebalances.labels("lost").inc(len(keys))
         self._handler.on_lost(keys)
         self._lag.forget(keys)

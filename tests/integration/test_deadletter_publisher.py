@@ -64,3 +64,23 @@ def test_the_same_record_dead_lettered_twice_keeps_both_letters_covers(
         (winner, second),
         (RecordRef("source", 0, 9), (RecordRef("source", 0, 9),)),
     ]
+
+
+def test_a_record_the_topic_refuses_stays_open_and_its_log_names_the_partition(
+    kafka: KafkaCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    acknowledged: list[RecordRef] = []
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)
+    publisher = DeadLetterPublisher(
+        {**producer_config(settings), "message.max.bytes": 10_000},
+        kafka.create_topic(),
+        lambda ref, _letter, _covers: acknowledged.append(ref),
+        Metrics(),
+    )
+    ref = RecordRef("source", 4, 2)
+    publisher.publish(ref, b"k", b"v" * 20_000, None, letter(ref))  # larger than it takes
+    publisher.poll(0.5)
+    assert acknowledged == []
+    assert publisher.pending == 1, "the record stays open, to be tried again"
+    (record,) = [r for r in caplog.records if "did not take the record" in r.getMessage()]
+    assert record.partition == "source[4]"  # type: ignore[attr-defined]
