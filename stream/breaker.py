@@ -7,27 +7,30 @@ share of the input that is bad, not the order in which outcomes happen to arrive
 
 Outcomes arrive out of order. A record rejected at decode is final the moment it is read; a
 valid one only when its batch has been sent, up to a window (20 minutes) and a retry budget
-later. Counting outcomes as they arrive would make the first few hundred finished records of any
-backlog all dead letters, whatever the stream's real share of bad records. So the breaker keeps
-two measures, each over records in the order they were *consumed*:
+later. Counting both kinds of outcome in one window as they arrive made the first few hundred
+finished records of any backlog all dead letters, whatever the stream's real share of bad
+records. So the breaker keeps two measures, each over its own kind of outcome, which arrive in
+an order that says something:
 
 * **input**: every consumed record, once, when it is decoded: bad (not JSON, wrong shape, no
   identifier, unknown connector) or good. Decoding happens in consumption order, so this is the
   exact share of bad records among the last ``window`` read. A topic of records for a connector
   the configuration lacks opens it after ``min_records`` records.
-* **delivery**: every decoded record whose DotDigital outcome is known: synced, or failed for
-  good (rejected contact, address book gone, credentials refused, retries exhausted). Outcomes
-  are placed by the record's consumption sequence number and the measure covers the ``window``
-  most recently *consumed* records with a known outcome, so a batch failing late is weighed
-  against the records read at the same time as it, not against whatever finished just before.
-  A wrong password or a deleted address book of the only connector fails every outcome, and
-  opens it after ``min_records`` failures: within about ``window`` records of the first one.
+* **delivery**: every decoded record whose DotDigital outcome is final, as the outcomes come:
+  synced, or failed for good (rejected contact, address book gone, credentials refused, retries
+  exhausted). Rejected contacts are spread through the batches, so a stream with a few bad
+  addresses stays far below the ratio. A wrong password or a deleted address book of the only
+  connector fails every outcome and opens it after ``min_records`` failures; so does a connector
+  carrying most of the traffic whose failures come back while a healthy one's successes keep
+  arriving. What it cannot tell apart: failures that come back together, a whole batch or a
+  whole connector's batches at once, weigh as much as they are many. One broken connector of
+  several, whose batches all fail at the end of the same retry budget, can open it (nothing is
+  lost: an operator looks, fixes, restarts) rather than be dead-lettered.
 
 Contract:
 
 * :meth:`DeadLetterBreaker.decoded` once per consumed record; :meth:`DeadLetterBreaker.delivered`
-  once per record whose dispatch outcome is final, with its consumption ``sequence`` (increasing
-  in consumption order).
+  once per record whose dispatch outcome is final.
 * :attr:`DeadLetterBreaker.is_open` becomes ``True`` when either measure, holding at least
   ``min_records`` records, has a bad share strictly greater than ``ratio``. With ``ratio`` = 1
   it never opens.
@@ -36,48 +39,35 @@ Contract:
   an operator must look, fix the cause, and restart it; records not yet final stay uncommitted,
   so nothing is lost. Re-closing by itself would just let the same fault drain the topic again,
   one window at a time.
-* O(1) per record when outcomes come in consumption order, O(``window``) for one that comes
-  out of order; memory O(``window``).
+* O(1) per record; memory O(``window``).
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 
 from stream.config import DeadLetterSettings
 
 
 class ShareWindow:
-    """The ``size`` latest records by sequence number, and how many of them were bad."""
+    """The last ``size`` verdicts, and how many of them were bad."""
 
-    __slots__ = ("_bad", "_sequences", "_size", "_verdicts")
+    __slots__ = ("_bad", "_verdicts")
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._sequences: deque[int] = deque()
-        self._verdicts: deque[bool] = deque()
+        self._verdicts: deque[bool] = deque(maxlen=size)
         self._bad = 0
 
-    def add(self, sequence: int, bad: bool) -> None:
-        sequences = self._sequences
-        if not sequences or sequence >= sequences[-1]:
-            sequences.append(sequence)
-            self._verdicts.append(bad)
-        elif len(sequences) >= self._size and sequence < sequences[0]:
-            return  # older than every record the window holds: it has moved past it
-        else:
-            at = bisect.bisect_right(sequences, sequence)
-            sequences.insert(at, sequence)
-            self._verdicts.insert(at, bad)
+    def add(self, bad: bool) -> None:
+        verdicts = self._verdicts
+        if len(verdicts) == verdicts.maxlen and verdicts[0]:
+            self._bad -= 1  # the oldest falls out on append
+        verdicts.append(bad)
         self._bad += bad
-        if len(sequences) > self._size:
-            sequences.popleft()
-            self._bad -= self._verdicts.popleft()
 
     @property
     def seen(self) -> int:
-        return len(self._sequences)
+        return len(self._verdicts)
 
     @property
     def bad(self) -> int:
@@ -99,7 +89,6 @@ class DeadLetterBreaker:
         self._ratio = ratio
         self._min_records = min_records
         self._windows = {measure: ShareWindow(window) for measure in self.MEASURES}
-        self._input_sequence = 0
         self._opened: tuple[str, int, int] | None = None
 
     @classmethod
@@ -112,19 +101,18 @@ class DeadLetterBreaker:
 
     def decoded(self, bad: bool) -> None:
         """One consumed record was decoded: ``bad`` when it was rejected (dead-lettered)."""
-        self._input_sequence += 1
-        self._record("input", self._input_sequence, bad)
+        self._record("input", bad)
 
-    def delivered(self, sequence: int, failed: bool) -> None:
-        """The dispatch outcome of the record consumed ``sequence``-th is final: ``failed``
-        when it goes to the dead-letter topic."""
-        self._record("delivery", sequence, failed)
+    def delivered(self, failed: bool) -> None:
+        """One decoded record's dispatch outcome is final: ``failed`` when it goes to the
+        dead-letter topic."""
+        self._record("delivery", failed)
 
-    def _record(self, measure: str, sequence: int, bad: bool) -> None:
+    def _record(self, measure: str, bad: bool) -> None:
         if self._opened is not None:
             return
         window = self._windows[measure]
-        window.add(sequence, bad)
+        window.add(bad)
         if window.seen >= self._min_records and window.bad > self._ratio * window.seen:
             self._opened = (measure, window.bad, window.seen)
 

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 from stream.kafka_config import DEFAULT_MAX_POLL_INTERVAL_MS, refused_setting
 
 DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
+# At the end of a revoke, for the dead letters its flushes decided to be acknowledged.
+REVOKE_DRAIN_SECONDS = 5.0
 ENV_PREFIX = "DDSYNC__"
 
 T = TypeVar("T")
@@ -87,6 +89,12 @@ class BatchingSettings:
     revoke_job_seconds: float = 120.0
     shutdown_flush_seconds: float = 30.0
 
+    @property
+    def revoke_bound_seconds(self) -> float:
+        """How long the consumer thread may wait inside one revoke: the flush, the jobs, and a
+        moment for the dead letters decided meanwhile to be acknowledged."""
+        return self.revoke_flush_seconds + self.revoke_job_seconds + REVOKE_DRAIN_SECONDS
+
 
 @dataclass(frozen=True)
 class DispatchSettings:
@@ -132,8 +140,9 @@ class MetricsSettings:
     port: int = 9464
     enabled: bool = True
     # /healthz fails when the event loop or the consumer thread made no progress for this long;
-    # must exceed batching.revoke_flush_seconds (the consumer thread waits that long on revoke).
-    liveness_timeout_seconds: float = 60.0
+    # must exceed a revoke's bound (the consumer thread waits inside a revoke, 135 s at most by
+    # default), or a normal rebalance would restart the pod.
+    liveness_timeout_seconds: float = 180.0
 
 
 @dataclass(frozen=True)
@@ -242,15 +251,17 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         revoke_job_seconds=_positive(batching, "batching.revoke_job_seconds", float, 120.0),
         shutdown_flush_seconds=_positive(batching, "batching.shutdown_flush_seconds", float, 30.0),
     )
-    poll_interval = kafka_settings.consumer.get(
-        "max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS
+    poll_interval = _milliseconds(
+        kafka_settings.consumer.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS),
+        'kafka.consumer."max.poll.interval.ms"',
     )
-    revoke_bound = batching_settings.revoke_flush_seconds + batching_settings.revoke_job_seconds
-    if isinstance(poll_interval, int | float) and revoke_bound >= poll_interval / 1000:
+    revoke_bound = batching_settings.revoke_bound_seconds
+    if revoke_bound >= poll_interval / 1000:
         raise ConfigError(
-            f"batching.revoke_flush_seconds + batching.revoke_job_seconds ({revoke_bound:g} s) "
-            f"must stay below kafka.consumer max.poll.interval.ms ({poll_interval / 1000:g} s), "
-            "or a revoke would take the member out of its group"
+            f"batching.revoke_flush_seconds + batching.revoke_job_seconds + "
+            f"{REVOKE_DRAIN_SECONDS:g} s ({revoke_bound:g} s) must stay below kafka.consumer "
+            f"max.poll.interval.ms ({poll_interval / 1000:g} s), or a revoke would take the "
+            "member out of its group"
         )
     dispatch = _section(raw, "dispatch")
     _check_keys(dispatch, "dispatch", set(DispatchSettings.__dataclass_fields__))
@@ -282,13 +293,15 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         port=_get(metrics, "metrics.port", int, 9464),
         enabled=_get(metrics, "metrics.enabled", bool, True),
         liveness_timeout_seconds=_positive(
-            metrics, "metrics.liveness_timeout_seconds", float, 60.0
+            metrics, "metrics.liveness_timeout_seconds", float, 180.0
         ),
     )
-    if metrics_settings.liveness_timeout_seconds <= batching_settings.revoke_flush_seconds:
+    if metrics_settings.liveness_timeout_seconds <= revoke_bound:
         raise ConfigError(
-            "metrics.liveness_timeout_seconds must exceed batching.revoke_flush_seconds "
-            "(the consumer thread waits that long on a revoke; liveness would fail meanwhile)"
+            f"metrics.liveness_timeout_seconds must exceed a revoke's bound ({revoke_bound:g} s: "
+            "batching.revoke_flush_seconds + batching.revoke_job_seconds + "
+            f"{REVOKE_DRAIN_SECONDS:g} s); the consumer thread waits that long inside a revoke "
+            "and liveness would fail meanwhile"
         )
     connectors_raw = _section(raw, "connectors")
     if not connectors_raw:
@@ -452,6 +465,16 @@ def _positive(raw: Mapping[str, Any], name: str, kind: type[T], default: T) -> T
     if value <= 0:  # type: ignore[operator]
         raise ConfigError(f"{name} must be greater than 0, got {value!r}")
     return value
+
+
+def _milliseconds(value: Any, name: str) -> int:
+    """A librdkafka duration, which may be written as a number or a string of digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{name} must be a whole number of milliseconds, got {value!r}")
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of milliseconds, got {value!r}") from None
 
 
 def _optional_positive(raw: Mapping[str, Any], name: str) -> int | None:

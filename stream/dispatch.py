@@ -145,13 +145,7 @@ class Dispatcher:
         and wait up to ``seconds`` for their requests in the air and accepted jobs to end;
         True when they did. Call it once the listener no longer ``holds`` those contacts: a
         stopped operation starts again without them."""
-        guards = [
-            guard
-            for guard, contacts in self._guards.items()
-            if any(contact.winner.tp in partitions for contact in contacts)
-        ]
-        for guard in guards:
-            guard.revoke()
+        guards = self.stop_sending(partitions)
         busy = [asyncio.ensure_future(guard.settled()) for guard in guards if guard.busy]
         if not busy:
             return True
@@ -159,6 +153,18 @@ class Dispatcher:
         for waiter in pending:
             waiter.cancel()
         return not pending
+
+    def stop_sending(self, partitions: Collection[TopicPartitionKey]) -> list[SendGuard]:
+        """Stop, before their next request, the operations sending a contact of ``partitions``
+        (a lost partition is not waited for); returns their guards."""
+        guards = [
+            guard
+            for guard, contacts in self._guards.items()
+            if any(contact.winner.tp in partitions for contact in contacts)
+        ]
+        for guard in guards:
+            guard.revoke()
+        return guards
 
     async def cancel(self) -> None:
         """Abandon every flush still running. Their contacts get no outcome, so their records

@@ -10,7 +10,8 @@ Contract:
 
 * **Liveness** fails when the event loop or the consumer thread has not beaten for more than
   ``liveness_timeout`` seconds. The consumer thread legitimately blocks inside a revoke callback
-  for up to ``batching.revoke_flush_seconds`` (plus its commit), so the timeout must exceed that
+  for up to ``BatchingSettings.revoke_bound_seconds`` (the flush, the accepted jobs, the dead
+  letters' acknowledgements; 135 s by default), so the timeout must exceed that
   (``stream.config`` refuses one that does not). The loop does not tick during shutdown either,
   which is bounded by ``batching.shutdown_flush_seconds`` plus a few seconds of draining.
 * **Readiness** fails while liveness fails, while no partition is assigned (not in the group

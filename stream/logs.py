@@ -45,7 +45,8 @@ LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 CONTEXT_FIELDS: Final = ("connector", "address_book", "batch", "partition")
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# \w is Unicode-aware: internationalised local parts and domains are personal data too.
+_EMAIL = re.compile(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 _context: ContextVar[Mapping[str, str | int]] = ContextVar(
     "ddsync_log_context", default=MappingProxyType({})
 )

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -42,7 +41,7 @@ from confluent_kafka import Message
 from stream.breaker import DeadLetterBreaker
 from stream.client_pool import ClientPool
 from stream.clock import Clock, SystemClock
-from stream.config import Settings
+from stream.config import REVOKE_DRAIN_SECONDS, Settings
 from stream.deadletter import DeadLetterPublisher
 from stream.deadletter_headers import DeadLetter, replay_count_of
 from stream.dispatch import Dispatcher, Failure
@@ -64,15 +63,6 @@ DRAIN_SECONDS = 5.0
 
 # What the dead-letter record needs of the source record: key, value, headers.
 Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A decoded record not yet final: what its dead letter would need, and its place in
-    consumption order (for the breaker's delivery measure)."""
-
-    original: Original
-    sequence: int
 
 
 class Pipeline:
@@ -104,8 +94,7 @@ class Pipeline:
             clock=self.clock,
             metrics=self.metrics,
         )
-        self._held: dict[TopicPartitionKey, dict[int, _Held]] = {}
-        self._consumed_sequence = 0
+        self._originals: dict[TopicPartitionKey, dict[int, Original]] = {}
         # Partitions being given up: their contacts are no longer sent.
         self._revoking: set[TopicPartitionKey] = set()
         self._consumed_counters: dict[str, Any] = {}
@@ -231,7 +220,7 @@ class Pipeline:
         return self._on_loop(lambda: self._revoke(partitions))
 
     def on_lost(self, partitions: list[TopicPartitionKey]) -> None:
-        self._on_loop(_sync(self._forget, partitions))
+        self._on_loop(_sync(self._lose, partitions))
 
     def committable(self) -> Mapping[TopicPartitionKey, int]:
         return self._on_loop(_sync(self.tracker.committable))
@@ -257,7 +246,7 @@ class Pipeline:
     def _assign(self, partitions: Sequence[TopicPartitionKey]) -> None:
         for tp in partitions:
             self.tracker.assign(tp)
-            self._held.setdefault(tp, {})
+            self._originals.setdefault(tp, {})
 
     def _ingest(self, messages: Sequence[Message]) -> None:
         connectors = self.settings.connectors
@@ -280,7 +269,6 @@ class Pipeline:
                 message.value(),
                 list(headers.items() if isinstance(headers, dict) else headers or ()),
             )
-            self._consumed_sequence += 1
             try:
                 transition = decode_transition(original[1], connectors)
             except InvalidRecord as invalid:
@@ -296,9 +284,7 @@ class Pipeline:
                 )
                 continue
             self.breaker.decoded(False)
-            self._held.setdefault((topic, partition), {})[offset] = _Held(
-                original, self._consumed_sequence
-            )
+            self._originals.setdefault((topic, partition), {})[offset] = original
             for batch in self.windows.add(transition, ref):
                 self.dispatcher.submit(batch)
         self._update_pause()
@@ -308,7 +294,6 @@ class Pipeline:
     ) -> dict[TopicPartitionKey, int]:
         revoked = set(partitions)
         batching = self.settings.batching
-        deadline = self.clock.monotonic() + batching.revoke_flush_seconds
         if not self._closing:
             for batch in self.windows.drain_partitions(revoked):
                 self.dispatcher.submit(batch)
@@ -326,12 +311,20 @@ class Pipeline:
                     "no longer waiting for them (the new owner's changes may be overtaken)",
                     batching.revoke_job_seconds,
                 )
-            await self._drain_dead_letters(deadline)
+            # Dead letters decided by the flushes and jobs above, acknowledged now, are final and
+            # committed with the revoke instead of being redone by the new owner.
+            await self._drain_dead_letters(self.clock.monotonic() + REVOKE_DRAIN_SECONDS)
             positions = self.tracker.committable(revoked)
             self._forget(partitions)
         finally:
             self._revoking -= revoked
         return positions
+
+    def _lose(self, partitions: Sequence[TopicPartitionKey]) -> None:
+        """Partitions taken without a clean revoke: another member may own them already, so
+        nothing more is sent for them, and nothing waited for."""
+        self.dispatcher.stop_sending(set(partitions))
+        self._forget(partitions)
 
     def _forget(self, partitions: Sequence[TopicPartitionKey]) -> None:
         """Drop a partition's buffered records and its offsets; nothing of it is committed
@@ -348,16 +341,16 @@ class Pipeline:
             self._finish(ref)
         for tp in partitions:
             self.tracker.revoke(tp)
-            self._held.pop(tp, None)
+            self._originals.pop(tp, None)
 
     # -- DispatchListener --------------------------------------------------------------------
 
     def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
         count = 0
         for contact in contacts:
-            self._delivered(contact.refs, failed=False)
             for ref in contact.refs:
                 self._finish(ref)
+                self.breaker.delivered(False)
                 count += 1
         self.metrics.records_synced.labels(batch.connector_id, operation).inc(count)
 
@@ -366,14 +359,14 @@ class Pipeline:
             # Consuming stopped for an operator to look: leave the record open (uncommitted)
             # rather than add to the dead letters; a restart after the fix retries it.
             return
-        held = self._held.get(contact.winner.tp, {}).get(contact.winner.offset)
-        if held is None or not self.holds(contact):
+        original = self._originals.get(contact.winner.tp, {}).get(contact.winner.offset)
+        if original is None or not self.holds(contact):
             # The winner's partition was revoked meanwhile: its new owner reads it again.
             self.dropped(batch, contact)
             return
         self._publish_dead_letter(
             contact.winner,
-            held.original,
+            original,
             contact.refs,
             failure,
             connector_id=batch.connector_id,
@@ -381,15 +374,9 @@ class Pipeline:
             event_id=contact.event_id,
         )
         # Counted when decided, not when acknowledged: the breaker must open before a whole
-        # poll's worth of records has gone to the dead-letter topic.
-        self._delivered(contact.refs, failed=True)
-
-    def _delivered(self, refs: Sequence[RecordRef], *, failed: bool) -> None:
-        """Tell the breaker the dispatch outcome of ``refs`` (those still held)."""
-        for ref in refs:
-            held = self._held.get(ref.tp, {}).get(ref.offset)
-            if held is not None:
-                self.breaker.delivered(held.sequence, failed)
+        # batch's worth of records has gone to the dead-letter topic.
+        for _ in contact.refs:
+            self.breaker.delivered(True)
 
     def holds(self, contact: Contact) -> bool:
         winner = contact.winner
@@ -443,7 +430,7 @@ class Pipeline:
 
     def _finish(self, ref: RecordRef) -> None:
         self.tracker.finished(ref)
-        records = self._held.get(ref.tp)
+        records = self._originals.get(ref.tp)
         if records is not None:
             records.pop(ref.offset, None)
 

@@ -921,6 +921,11 @@ class DotDigitalClient:
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
         pacer = self._limiters[limiter or "other"]
         operation = operation_of(method, path)
+        headers = {"Accept": "application/json", "Authorization": self._authorization}
+        data: bytes | None = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
         queued_at = self._clock.monotonic()
         sent_at = await pacer.acquire()
         guard = current_guard()
@@ -931,11 +936,6 @@ class DotDigitalClient:
         self._observer.queued(limiter or "other", sent_at - queued_at)
         if tally.attempts > 1:
             self._observer.retried(operation)
-        headers = {"Accept": "application/json", "Authorization": self._authorization}
-        data: bytes | None = None
-        if body is not None:
-            data = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
         try:
             async with self._session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout

@@ -52,7 +52,10 @@ class SendGuard:
 
     async def settled(self) -> None:
         """Return once nothing is in the air and no accepted job is being polled."""
-        await self._settled.wait()
+        # A request answered 202 sets the event, and its task starts polling the job before it
+        # yields: by the time this waiter runs, the guard may be busy again.
+        while self.busy:
+            await self._settled.wait()
 
     def sending(self) -> None:
         """Before a request goes out: :class:`Abandoned` when revoked (unless it polls an

@@ -233,7 +233,7 @@ async def test_a_job_already_accepted_is_awaited_inside_the_revoke(
 
 
 async def test_a_job_that_does_not_end_is_awaited_for_the_bound_only(
-    world: tuple[Sandbox, FakeClock, Callable[[], Owner]],
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], caplog: pytest.LogCaptureFixture
 ) -> None:
     sandbox, _, owner = world
     old = owner()
@@ -245,6 +245,10 @@ async def test_a_job_that_does_not_end_is_awaited_for_the_bound_only(
     # (0.2 s of flush, 5 s for jobs) and leaves x's record uncommitted for the new owner.
     assert await old.revoke(0) == {(old.topic, 0): 0}
     print(f"\nrevoke returned after {time.monotonic() - started:.1f} s (bound 5.2 s)")
+    (guard,) = old.pipeline.dispatcher._guards
+    assert guard.revoked
+    assert guard.busy, "it returned at the bound, with the job still being polled"
+    assert any("still running after 5 s" in r.getMessage() for r in caplog.records)
 
 
 async def test_an_operation_still_retrying_stops_at_the_revoke(
@@ -257,10 +261,10 @@ async def test_an_operation_still_retrying_stops_at_the_revoke(
     old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
     await eventually(lambda: len(sandbox.journal) >= 2, "x's import retried")
     assert await old.revoke(0) == {(old.topic, 0): 0}
+    sent = len(sandbox.journal)  # what was sent before the revoke returned
     # The import stops before its next attempt instead of retrying for its 60 s budget, and
     # reports nothing: x is neither synced nor dead-lettered by this instance.
     await asyncio.wait_for(old.idle(), 30)
-    sent = len(sandbox.journal)
     # Nothing of x after the revoke; partition 1 is still ours and its records go out.
     sandbox.faults.update({"fail_next": 0})
     old.read(Record(old.topic, 1, 0, "y@example.com", "add"))
@@ -271,3 +275,47 @@ async def test_an_operation_still_retrying_stops_at_the_revoke(
     assert all("x@example.com" not in orjson.dumps(e.body).decode() for e in sandbox.journal[sent:])
     assert old.pipeline.dead_letters is not None
     assert old.pipeline.dead_letters.pending == 0, "x must not be dead-lettered by the old owner"
+
+
+async def test_a_request_in_the_air_at_the_revoke_is_followed_into_its_job(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]],
+) -> None:
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    # The client connects first (region detection), with y on partition 1.
+    old.read(Record(old.topic, 1, 0, "y@example.com", "add"))
+    await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
+    clock.advance(JOB_SECONDS + 1)
+    await old.idle()
+    # x's import is in the air when the revoke comes; DotDigital accepts it meanwhile.
+    sandbox.faults.update({"latency_seconds": 1.0})
+    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    guards = old.pipeline.dispatcher._guards
+    await eventually(lambda: any(g._in_air for g in guards), "x's import in the air")
+    revoking = asyncio.create_task(old.revoke(0))
+    await eventually(lambda: imported(sandbox)[-1:] == ["x@example.com"], "x's import accepted")
+    # The revoke now waits for the accepted job (its bound is 5 s), not for the request alone.
+    clock.advance(JOB_SECONDS + 1)
+    assert await asyncio.wait_for(revoking, 30) == {(old.topic, 0): 1}
+    assert sandbox.members(USER, BOOK) == {"x@example.com", "y@example.com"}
+
+
+async def test_a_lost_partition_is_not_sent_for_any_more(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]],
+) -> None:
+    sandbox, _, owner = world
+    old = owner()
+    old.assign(0)
+    sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
+    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    await eventually(lambda: len(sandbox.journal) >= 2, "x's import retried")
+    # Lost, not revoked: another member may own it already. Nothing is waited for, and the
+    # retrying import stops before its next attempt instead of retrying for its budget.
+    old.pipeline._lose([(old.topic, 0)])
+    sent = len(sandbox.journal)
+    await asyncio.wait_for(old.idle(), 30)
+    assert len(sandbox.journal) <= sent + 1, "at most the request already in the air"
+    assert old.pipeline.tracker.open_records == 0
+    assert old.pipeline.dead_letters is not None
+    assert old.pipeline.dead_letters.pending == 0

@@ -6,7 +6,6 @@ batch at a time and in whatever order batches finish."""
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections import deque
 from collections.abc import Iterator
@@ -67,8 +66,8 @@ def test_once_open_it_stays_open() -> None:
     feed(breaker, "dd")
     assert breaker.is_open
     feed(breaker, "." * 100)
-    for sequence in range(100):
-        breaker.delivered(sequence, failed=False)
+    for _ in range(100):
+        breaker.delivered(False)
     assert breaker.is_open
     assert breaker.share("input") == 1.0
     assert breaker.describe().startswith(
@@ -79,8 +78,8 @@ def test_once_open_it_stays_open() -> None:
 def test_ratio_one_never_opens() -> None:
     breaker = DeadLetterBreaker(window=3, ratio=1.0, min_records=1)
     feed(breaker, "dddddd")
-    for sequence in range(6):
-        breaker.delivered(sequence, failed=True)
+    for _ in range(6):
+        breaker.delivered(True)
     assert not breaker.is_open
 
 
@@ -97,29 +96,15 @@ def test_the_two_measures_are_counted_apart() -> None:
     # Half the input is bad and every delivery succeeds: neither share is above one half, though
     # dead letters are three of the first four records to finish.
     feed(breaker, ".d.d.d")
-    for sequence in (2, 4, 6):
-        breaker.delivered(sequence, failed=False)
+    for _ in range(3):
+        breaker.delivered(False)
     assert not breaker.is_open
-    for sequence in (8, 10, 12, 14):
-        breaker.delivered(sequence, failed=True)
+    for _ in range(4):
+        breaker.delivered(True)
     assert breaker.is_open
     assert breaker.describe().startswith(
         "dead-letter breaker open: 4 of the last 7 records sent to DotDigital failed"
     )
-
-
-def test_a_late_outcome_is_weighed_among_the_records_read_with_it() -> None:
-    breaker = DeadLetterBreaker(window=4, ratio=0.5, min_records=4)
-    for sequence in (10, 11, 12, 13):
-        breaker.delivered(sequence, failed=False)
-    # Read before everything the window holds: the window has moved past them.
-    for sequence in range(10):
-        breaker.delivered(sequence, failed=True)
-    assert not breaker.is_open
-    # Read among them: they take the place of the oldest of the window.
-    for sequence in (12, 13, 13):
-        breaker.delivered(sequence, failed=True)
-    assert breaker.is_open  # 3 of the 4 latest-read (12, 13, 13, 13)
 
 
 def test_nonsense_settings_are_refused() -> None:
@@ -131,25 +116,14 @@ def test_nonsense_settings_are_refused() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    outcomes=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=80),
-    size=st.integers(1, 12),
-)
-def test_the_share_window_matches_a_naive_model(
-    outcomes: list[tuple[int, bool]], size: int
-) -> None:
+@given(outcomes=st.lists(st.booleans(), max_size=80), size=st.integers(1, 12))
+def test_the_share_window_matches_a_naive_model(outcomes: list[bool], size: int) -> None:
     window = ShareWindow(size)
-    model: list[tuple[int, int, bool]] = []  # (sequence, arrival, bad), sorted
-    for arrival, (sequence, bad) in enumerate(outcomes):
-        window.add(sequence, bad)
-        if len(model) >= size and sequence < model[0][0]:
-            pass  # older than the whole full window
-        else:
-            # Equal sequences keep arrival order, as bisect_right does.
-            bisect.insort(model, (sequence, arrival, bad))
-            del model[: max(0, len(model) - size)]
-        assert window.seen == len(model)
-        assert window.bad == sum(bad for _, _, bad in model)
+    model: deque[bool] = deque(maxlen=size)
+    for bad in outcomes:
+        window.add(bad)
+        model.append(bad)
+        assert (window.seen, window.bad) == (len(model), sum(model))
 
 
 # -- streams as the pipeline reports them --------------------------------------------------------
@@ -165,7 +139,8 @@ def pipeline_order(
     of ``books`` address books; a book's batch is sent when it holds ``batch`` records, and the
     batches' outcomes come back in a shuffled order, after the whole backlog was read (windows
     and the retry budget are long; the consumer reads ahead up to its buffer cap).
-    Yields ('decoded', sequence, bad) and ('delivered', sequence, failed)."""
+    Yields ('decoded', sequence, bad) and ('delivered', sequence, failed), sequence being the
+    record's place in consumption order."""
     rng = random.Random(seed)
     pending: dict[int, list[tuple[int, bool]]] = {}
     sent: list[list[tuple[int, bool]]] = []
@@ -189,11 +164,11 @@ def run(breaker: DeadLetterBreaker, calls: Iterator[tuple[str, int, bool]]) -> i
     """Feed ``calls``; how many dead letters were decided when the breaker opened (None:
     never)."""
     dead = 0
-    for call, sequence, bad in calls:
+    for call, _sequence, bad in calls:
         if call == "decoded":
             breaker.decoded(bad)
         else:
-            breaker.delivered(sequence, bad)
+            breaker.delivered(bad)
         dead += bad
         if breaker.is_open:
             return dead
@@ -255,12 +230,38 @@ def test_a_topic_for_a_connector_the_configuration_lacks_opens_it() -> None:
     assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), calls) == 200
 
 
-def test_one_broken_connector_of_two_does_not_open_it() -> None:
-    # 40% of the records belong to a connector whose password is wrong; its batches come back
-    # failed, in clumps, long after the other connector's succeeded.
+def two_connectors(broken_share: float, count: int = 50_000) -> list[tuple[str, int, bool]]:
     rng = random.Random(5)
-    kinds = ["fail" if rng.random() < 0.4 else "ok" for _ in range(50_000)]
-    calls = list(pipeline_order(kinds, books=50, batch=1000))
+    kinds = ["fail" if rng.random() < broken_share else "ok" for _ in range(count)]
+    return list(pipeline_order(kinds, books=50, batch=1000))
+
+
+def test_one_broken_connector_of_two_whose_batches_come_back_among_the_others_stays_closed() -> (
+    None
+):
+    # 40% of the records belong to a connector whose password is wrong; its batches come back
+    # failed, mixed with the other connector's.
+    assert (
+        run(DeadLetterBreaker.from_settings(DeadLetterSettings()), iter(two_connectors(0.4)))
+        is None
+    )
+
+
+def test_failures_that_come_back_together_weigh_as_many_as_they_are() -> None:
+    # The same 40%, every failed batch coming back at once after the others succeeded (all at
+    # the end of one retry budget): the breaker cannot tell that from everything failing, and
+    # opens rather than dead-letter them. Documented in the README; nothing is lost.
+    calls = two_connectors(0.4)
     failed_last = sorted(calls, key=lambda call: call[0] == "delivered" and call[2])
-    assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), iter(failed_last)) is None
-    assert arrival_order_breaker_opens(iter(failed_last))
+    # The window of 1000 was full of successes: 901 failures make more than 90% of it.
+    assert run(DeadLetterBreaker.from_settings(DeadLetterSettings()), iter(failed_last)) == 901
+
+
+def test_a_connector_carrying_most_records_opens_it_though_its_failures_come_late() -> None:
+    # 95% of the records fail, and come back after the healthy 5% kept succeeding: the
+    # failures are what is recent, and they are most of what finishes.
+    calls = two_connectors(0.95)
+    failed_last = sorted(calls, key=lambda call: call[0] == "delivered" and call[2])
+    dead = run(DeadLetterBreaker.from_settings(DeadLetterSettings()), iter(failed_last))
+    assert dead is not None
+    assert dead <= DeadLetterSettings().breaker_window

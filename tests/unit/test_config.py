@@ -37,7 +37,7 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
     assert connector.discovery_endpoint == "https://r1-api.dotdigital.com"
     assert connector.api_endpoint is None
     assert connector.password.reveal() == "s3cret"
-    assert settings.metrics.liveness_timeout_seconds == 60
+    assert settings.metrics.liveness_timeout_seconds == 180
 
 
 def test_environment_overrides_any_setting(tmp_path: Path) -> None:
@@ -96,9 +96,9 @@ def test_a_secret_never_prints_itself() -> None:
             "breaker_min_records must not exceed",
         ),
         (
-            ("[kafka]", "[metrics]\nliveness_timeout_seconds = 10\n[kafka]"),
+            ("[kafka]", "[metrics]\nliveness_timeout_seconds = 135\n[kafka]"),
             ENV,
-            "metrics.liveness_timeout_seconds must exceed batching.revoke_flush_seconds",
+            "metrics.liveness_timeout_seconds must exceed a revoke's bound (135 s: ",
         ),
         (
             ('username = "apiuser-1@apiconnector.com"', 'username = "u"\napi_endpoint = "r2"'),
@@ -256,16 +256,33 @@ def test_the_dead_letter_topic_is_created_with_the_brokers_defaults_unless_told(
 
 
 def test_a_revoke_must_end_before_the_member_would_leave_its_group(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path, MINIMAL), ENV).batching.revoke_job_seconds == 120.0
+    batching = load_settings(write(tmp_path, MINIMAL), ENV).batching
+    assert (batching.revoke_job_seconds, batching.revoke_bound_seconds) == (120.0, 135.0)
     text = MINIMAL.replace(
         "[connectors.eu_main]",
         '[kafka.consumer]\n"max.poll.interval.ms" = 60000\n'
-        "[batching]\nrevoke_flush_seconds = 10\nrevoke_job_seconds = 50\n[connectors.eu_main]",
+        "[batching]\nrevoke_flush_seconds = 10\nrevoke_job_seconds = 45\n"
+        "[metrics]\nliveness_timeout_seconds = 90\n[connectors.eu_main]",
     )
     with pytest.raises(ConfigError) as error:
         load_settings(write(tmp_path, text), ENV)
     assert str(error.value).startswith(
-        "batching.revoke_flush_seconds + batching.revoke_job_seconds (60 s) must stay below "
-        "kafka.consumer max.poll.interval.ms (60 s)"
+        "batching.revoke_flush_seconds + batching.revoke_job_seconds + 5 s (60 s) must stay "
+        "below kafka.consumer max.poll.interval.ms (60 s)"
     )
-    load_settings(write(tmp_path, text.replace("= 50", "= 49")), ENV)
+    load_settings(write(tmp_path, text.replace("= 45", "= 44")), ENV)
+    # librdkafka takes the number as a string too: it is checked all the same.
+    as_string = text.replace("= 60000", '= "60000"')
+    with pytest.raises(ConfigError, match=r"must stay below kafka\.consumer max\.poll"):
+        load_settings(write(tmp_path, as_string), ENV)
+    with pytest.raises(ConfigError, match="must be a whole number of milliseconds"):
+        load_settings(write(tmp_path, text.replace("= 60000", '= "a minute"')), ENV)
+
+
+def test_liveness_must_outlast_a_revoke(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "[connectors.eu_main]",
+        "[batching]\nrevoke_job_seconds = 200\n[connectors.eu_main]",
+    )
+    with pytest.raises(ConfigError, match=r"liveness_timeout_seconds must exceed a revoke's bound"):
+        load_settings(write(tmp_path, text), ENV)

@@ -147,3 +147,18 @@ def test_a_flush_logs_its_connector_address_book_and_batch() -> None:
     assert str(flushed["message"]).startswith("flushed eu-main/1234 #7 (window)")
     assert (flushed["connector"], flushed["address_book"], flushed["batch"]) == ("eu-main", 1234, 7)
     assert "connector" not in after
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "josé.müller.5@example.com",
+        "user@exämple.com",
+        "Ünal@bücher.de",
+        "用户7@example.com",
+        "o'brien.4@example.co.uk",
+        "first.last+news3@Example.COM",
+    ],
+)
+def test_internationalised_addresses_are_redacted_whole(address: str) -> None:
+    assert redact(f"removal of {address} failed") == "removal of {email} failed"
