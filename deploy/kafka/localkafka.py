@@ -6,6 +6,12 @@ start formats a fresh data directory, binds free loopback ports (so a leftover b
 port does not collide), waits until the client port accepts connections, and records the pid and
 bootstrap address in a state file. ``stop`` ends the broker by that pid.
 
+``start(state_dir, sasl_users={"ddsync": "secret"})`` also opens a ``SASL_PLAINTEXT`` listener
+(mechanism PLAIN, those users and passwords) on another free loopback port, recorded as
+``BrokerState.sasl_bootstrap_servers``. The PLAINTEXT listener stays the inter-broker one and the
+controller keeps its own, so the broker itself needs no credentials; there is no authorizer:
+the SASL listener proves authentication, not permissions.
+
 Standard library only, so the Makefile and the test fixture can use it before anything else is
 installed::
 
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +57,8 @@ class BrokerState:
     bootstrap_servers: str
     data_dir: str
     log_file: str
+    # The SASL_PLAINTEXT listener's address, when the broker was started with SASL users.
+    sasl_bootstrap_servers: str | None = None
 
 
 def cache_dir() -> Path:
@@ -111,16 +120,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def server_properties(
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    sasl_port: int | None = None,
+    sasl_users: Mapping[str, str] | None = None,
+) -> str:
+    """The broker's settings; with ``sasl_port``, a SASL_PLAINTEXT listener there whose PLAIN
+    mechanism accepts ``sasl_users`` (name -> password)."""
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+    if sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}")
+        protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "log.dirs": str(data_dir / "log"),
         "num.partitions": "1",
         "offsets.topic.replication.factor": "1",
@@ -137,7 +159,31 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "log.cleaner.dedupe.buffer.size": "2097152",
         "auto.create.topics.enable": "false",
     }
+    if sasl_port is not None:
+        settings["sasl.enabled.mechanisms"] = "PLAIN"
+        settings["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = plain_jaas(
+            sasl_users or {}
+        )
     return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def plain_jaas(users: Mapping[str, str]) -> str:
+    """The PLAIN login module of a listener: one ``user_NAME="PASSWORD"`` option per user."""
+    if not users:
+        raise LocalKafkaError("a SASL listener needs at least one user")
+    options = []
+    for name, password in users.items():
+        # JAAS options are name="value" in double quotes, and a .properties value ends at a
+        # newline and treats backslashes as escapes: refuse what would not survive both.
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise LocalKafkaError(f"SASL user name {name!r}: use letters, digits, '-', '_', '.'")
+        if not password or any(c in password for c in '"\\\n\r'):
+            raise LocalKafkaError(
+                f"the SASL password of {name} must be non-empty, without quotes, backslashes "
+                "or line breaks"
+            )
+        options.append(f'user_{name}="{password}"')
+    return f"org.apache.kafka.common.security.plain.PlainLoginModule required {' '.join(options)};"
 
 
 LOG4J2 = """\
@@ -169,8 +215,16 @@ def _java(classpath: Path, log_config: Path) -> list[str]:
     ]
 
 
-def start(state_dir: Path = DEFAULT_STATE_DIR, version: str = KAFKA_VERSION) -> BrokerState:
-    """Start a fresh broker and wait until it accepts connections."""
+def start(
+    state_dir: Path = DEFAULT_STATE_DIR,
+    version: str = KAFKA_VERSION,
+    *,
+    sasl_users: Mapping[str, str] | None = None,
+) -> BrokerState:
+    """Start a fresh broker and wait until it accepts connections (on every listener); with
+    ``sasl_users`` (name -> password) it has a SASL_PLAINTEXT listener too (PLAIN)."""
+    if sasl_users is not None:
+        plain_jaas(sasl_users)  # refuse bad users before fetching or starting anything
     existing = read_state(state_dir)
     if existing is not None and _alive(existing.pid):
         raise LocalKafkaError(
@@ -183,19 +237,24 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, version: str = KAFKA_VERSION) -> 
     last_error: LocalKafkaError | None = None
     for _ in range(3):
         try:
-            return _start_once(state_dir, classpath)
+            return _start_once(state_dir, classpath, sasl_users)
         except LocalKafkaError as exc:
             last_error = exc
     assert last_error is not None
     raise last_error
 
 
-def _start_once(state_dir: Path, classpath: Path) -> BrokerState:
+def _start_once(
+    state_dir: Path, classpath: Path, sasl_users: Mapping[str, str] | None
+) -> BrokerState:
     data_dir = state_dir / f"data-{uuid.uuid4().hex[:8]}"
     data_dir.mkdir(parents=True)
     port, controller_port = free_port(), free_port()
+    sasl_port = None if sasl_users is None else free_port()
     properties = data_dir / "server.properties"
-    properties.write_text(server_properties(data_dir, port, controller_port))
+    properties.write_text(server_properties(data_dir, port, controller_port, sasl_port, sasl_users))
+    # It holds the SASL passwords: readable by its owner only.
+    properties.chmod(0o600)
     log_file = data_dir / "broker.log"
     log_config = data_dir / "log4j2.properties"
     log_config.write_text(LOG4J2.format(log=log_file))
@@ -225,7 +284,14 @@ def _start_once(state_dir: Path, classpath: Path) -> BrokerState:
             # Its own session, so a Ctrl-C meant for `make` reaches it only through `stop`.
             start_new_session=True,
         )
-    state = BrokerState(process.pid, f"127.0.0.1:{port}", str(data_dir), str(log_file))
+    state = BrokerState(
+        process.pid,
+        f"127.0.0.1:{port}",
+        str(data_dir),
+        str(log_file),
+        None if sasl_port is None else f"127.0.0.1:{sasl_port}",
+    )
+    ports = [port] if sasl_port is None else [port, sasl_port]
     write_state(state_dir, state)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -234,11 +300,15 @@ def _start_once(state_dir: Path, classpath: Path) -> BrokerState:
             tail = _tail(log_file) or _tail(data_dir / "stdout.log")
             shutil.rmtree(data_dir, ignore_errors=True)
             raise LocalKafkaError(f"the broker exited with {process.returncode}:\n{tail}")
-        if _accepts(port):
+        if all(_accepts(p) for p in ports):
             return state
         time.sleep(0.2)
+    tail = _tail(log_file)  # before stop, which removes the data directory and its log
     stop(state_dir)
-    raise LocalKafkaError(f"the broker did not open {state.bootstrap_servers} in time")
+    addresses = ", ".join(filter(None, [state.bootstrap_servers, state.sasl_bootstrap_servers]))
+    raise LocalKafkaError(
+        f"the broker did not open {addresses} within {READY_TIMEOUT_SECONDS:g} s:\n{tail}"
+    )
 
 
 def stop(state_dir: Path = DEFAULT_STATE_DIR, *, keep_data: bool = False) -> bool:
@@ -411,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
             if state is None or not _alive(state.pid):
                 print("not running")
                 return 1
-            print(f"running: pid {state.pid} at {state.bootstrap_servers}")
+            sasl = state.sasl_bootstrap_servers
+            print(
+                f"running: pid {state.pid} at {state.bootstrap_servers}"
+                + (f" (SASL_PLAINTEXT at {sasl})" if sasl else "")
+            )
     except LocalKafkaError as exc:
         print(f"localkafka: {exc}", file=sys.stderr)
         return 1

@@ -157,9 +157,13 @@ def write_config(
     metrics_port: int | None = None,
     extra: str = "",
     kafka_extra: str = "",
+    consumer_extra: Mapping[str, str] | None = None,
+    secrets_env: Mapping[str, str] | None = None,
 ) -> Path:
     """``connectors``: name -> (username, discovery URL); passwords via DDSYNC_TEST_PASSWORD_*.
-    ``kafka_extra``: lines for the ``[kafka]`` table."""
+    ``kafka_extra``: lines for the ``[kafka]`` table. ``consumer_extra``: librdkafka settings
+    for ``[kafka.consumer]``; ``secrets_env``: librdkafka secret -> the environment variable
+    ``[kafka.secrets]`` reads it from."""
     lines = [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
@@ -170,6 +174,13 @@ def write_config(
         "[kafka.consumer]",
         '"session.timeout.ms" = 10000',
         '"heartbeat.interval.ms" = 1000',
+        *(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in (consumer_extra or {}).items()),
+        *(
+            ["[kafka.secrets]"]
+            + [f'{json.dumps(k)} = {{ env = "{v}" }}' for k, v in secrets_env.items()]
+            if secrets_env
+            else []
+        ),
         "[batching]",
         f"max_contacts = {max_contacts}",
         f"window_seconds = {window_seconds}",
@@ -209,8 +220,15 @@ def password_env(connector: str) -> str:
     return "DDSYNC_TEST_PASSWORD_" + "".join(c if c.isalnum() else "_" for c in connector).upper()
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[DemoRecord]) -> int:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[DemoRecord],
+    config: Mapping[str, Any] | None = None,
+) -> int:
+    """``config``: more librdkafka settings (a secured cluster's), for this and the helpers
+    below alike."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, **(config or {})})
     count = 0
     for record in records:
         while True:
@@ -251,7 +269,11 @@ class DeadLetterRecord:
 
 
 def read_topic(
-    bootstrap: str, topic: str, expected: int, timeout: float = 60
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float = 60,
+    config: Mapping[str, Any] | None = None,
 ) -> list[DeadLetterRecord]:
     """Read a topic from the beginning until ``expected`` records came or ``timeout`` passed,
     then a little longer, so that a surplus shows up too."""
@@ -261,6 +283,7 @@ def read_topic(
             "group.id": f"reader-{time.time_ns()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            **(config or {}),
         }
     )
     consumer.subscribe([topic])
@@ -284,9 +307,13 @@ def read_topic(
 
 
 def committed_and_end(
-    bootstrap: str, group: str, topic: str, partitions: int
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[list[int], list[int]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **(config or {})})
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         committed = [tp.offset for tp in consumer.committed(tps, timeout=30)]
