@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from stream.checks import CheckResult
 from stream.config import KafkaSettings
-from stream.kafka_config import admin_config, consumer_config
-from stream.topics import TopicError, TopicState, cluster_metadata, topic_states
+from stream.kafka_config import consumer_config
+from stream.topics import Cluster, TopicError, TopicState, topic_states
 
 # librdkafka's "no committed offset" (OFFSET_INVALID).
 NO_OFFSET = -1001
@@ -32,9 +31,8 @@ class KafkaReport:
 
 
 def kafka_checks(settings: KafkaSettings, *, timeout: float = 10.0) -> KafkaReport:
-    admin = AdminClient(admin_config(settings))
     try:
-        metadata = cluster_metadata(admin, settings, timeout)
+        metadata = Cluster(settings).metadata(timeout)
     except TopicError as exc:
         return KafkaReport([CheckResult("kafka", False, str(exc))], reachable=False)
     states = topic_states(metadata, settings)

@@ -15,11 +15,14 @@ Contract:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # stream.config validates with this module: no import cycle at run time
     from stream.config import KafkaSettings
+
+LIBRDKAFKA_LOG = logging.getLogger("stream.librdkafka")
 
 # A member that has not polled for this long leaves the group; a revoke runs inside a poll.
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
@@ -43,8 +46,13 @@ GUARANTEED_ALIASES: Mapping[str, str] = {
 
 
 def connection_config(settings: KafkaSettings) -> dict[str, Any]:
-    """``bootstrap.servers``, the connection and security settings, and their secrets."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    """``bootstrap.servers``, the connection and security settings, their secrets, and a logger:
+    librdkafka's own lines go through Python logging (one format, ``--log-format json`` too)
+    instead of straight to stderr, served when the client is polled."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+    }
     config.update({k: v for k, v in settings.consumer.items() if k.startswith(CONNECTION_PREFIXES)})
     config.update({key: secret.reveal() for key, secret in settings.secrets.items()})
     return config

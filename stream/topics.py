@@ -9,7 +9,8 @@ Contract of :func:`ensure_topics`:
   the broker's defaults, ``num.partitions`` and ``default.replication.factor``). Another
   instance creating it at the same moment is fine.
 * Anything else raises :class:`TopicError`, whose message is one line naming the topic and what
-  to do. A cluster that cannot be reached raises it too.
+  to do. A cluster that cannot be reached raises it too, at once when it refused the credentials
+  (an authentication error is not worth waiting out), else after ``timeout``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class TopicState:
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0) -> list[TopicState]:
     """Check the source topics, create the dead-letter topic if it is missing and allowed;
     the states of the source topics, then the dead-letter topic's."""
-    admin = AdminClient(admin_config(settings))
-    states = describe_topics(admin, settings, timeout)
+    cluster = Cluster(settings)
+    states = cluster.describe_topics(timeout)
     *sources, dead_letter = states
     for state in sources:
         if not state.partitions:
@@ -57,28 +58,49 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0) -> list[Top
                 "create it, or fix kafka.topics"
             )
     if not dead_letter.partitions:
-        dead_letter = _create_dead_letter_topic(admin, settings, timeout)
+        dead_letter = _create_dead_letter_topic(cluster, timeout)
     return [*sources, dead_letter]
 
 
-def describe_topics(
-    admin: AdminClient, settings: KafkaSettings, timeout: float
-) -> list[TopicState]:
-    """Each source topic and the dead-letter topic, with its partition count (0: missing)."""
-    return topic_states(cluster_metadata(admin, settings, timeout), settings)
+class Cluster:
+    """An admin client of the cluster (:func:`stream.kafka_config.admin_config`) that notices
+    refused credentials instead of waiting them out."""
 
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._errors: list[KafkaError] = []
+        config: dict[str, Any] = {**admin_config(settings), "error_cb": self._errors.append}
+        self.admin = AdminClient(config)
 
-def cluster_metadata(admin: AdminClient, settings: KafkaSettings, timeout: float) -> Any:
-    """The cluster's brokers and topics; :class:`TopicError` (unreachable) when it does not
-    answer within ``timeout``."""
-    try:
-        return admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise TopicError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g} s "
-            f"({_describe(exc)}): check kafka.bootstrap_servers and the security settings",
-            unreachable=True,
-        ) from None
+    def metadata(self, timeout: float) -> Any:
+        """The cluster's brokers and topics; :class:`TopicError` (unreachable) when it refused
+        the credentials, or did not answer within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                # In steps, so that an authentication error ends the wait at once.
+                return self.admin.list_topics(timeout=min(1.0, timeout))
+            except KafkaException as exc:
+                self.admin.poll(0)  # serve error_cb
+                refused = [e for e in self._errors if e.code() == KafkaError._AUTHENTICATION]
+                if refused:
+                    raise TopicError(
+                        f"Kafka at {self.settings.bootstrap_servers} refused the credentials "
+                        f"({refused[0].str()}): check the sasl.* / ssl.* settings and "
+                        "[kafka.secrets]",
+                        unreachable=True,
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise TopicError(
+                        f"cannot reach Kafka at {self.settings.bootstrap_servers} within "
+                        f"{timeout:g} s ({_describe(exc)}): check kafka.bootstrap_servers and "
+                        "the security settings",
+                        unreachable=True,
+                    ) from None
+
+    def describe_topics(self, timeout: float) -> list[TopicState]:
+        """Each source topic and the dead-letter topic, with its partition count (0: missing)."""
+        return topic_states(self.metadata(timeout), self.settings)
 
 
 def topic_states(metadata: Any, settings: KafkaSettings) -> list[TopicState]:
@@ -91,9 +113,8 @@ def topic_states(metadata: Any, settings: KafkaSettings) -> list[TopicState]:
     return states
 
 
-def _create_dead_letter_topic(
-    admin: AdminClient, settings: KafkaSettings, timeout: float
-) -> TopicState:
+def _create_dead_letter_topic(cluster: Cluster, timeout: float) -> TopicState:
+    settings, admin = cluster.settings, cluster.admin
     name = settings.dead_letter_topic
     if not settings.create_dead_letter_topic:
         raise TopicError(
@@ -120,7 +141,7 @@ def _create_dead_letter_topic(
     # Created on the controller; the broker answering metadata may learn of it a moment later.
     deadline = time.monotonic() + timeout
     while True:
-        created = describe_topics(admin, settings, timeout)[-1]
+        created = cluster.describe_topics(timeout)[-1]
         if created.partitions or time.monotonic() >= deadline:
             return TopicState(name, created.partitions, created=True)
         time.sleep(0.1)

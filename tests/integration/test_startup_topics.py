@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import load_settings
-from stream.kafka_config import admin_config
-from stream.topics import describe_topics, ensure_topics
+from stream.topics import Cluster, ensure_topics
 from tests.conftest import KafkaCluster
 from tests.support.processes import DdsyncProcess, password_env, wait_until, write_config
 
@@ -49,9 +48,7 @@ def run_to_exit(config: Path) -> subprocess.CompletedProcess[str]:
 
 def partitions_of(kafka: KafkaCluster, config: Path, topic: str) -> int:
     settings = load_settings(config, {password_env("main"): "pw"})
-    from confluent_kafka.admin import AdminClient
-
-    states = describe_topics(AdminClient(admin_config(settings.kafka)), settings.kafka, 30)
+    states = Cluster(settings.kafka).describe_topics(30)
     return {state.name: state.partitions for state in states}[topic]
 
 
