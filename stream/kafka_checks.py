@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
 
 from stream.checks import CheckResult
 from stream.config import KafkaSettings
 from stream.kafka_config import consumer_config
 from stream.topics import Cluster, TopicError, TopicState, topic_states
-
-# librdkafka's "no committed offset" (OFFSET_INVALID).
-NO_OFFSET = -1001
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ def _lag(settings: KafkaSettings, topics: list[TopicState], timeout: float) -> l
             uncommitted = 0
             for tp in committed:
                 low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-                if tp.offset == NO_OFFSET:
+                if tp.offset == OFFSET_INVALID:  # never committed
                     uncommitted += 1
                     lag += high - low
                 else:

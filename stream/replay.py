@@ -48,7 +48,15 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final, TextIO
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from stream.clock import Clock
 from stream.config import Settings
@@ -60,8 +68,6 @@ log = logging.getLogger(__name__)
 BATCH_SIZE: Final = 500
 SAMPLE_SIZE: Final = 5
 KEY_PREVIEW_CHARS: Final = 64
-# librdkafka's "no committed offset" marker (OFFSET_INVALID).
-_NO_OFFSET: Final = -1001
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,7 +522,7 @@ class Replayer:
             low, high = self._consumer.get_watermark_offsets(tp, timeout=30, cached=False)
             # No commit yet: from the beginning. A commit below the low watermark: those records
             # were deleted by retention, so start at what is left.
-            start = low if tp.offset == _NO_OFFSET else max(tp.offset, low)
+            start = low if tp.offset == OFFSET_INVALID else max(tp.offset, low)
             self.start_offsets[tp.partition] = start
             self.end_offsets[tp.partition] = high
             self._positions[tp.partition] = start
