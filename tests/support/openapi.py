@@ -228,8 +228,13 @@ def _json_schema(content: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return schema
 
 
-def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
+def _coerce(value: str, schema: Mapping[str, Any], style: str | None = None) -> Any:
     kind = schema.get("type")
+    if kind == "array":
+        # An unexploded array parameter is one value with a delimiter: "|" for
+        # pipeDelimited (getContacts' include and data-fields), "," for the default form.
+        delimiter = {"pipeDelimited": "|", "spaceDelimited": " "}.get(style or "", ",")
+        return [_coerce(part, schema.get("items", {})) for part in value.split(delimiter)]
     if kind == "integer":
         try:
             return int(value)
@@ -261,7 +266,8 @@ def _check_parameters(operation: Operation, query: Mapping[str, str]) -> list[st
             continue  # headers and cookies: see the module docstring
         if value is None:
             continue
-        error = _check(operation.spec, schema, _coerce(value, schema), write=True)
+        coerced = _coerce(value, schema, parameter.get("style"))
+        error = _check(operation.spec, schema, coerced, write=True)
         if error is not None:
             problems.append(f"{location} parameter {name}={value!r}: {error}")
     return problems

@@ -20,7 +20,13 @@ from stream.dotdigital.sandbox import (
 )
 from stream.dotdigital.sandbox.app import tier_of
 from stream.dotdigital.sandbox.ratelimits import RateLimiter
-from stream.dotdigital.sandbox.state import SandboxError, SandboxState
+from stream.dotdigital.sandbox.state import (
+    AccountState,
+    ContactQuery,
+    IdIndex,
+    SandboxError,
+    SandboxState,
+)
 from tests.support.openapi import (
     OpenAPIViolation,
     validate_error_body,
@@ -211,4 +217,175 @@ def test_openapi_helpers_catch_wrong_shapes() -> None:
     )
     assert not validate_response("GET", "/v2/address-books/1", 404, {"message": "x"})
     validate_request("GET", "/v2/contacts/a@example.com")
+    # Pipe-delimited array parameters are split before their schema is checked.
+    validate_request("GET", "/contacts/v3", query={"include": "lists|channelProperties"})
+    with pytest.raises(OpenAPIViolation):
+        validate_request("GET", "/contacts/v3", query={"include": "lists|bogus"})
+    with pytest.raises(OpenAPIViolation):
+        validate_request("GET", "/contacts/v3", query={"limit": "5001"})
     validate_request("POST", "/v2/address-books/5/contacts/delete", [1, 2])
+
+
+# -- getContacts and contact times -----------------------------------------------------------
+
+
+def test_id_index_walks_members_in_ascending_order_from_any_id() -> None:
+    index = IdIndex()
+    for id_ in (5, 9, 12):  # ascending: the common case of new contacts
+        index.add(id_)
+    index.add(7)  # an existing contact joining
+    index.discard(9)
+    index.add(9)
+    index.discard(12)
+    assert list(index.ascending()) == [5, 7, 9]
+    assert list(index.ascending(5)) == [7, 9]
+    assert list(index.ascending(6)) == [7, 9]
+    assert list(index.ascending(9)) == []
+    assert len(index) == 3
+    assert 12 not in index
+    assert 7 in index
+
+
+def test_id_index_stays_right_through_many_discards() -> None:
+    index = IdIndex()
+    for id_ in range(1, 1001):
+        index.add(id_)
+    for id_ in range(1, 1001):
+        if id_ % 10:
+            index.discard(id_)
+    index.add(5)
+    assert list(index.ascending()) == [5, *range(10, 1001, 10)]
+    assert list(index.ascending(500)) == list(range(510, 1001, 10))
+
+
+def _items(*emails: str, lists: tuple[int, ...] = (1,), **extra: object) -> list[object]:
+    return [
+        {"matchIdentifier": "email", "identifiers": {"email": e}, "lists": list(lists), **extra}
+        for e in emails
+    ]
+
+
+def _imported(account: AccountState, items: list[object]) -> list[int]:
+    result = account.import_status(account.submit_import(items).id)
+    return [c["contactId"] for c in result["created"] + result["updated"]]
+
+
+def _page_through(account: AccountState, **query: object) -> list[list[int]]:
+    pages: list[list[int]] = []
+    after = 0
+    while True:
+        page, more = account.list_contacts(ContactQuery(after=after, **query))  # type: ignore[arg-type]
+        pages.append([c.id for c in page])
+        if not more:
+            return pages
+        after = page[-1].id
+
+
+def test_list_contacts_pages_every_member_once_in_ascending_order() -> None:
+    state, _ = _state(import_delay_seconds=0)
+    account = state.accounts["u"]
+    book = account.create_book("Other", "Private").id
+    outsiders = _imported(account, _items(*(f"o{i}@x.com" for i in range(5)), lists=(book,)))
+    members = _imported(account, _items(*(f"m{i}@x.com" for i in range(23))))
+    # Outsiders joining book 1 late are out of id order: the walk must still be ascending.
+    _imported(account, _items("o1@x.com", "o3@x.com", lists=(1,)))
+    expected = sorted([*members, outsiders[1], outsiders[3]])
+    pages = _page_through(account, limit=10, list_id=1)
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [i for p in pages for i in p] == expected
+    everyone = _page_through(account, limit=7)
+    assert [i for p in everyone for i in p] == sorted([*outsiders, *members])
+    exact = _page_through(account, limit=25, list_id=1)
+    assert [len(p) for p in exact] == [25]  # no empty page after an exactly full one
+    assert account.list_contacts(ContactQuery(list_id=424242)) == ([], False)
+    assert account.list_contacts(ContactQuery(segment_id=1)) == ([], False)
+
+
+def test_list_contacts_is_stable_while_members_change() -> None:
+    state, _ = _state(import_delay_seconds=0)
+    account = state.accounts["u"]
+    ids = _imported(account, _items(*(f"m{i}@x.com" for i in range(30))))
+    first, more = account.list_contacts(ContactQuery(list_id=1, limit=10))
+    assert more
+    # Between pages: one seen member and one unseen member leave, a newcomer joins.
+    account.remove_member(1, ids[3], strict=True)
+    account.remove_member(1, ids[20], strict=True)
+    newcomer = _imported(account, _items("new@x.com"))[0]
+    rest = _page_through_from(account, first[-1].id)
+    seen = [c.id for c in first] + rest
+    assert len(seen) == len(set(seen))
+    assert set(seen) == (set(ids) - {ids[20]}) | {newcomer}
+
+
+def _page_through_from(account: AccountState, after: int) -> list[int]:
+    seen: list[int] = []
+    while True:
+        page, more = account.list_contacts(ContactQuery(list_id=1, limit=10, after=after))
+        seen += [c.id for c in page]
+        if not more:
+            return seen
+        after = page[-1].id
+
+
+def test_created_is_set_once_and_updated_moves_only_on_change() -> None:
+    state, clock = _state(import_delay_seconds=5, deletion_delay_seconds=5)
+    account = state.accounts["u"]
+    other = account.create_book("Other", "Private").id
+    job = account.submit_import(_items("a@x.com", "b@x.com", dataFields={"N": 1}))
+    clock.advance(65)  # settled a minute after it was due: times are those of the due moment
+    account.settle()
+    a, b = (c["contactId"] for c in account.import_status(job.id)["created"])
+    created = START + 5
+
+    def times(contact_id: int) -> tuple[float, float]:
+        contact = account.contacts[contact_id]
+        return contact.created, contact.updated
+
+    assert times(a) == times(b) == (created, created)
+    unchanged = account.submit_import(_items("a@x.com", dataFields={"N": 1}))
+    clock.advance(5)
+    account.settle()
+    assert account.import_status(unchanged.id)["updated"][0]["contactId"] == a
+    assert times(a) == (created, created)  # nothing changed, so not updated
+    now = clock.time()
+    account.submit_import(_items("a@x.com", lists=(other,)))
+    account.submit_import(_items("b@x.com", dataFields={"N": 2}))
+    clock.advance(5)
+    account.settle()
+    assert times(a) == times(b) == (created, now + 5)
+    account.submit_deletion(other, [a, b])  # b is no member: it stays as it was
+    clock.advance(10)  # due 5 s after it was submitted
+    account.settle()
+    assert times(a) == (created, now + 10)
+    assert times(b) == (created, now + 5)
+    clock.advance(1)
+    account.remove_member(1, b, strict=True)
+    assert times(b) == (created, now + 16)
+    clock.advance(1)
+    account.remove_member(1, b, strict=True)  # no longer a member: no change
+    assert times(b) == (created, now + 16)
+    old, new = account.recreate_contact("a@x.com", [1])
+    assert old == a
+    assert times(new) == (now + 17, now + 17)
+
+
+def test_created_and_modified_filters_compare_whole_seconds() -> None:
+    state, clock = _state(import_delay_seconds=0)
+    account = state.accounts["u"]
+    clock.advance(0.5)  # START + 10.5: shown as ...:20Z
+    early = _imported(account, _items("early@x.com"))
+    clock.advance(60)
+    late = _imported(account, _items("late@x.com"))
+    clock.advance(60)
+    _imported(account, _items("early@x.com", dataFields={"N": 1}))
+    created = int(START + 0.5 + 60)
+
+    def ids(**query: float) -> list[int]:
+        page, _ = account.list_contacts(ContactQuery(**query))  # type: ignore[arg-type]
+        return [c.id for c in page]
+
+    assert ids(created_from=created) == late
+    assert ids(created_from=created + 0.001) == []
+    assert ids(created_from=START) == early + late
+    assert ids(modified_from=created + 1) == early
+    assert ids(modified_from=created) == early + late

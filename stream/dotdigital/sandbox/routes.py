@@ -4,6 +4,30 @@ Handlers run after the middleware of :mod:`.app` has authenticated the account, 
 rate budget and settled its due jobs; they translate :class:`.state.SandboxError` into
 DotDigital's error bodies (v2 ``message`` or v3 ``errorCode``).
 
+``GET /contacts/v3`` (``getContacts``), as the sandbox serves it:
+
+* Query: ``~listId`` (integer: only that address book's members), ``~segmentId`` (integer; the
+  sandbox has no segments, so no contacts), ``~created=gte::<time>`` / ``~modified=gte::<time>``
+  (time ``YYYY-MM-DDTHH:MM:SS[.fff]Z``; a contact matches when its ``created`` / ``updated``,
+  in whole seconds as shown, is at or after it), ``limit`` 1..5000 (default 5000), ``marker``
+  (from a previous answer's ``_links``), ``include`` (pipe-delimited: ``lists`` and
+  ``channelProperties`` add those parts as the single-contact look-up shows them;
+  ``preferences`` and ``consentRecords`` are accepted and add nothing, the sandbox has neither),
+  ``data-fields`` (pipe-delimited names, matched case-insensitively, or ``[[ALL]]``; without it
+  there is no ``dataFields``).
+* 200 ``{"_items": [...], "_links": {"self", "first", "next"?}}``: contacts in ascending
+  ``contactId`` order, each at least ``contactId``, ``status``, ``created``, ``updated``,
+  ``identifiers``; each link ``{"link": <URL of that page>, "marker": ...}``; ``next`` only when
+  another page follows. A marker means "the contacts after contactId N" (base64url, opaque to
+  clients), so paging neither repeats nor skips a contact that stays a member while others
+  come and go; contacts created meanwhile get higher ids and so appear on later pages.
+* 400 v3 errors: ``contacts:invalidFilter`` for ``~created`` with ``~modified``, ``~listId``
+  with ``~segmentId``, or a malformed filter value (the code the spec's example shows);
+  ``contacts:invalidLimit``, ``contacts:invalidMarker``, ``contacts:invalidInclude`` for the
+  others (the sandbox's choice of codes: DotDigital's are not documented).
+* An unknown ``~listId`` (or another account's) answers 200 with no items: the sandbox's
+  choice, unconfirmed (DotDigital does not document it).
+
 Control endpoints (no authentication: the sandbox is a local tool, and tests and demos read
 them without credentials):
 
@@ -24,7 +48,11 @@ them without credentials):
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -38,11 +66,16 @@ from stream.dotdigital.sandbox.core import (
     INVALID_JSON,
     REGION,
 )
-from stream.dotdigital.sandbox.state import AccountState, Contact, SandboxError
+from stream.dotdigital.sandbox.state import AccountState, Contact, ContactQuery, SandboxError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_SELECT = 1000
+MAX_LIMIT = 5000
+INCLUDES = frozenset({"channelProperties", "lists", "preferences", "consentRecords"})
+ALL_DATA_FIELDS = "[[ALL]]"
+_SINCE = re.compile(r"^gte::(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{3})?)Z$")
+_MARKER = re.compile(r"^after:(0|[1-9][0-9]{0,17})$")
 
 
 def add_routes(app: web.Application) -> None:
@@ -61,6 +94,7 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/v2/address-books/{id}/contacts/{contact_id}", remove_one)
     r.add_get("/v2/contacts/deletion/{id}", deletion_status)
     r.add_get("/v2/contacts/{key}", get_v2_contact)
+    r.add_get("/contacts/v3", list_contacts)
     r.add_put("/contacts/v3/import", submit_import)
     r.add_get("/contacts/v3/import/{id}", import_status)
     r.add_get("/contacts/v3/{identifier}/{value}", get_v3_contact)
@@ -359,6 +393,120 @@ async def get_v3_contact(request: web.Request) -> web.Response:
             [{"item": value, "description": f"Not found using the identifier '{identifier}'"}],
         )
     return bodies.json_response(200, state.contact_as_api(contact))
+
+
+def _invalid_filter(value: str) -> web.Response:
+    return bodies.v3_error(400, "invalidFilter", f"The filter value '{value}' is invalid")
+
+
+def _since(value: str) -> float | None:
+    """Unix time of a ``gte::<ISO 8601>`` filter value; ``None`` when malformed."""
+    match = _SINCE.match(value)
+    if match is None:
+        return None
+    try:
+        return datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC).timestamp()
+    except ValueError:  # the right shape but no such date, e.g. month 13
+        return None
+
+
+def encode_marker(after: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{after}".encode()).decode("ascii").rstrip("=")
+
+
+def _decode_marker(marker: str) -> int | None:
+    try:
+        text = base64.b64decode(marker + "=" * (-len(marker) % 4), b"-_", validate=True)
+        match = _MARKER.match(text.decode("ascii"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _pipe_list(request: web.Request, name: str) -> list[str]:
+    """A pipe-delimited query parameter's values (none when absent)."""
+    return [part.strip() for part in request.query.get(name, "").split("|") if part.strip()]
+
+
+def _contacts_query(request: web.Request) -> ContactQuery | web.Response:
+    """``getContacts``'s filters, ``limit`` and ``marker`` from the query (see the module
+    docstring for the errors)."""
+    query = request.query
+    for first, second in (("~listId", "~segmentId"), ("~created", "~modified")):
+        if first in query and second in query:
+            return bodies.v3_error(
+                400, "invalidFilter", f"The filters '{first}' and '{second}' cannot be combined"
+            )
+    ids: dict[str, int | None] = {}
+    for name in ("~listId", "~segmentId"):
+        text = query.get(name)
+        if text is not None and not re.fullmatch(r"-?[0-9]{1,18}", text):
+            return _invalid_filter(text)
+        ids[name] = int(text) if text is not None else None
+    times: dict[str, float | None] = {}
+    for name in ("~created", "~modified"):
+        text = query.get(name)
+        since = _since(text) if text is not None else None
+        if text is not None and since is None:
+            return _invalid_filter(text)
+        times[name] = since
+    limit_text = query.get("limit", str(MAX_LIMIT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        return bodies.v3_error(
+            400, "invalidLimit", f"The limit '{limit_text}' must be between 1 and {MAX_LIMIT}"
+        )
+    after = 0
+    if "marker" in query:
+        decoded = _decode_marker(query["marker"])
+        if decoded is None:
+            return bodies.v3_error(
+                400, "invalidMarker", f"The marker '{query['marker']}' is invalid"
+            )
+        after = decoded
+    return ContactQuery(
+        after=after,
+        limit=int(limit_text),
+        list_id=ids["~listId"],
+        segment_id=ids["~segmentId"],
+        created_from=times["~created"],
+        modified_from=times["~modified"],
+    )
+
+
+def _page_link(request: web.Request, after: int) -> dict[str, str]:
+    marker = encode_marker(after)
+    return {"link": str(request.url.update_query(marker=marker)), "marker": marker}
+
+
+async def list_contacts(request: web.Request) -> web.Response:
+    parsed = _contacts_query(request)
+    if isinstance(parsed, web.Response):
+        return parsed
+    include = _pipe_list(request, "include")
+    unknown = [name for name in include if name not in INCLUDES]
+    if unknown:
+        return bodies.v3_error(
+            400, "invalidInclude", f"The include value '{unknown[0]}' is invalid"
+        )
+    fields = _pipe_list(request, "data-fields")
+    data_fields: frozenset[str] | None = frozenset(name.lower() for name in fields)
+    if ALL_DATA_FIELDS in fields:
+        data_fields = None  # contact_as_api's "all of them"
+    state = _account(request)
+    contacts, more = state.list_contacts(parsed)
+    items = [
+        state.contact_as_api(
+            contact,
+            data_fields=data_fields,
+            lists="lists" in include,
+            channel_properties="channelProperties" in include,
+        )
+        for contact in contacts
+    ]
+    links = {"self": _page_link(request, parsed.after), "first": _page_link(request, 0)}
+    if more:
+        links["next"] = _page_link(request, contacts[-1].id)
+    return bodies.json_response(200, {"_items": items, "_links": links})
 
 
 # -- control ---------------------------------------------------------------------------------

@@ -2,9 +2,20 @@
 
 Contract:
 
-* Every operation is O(1) or O(size of its own batch): contacts are found through dicts keyed
-  by lower-cased email, mobile number and id; memberships are sets on both sides (book ->
-  contact ids, contact -> book ids), so a book's ``contacts`` count is ``len`` of a set.
+* Every write is (amortised) O(1) or O(size of its own batch): contacts are found through
+  dicts keyed by lower-cased email, mobile number and id; memberships are kept on both sides
+  (book -> contact ids as an :class:`IdIndex`, contact -> book ids as a set), so a book's
+  ``contacts`` count is a ``len``.
+* Listing (``getContacts``, :meth:`AccountState.list_contacts`) walks contact ids in ascending
+  order from just after a given id: a page costs O(log n + page size + ids it skips), plus
+  one sort of a book after existing contacts joined it (see :class:`IdIndex`). Filters on
+  ``created``/``updated`` are checked contact by contact, so a selective one can skip many.
+* ``created`` is set once, when a contact is created (by an import or by
+  :meth:`AccountState.recreate_contact`). ``updated`` moves when an import changes the contact
+  (identifiers, data fields) or adds it to a list, and when a removal takes it out of a list;
+  an import that changes nothing leaves it. Both come from the injected clock; a job's changes
+  carry the time the job was due to finish, not the time someone next looked. Times have
+  whole-second precision, as the API shows them.
 * Asynchronous jobs (imports, bulk removals) take effect when they complete, not when they are
   submitted: :meth:`AccountState.settle` applies every job whose due time has passed, in due
   order, and is called before anything reads or writes the account. So a poll that says
@@ -17,13 +28,15 @@ Contract:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Literal
 
 from stream.clock import Clock
@@ -31,6 +44,8 @@ from stream.dotdigital.sandbox.accounts import RESERVED_BOOK_NAMES, SandboxAccou
 
 MAX_ACTIVE_IMPORTS = 25
 MAX_BOOK_NAME = 128
+
+_ABSENT: Any = object()
 
 # Deliberately simple: one "@", no whitespace, a dot in the domain. Real DotDigital is
 # stricter, but this is enough to tell test data "bad@" from "good@example.com".
@@ -59,12 +74,67 @@ class SandboxError(Exception):
         self.detail = detail
 
 
+class IdIndex:
+    """A set of ids that can also be walked in ascending order from any id (for paging).
+
+    Membership is a set, so ``add``/``discard``/``in``/``len`` are O(1). The ascending order is
+    a sorted list kept up to date where that is cheap: an id above every id before it (a new
+    contact: ids only grow) is appended; a discarded id stays in the list as a hole that the
+    walk skips, compacted once holes outnumber members. Only adding an id below the largest
+    (an existing contact joining a book) leaves the list unsorted; the next walk sorts it
+    again, once per batch of such changes rather than once per page.
+    """
+
+    __slots__ = ("_ids", "_order", "_unsorted")
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._order: list[int] = []
+        self._unsorted = False
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def add(self, id_: int) -> None:
+        if id_ in self._ids:
+            return
+        self._ids.add(id_)
+        if not self._unsorted and (not self._order or id_ > self._order[-1]):
+            self._order.append(id_)
+        else:
+            self._unsorted = True
+
+    def discard(self, id_: int) -> None:
+        if id_ not in self._ids:
+            return
+        self._ids.discard(id_)
+        if not self._unsorted and len(self._order) > 2 * len(self._ids) + 64:
+            self._order = [i for i in self._order if i in self._ids]
+
+    def ascending(self, after: int = 0) -> Iterator[int]:
+        """The ids greater than ``after``, smallest first. Do not change the index while
+        walking it (the sandbox never awaits in between)."""
+        if self._unsorted:
+            self._order = sorted(self._ids)
+            self._unsorted = False
+        order, ids = self._order, self._ids
+        for position in range(bisect.bisect_right(order, after), len(order)):
+            if order[position] in ids:
+                yield order[position]
+
+
 @dataclass
 class AddressBook:
     id: int
     name: str
     visibility: str
-    members: set[int] = field(default_factory=set)
+    members: IdIndex = field(default_factory=IdIndex)
 
     def as_api(self) -> dict[str, Any]:
         return {
@@ -80,8 +150,9 @@ class Contact:
     id: int
     email: str | None
     mobile: str | None
-    created: str
-    updated: str
+    # Unix times from the sandbox's clock (shown as ISO 8601 by ``contact_as_api``).
+    created: float
+    updated: float
     data_fields: dict[str, Any] = field(default_factory=dict)
     lists: set[int] = field(default_factory=set)
 
@@ -92,6 +163,20 @@ class Contact:
         if self.mobile is not None:
             found["mobileNumber"] = self.mobile
         return found
+
+
+@dataclass(frozen=True)
+class ContactQuery:
+    """What ``GET /contacts/v3`` asks for: contacts with ids above ``after``, at most ``limit``,
+    optionally only members of ``list_id`` and only those created/updated at or after a Unix
+    time. ``segment_id``: the sandbox has no segments, so a segment has no members."""
+
+    after: int = 0
+    limit: int = 5000
+    list_id: int | None = None
+    segment_id: int | None = None
+    created_from: float | None = None
+    modified_from: float | None = None
 
 
 @dataclass
@@ -140,6 +225,7 @@ class AccountState:
         self.books: dict[int, AddressBook] = {}
         self._book_names: dict[str, int] = {}
         self.contacts: dict[int, Contact] = {}
+        self._contact_ids = IdIndex()
         self._by_email: dict[str, Contact] = {}
         self._by_mobile: dict[str, Contact] = {}
         self.imports: dict[str, ImportJob] = {}
@@ -155,12 +241,16 @@ class AccountState:
     def settle(self) -> None:
         """Complete every job whose due time has passed, oldest first."""
         now = self._clock.monotonic()
+        wall = self._clock.time()
         while self._due and self._due[0][0] <= now:
-            _, _, job_id = heapq.heappop(self._due)
+            due, _, job_id = heapq.heappop(self._due)
+            # A job finished when it was due, not when someone next looked: its changes carry
+            # the wall time of that moment.
+            at = wall - (now - due)
             if job_id in self.imports and self.imports[job_id].result is None:
-                self._run_import(self.imports[job_id])
+                self._run_import(self.imports[job_id], at)
             elif job_id in self.deletions and not self.deletions[job_id].completed:
-                self._run_deletion(self.deletions[job_id])
+                self._run_deletion(self.deletions[job_id], at)
 
     def _schedule(self, job_id: str, delay: float) -> float:
         due = self._clock.monotonic() + delay
@@ -228,7 +318,7 @@ class AccountState:
 
     def book_member_contacts(self, book_id: int, select: int, skip: int) -> list[Contact]:
         book = self.get_book(book_id)
-        return [self.contacts[i] for i in sorted(book.members)[skip : skip + select]]
+        return [self.contacts[i] for i in islice(book.members.ascending(), skip, skip + select)]
 
     def member_emails(self, book_id: int) -> set[str]:
         book = self.get_book(book_id)
@@ -257,23 +347,69 @@ class AccountState:
             raise SandboxError("contact_not_found", value)
         return contact
 
-    def contact_as_api(self, contact: Contact) -> dict[str, Any]:
-        return {
+    def contact_as_api(
+        self,
+        contact: Contact,
+        *,
+        data_fields: frozenset[str] | None = None,
+        lists: bool = True,
+        channel_properties: bool = True,
+    ) -> dict[str, Any]:
+        """The v3 ``contact``: always ``contactBasicDetails``; ``dataFields`` all of them
+        (``data_fields=None``), those named (matched case-insensitively; lower-cased names)
+        or none (an empty set: no ``dataFields`` key); ``lists`` and ``channelProperties``
+        when asked for. The defaults are the single-contact look-up's full answer."""
+        found: dict[str, Any] = {
             "contactId": contact.id,
             "status": "subscribed",
-            "created": contact.created,
-            "updated": contact.updated,
+            "created": _iso(contact.created),
+            "updated": _iso(contact.updated),
             "identifiers": contact.identifiers(),
-            "dataFields": dict(contact.data_fields),
-            "channelProperties": {
+        }
+        if data_fields is None:
+            found["dataFields"] = dict(contact.data_fields)
+        elif data_fields:
+            found["dataFields"] = {
+                k: v for k, v in contact.data_fields.items() if k.lower() in data_fields
+            }
+        if channel_properties:
+            found["channelProperties"] = {
                 "email": {"emailType": "Html", "optInType": "Single", "status": "subscribed"}
-            },
-            "lists": [
+            }
+        if lists:
+            found["lists"] = [
                 {"id": book_id, "name": self.books[book_id].name, "status": "subscribed"}
                 for book_id in sorted(contact.lists)
                 if book_id in self.books
-            ],
-        }
+            ]
+        return found
+
+    def list_contacts(self, query: ContactQuery) -> tuple[list[Contact], bool]:
+        """One page of ``getContacts``: the matching contacts with ids above ``query.after``,
+        ascending, at most ``query.limit`` of them, and whether more follow. An unknown list
+        (or any segment) has no members."""
+        if query.segment_id is not None:
+            return [], False
+        if query.list_id is None:
+            ids = self._contact_ids.ascending(query.after)
+        else:
+            book = self.books.get(query.list_id)
+            if book is None:
+                return [], False
+            ids = book.members.ascending(query.after)
+        page: list[Contact] = []
+        for contact_id in ids:
+            contact = self.contacts[contact_id]
+            # Compared at the precision clients see (whole seconds), so a contact shown as
+            # created at T matches gte::T.
+            if query.created_from is not None and int(contact.created) < query.created_from:
+                continue
+            if query.modified_from is not None and int(contact.updated) < query.modified_from:
+                continue
+            if len(page) == query.limit:
+                return page, True
+            page.append(contact)
+        return page, False
 
     def recreate_contact(self, email: str, lists: Iterable[int]) -> tuple[int, int]:
         """Delete the contact of ``email`` from the account (and so from every book) and create
@@ -285,12 +421,14 @@ class AccountState:
         for book_id in old.lists:
             self.books[book_id].members.discard(old.id)
         del self.contacts[old.id]
+        self._contact_ids.discard(old.id)
         del self._by_email[email.lower()]
         if old.mobile is not None:
             self._by_mobile.pop(old.mobile, None)
-        now = _iso(self._clock.time())
+        now = self._clock.time()
         new = Contact(self._ids.contact_id(), old.email, None, now, now)
         self.contacts[new.id] = new
+        self._contact_ids.add(new.id)
         self._by_email[email.lower()] = new
         for book in books:
             book.members.add(new.id)
@@ -305,8 +443,10 @@ class AccountState:
             if strict:
                 raise SandboxError("contact_not_found", str(contact_id))
             return
-        book.members.discard(contact_id)
-        contact.lists.discard(book_id)
+        if contact_id in book.members:
+            book.members.discard(contact_id)
+            contact.lists.discard(book_id)
+            contact.updated = self._clock.time()
 
     # -- imports ------------------------------------------------------------------------
 
@@ -331,8 +471,7 @@ class AccountState:
             return {"importId": job.id, "status": "NotFinished"}
         return job.result
 
-    def _run_import(self, job: ImportJob) -> None:
-        now = _iso(self._clock.time())
+    def _run_import(self, job: ImportJob, at: float) -> None:
         created: list[dict[str, Any]] = []
         updated: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
@@ -349,7 +488,7 @@ class AccountState:
                     invalid += 1
                 failures.append(_failure(item, code, description))
                 continue
-            contact, is_new = self._upsert(item, now)
+            contact, is_new = self._upsert(item, at)
             reference = {"contactId": contact.id, "identifiers": contact.identifiers()}
             (created if is_new else updated).append(reference)
         job.result = {
@@ -414,38 +553,46 @@ class AccountState:
         except (TypeError, ValueError):
             return None
 
-    def _upsert(self, item: dict[str, Any], now: str) -> tuple[Contact, bool]:
+    def _upsert(self, item: dict[str, Any], at: float) -> tuple[Contact, bool]:
         identifiers: dict[str, Any] = item["identifiers"]
         contact = self._resolve(_match_of(item), identifiers[_match_of(item)])
         email = identifiers.get("email")
         mobile = identifiers.get("mobileNumber")
         is_new = contact is None
         if contact is None:
-            contact = Contact(self._ids.contact_id(), None, None, now, now)
+            contact = Contact(self._ids.contact_id(), None, None, at, at)
             self.contacts[contact.id] = contact
-        contact.updated = now
+            self._contact_ids.add(contact.id)
+        changed = False
         # An email that already belongs to another contact stays with that contact.
         if email is not None and email.lower() not in self._by_email:
             if contact.email is not None:
                 del self._by_email[contact.email.lower()]
             contact.email = email
             self._by_email[email.lower()] = contact
+            changed = True
         if mobile is not None and mobile.lstrip("+") not in self._by_mobile:
             if contact.mobile is not None:
                 self._by_mobile.pop(contact.mobile, None)
             contact.mobile = mobile.lstrip("+")
             self._by_mobile[contact.mobile] = contact
+            changed = True
         data_fields = item.get("dataFields")
         if isinstance(data_fields, dict):
             for name, value in data_fields.items():
                 # DotDigital: a null value clears the field.
                 if value is None:
-                    contact.data_fields.pop(name, None)
-                else:
+                    changed |= contact.data_fields.pop(name, _ABSENT) is not _ABSENT
+                elif contact.data_fields.get(name, _ABSENT) != value:
                     contact.data_fields[name] = value
+                    changed = True
         for book_id in item.get("lists", []):
-            self.books[book_id].members.add(contact.id)
-            contact.lists.add(book_id)
+            if book_id not in contact.lists:
+                self.books[book_id].members.add(contact.id)
+                contact.lists.add(book_id)
+                changed = True
+        if changed:
+            contact.updated = at
         return contact, is_new
 
     # -- bulk removal -------------------------------------------------------------------
@@ -471,15 +618,16 @@ class AccountState:
             raise SandboxError("deletion_not_found", job_id)
         return {"id": job.id, "status": "Completed" if job.completed else "Started"}
 
-    def _run_deletion(self, job: DeletionJob) -> None:
+    def _run_deletion(self, job: DeletionJob, at: float) -> None:
         book = self.books.get(job.book_id)
         if book is not None:
             for contact_id in job.contact_ids:
-                contact = self.contacts.get(contact_id)
                 # Unknown ids and non-members are skipped: removal is idempotent.
-                if contact is not None:
+                if contact_id in book.members:
                     book.members.discard(contact_id)
+                    contact = self.contacts[contact_id]
                     contact.lists.discard(job.book_id)
+                    contact.updated = at
         job.contact_ids = []
         job.completed = True
 
