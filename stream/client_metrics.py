@@ -2,16 +2,15 @@
 
 :class:`MetricsObserver` maps :class:`~stream.dotdigital.observe.ClientObserver` callbacks onto
 the ``ddsync_dotdigital_*`` and ``ddsync_rate_limit*`` series of :class:`~stream.metrics.Metrics`,
-labelled with the connector's name. :func:`watch_budgets` exports each limiter's current
-requests-a-minute, read at scrape time so it shows what the headers taught the client last.
+labelled with the connector's name, and exports each limiter's current requests-a-minute, read
+at scrape time so it shows what the headers taught the client last.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import get_args
 
-from stream.dotdigital import DotDigitalClient, RateLimiter
 from stream.dotdigital.observe import (
     ApiOperation,
     ClientObserver,
@@ -21,7 +20,7 @@ from stream.dotdigital.observe import (
 )
 from stream.metrics import Metrics
 
-__all__ = ["MetricsObserver", "watch_budgets"]
+__all__ = ["MetricsObserver"]
 
 
 class MetricsObserver(ClientObserver):
@@ -44,6 +43,15 @@ class MetricsObserver(ClientObserver):
         # Zero waits too, so that the series exist (and rate() works) before the first queue.
         self._metrics.limiter_wait.labels(self._connector, limiter).inc(max(0.0, seconds))
 
+    def budget(self, limiter: Limiter, per_minute: Callable[[], int]) -> None:
+        # Read at scrape time; a client replacing an earlier one of the connector takes the
+        # series over.
+        self._metrics.limiter_budget.labels(self._connector, limiter).set_function(per_minute)
+
+    def budget_gone(self, limiter: Limiter) -> None:
+        with contextlib.suppress(KeyError):
+            self._metrics.limiter_budget.remove(self._connector, limiter)
+
     def import_active(self, delta: int) -> None:
         self._metrics.active_imports.labels(self._connector).inc(delta)
 
@@ -52,17 +60,3 @@ class MetricsObserver(ClientObserver):
         outcomes.labels(self._connector, "created").inc(created)
         outcomes.labels(self._connector, "updated").inc(updated)
         outcomes.labels(self._connector, "failed").inc(failed)
-
-
-def watch_budgets(metrics: Metrics, connector: str, client: DotDigitalClient) -> None:
-    """Export ``client``'s limiters' budgets as ``connector``'s, read at each scrape (a client
-    replacing an earlier one of the connector takes its series over)."""
-    for limiter in get_args(Limiter):
-        metrics.limiter_budget.labels(connector, limiter).set_function(
-            _limit_of(client.limiter(limiter))
-        )
-
-
-def _limit_of(pacer: RateLimiter) -> Callable[[], float]:
-    # Reading an int attribute from the scrape thread is safe; status() would mutate.
-    return lambda: pacer.limit

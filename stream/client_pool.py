@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from stream.client_metrics import MetricsObserver, watch_budgets
+from stream.client_metrics import MetricsObserver
 from stream.clock import Clock
 from stream.config import ConnectorSettings
 from stream.dotdigital import DotDigitalClient, RetryPolicy
@@ -52,8 +52,6 @@ class ClientPool:
                     deadline=deadline,
                     observer=None if m is None else MetricsObserver(m, connector_id),
                 )
-                if m is not None:
-                    watch_budgets(m, connector_id, client)
                 self._clients[connector_id] = client
             return client
 

@@ -1,14 +1,14 @@
 """The DotDigital client: region detection, address books, bulk add and bulk remove.
 
 One :class:`DotDigitalClient` per connector (DotDigital account). It owns one aiohttp session,
-one rate limiter per bulk operation (``add``: ``PUT /contacts/v3/import``; ``remove``:
-``POST /v2/address-books/{id}/contacts/delete``) and one for every other call, a cap on
-concurrent imports, and a cache of
-the contact ids imports returned (``contact_cache_size`` entries at most, each for
-``contact_cache_ttl_seconds``), so a removal can go out before any look-up. A remembered id may
+the account's rate limiters (:mod:`~stream.dotdigital.budgets`: the configured budgets of
+imports, bulk removals and every other call, then one per tier the responses name), a cap on
+concurrent imports, and the contact ids imports and pages of members returned
+(:mod:`~stream.dotdigital.contact_ids`), so a removal can go out without resolving its emails.
+The others are resolved in bulk (:meth:`DotDigitalClient.remove_contacts`). A remembered id may
 be stale (the contact deleted and re-created with a new id: DotDigital then completes the
-removal of the old id and the contact stays), so every contact removed by a remembered id is
-looked up once the removal completed, and removed again under its new id if still a member.
+removal of the old id and the contact stays), so a removal by remembered ids is verified with
+one paged call once it completed, and a contact still a member under a new id is removed again.
 
 Every HTTP step runs under a :class:`~stream.dotdigital.retry.RetryPolicy`. The bulk methods
 take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the steps of one
@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote, urlencode
@@ -44,6 +47,8 @@ from yarl import URL
 
 from stream.clock import Clock, SystemClock
 from stream.config import ConnectorSettings
+from stream.dotdigital.budgets import Budget, Budgets
+from stream.dotdigital.contact_ids import ContactIds, Learnt
 from stream.dotdigital.errors import (
     APIUSAGE_EXCEEDED,
     AddressBookNotFoundError,
@@ -66,7 +71,13 @@ from stream.dotdigital.models import (
     RemovalOutcome,
     normalize_email,
 )
-from stream.dotdigital.observe import NO_OBSERVER, ClientObserver, operation_of, status_class
+from stream.dotdigital.observe import (
+    NO_OBSERVER,
+    ApiOperation,
+    ClientObserver,
+    operation_of,
+    status_class,
+)
 from stream.dotdigital.ratelimit import RateLimiter, RateLimitStatus, parse_reset
 from stream.dotdigital.retry import RetryPolicy
 
@@ -76,9 +87,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Operation = Literal["add", "remove"]
-# Limiters: the two bulk operations, and everything else (polls, look-ups, address books), so
-# that many concurrent polls cannot stampede the account's budget at each reset.
-Tier = Literal["add", "remove", "other"]
 
 PAGE_SIZE = 1000
 IMPORT_FAILED_STATUSES = frozenset(
@@ -93,6 +101,9 @@ IMPORT_FAILED_STATUSES = frozenset(
 )
 DELETION_FAILED_STATUSES = frozenset({"Failed", "NotAvailableInThisVersion"})
 CONTACT_NOT_FOUND_CODES = frozenset({"contacts:contactNotFound", "ERROR_CONTACT_NOT_FOUND"})
+# A look-up DotDigital refuses because the value cannot be an email address: no such contact
+# can be in a book, so its removal is done (as when the book is paged and it is not there).
+INVALID_IDENTIFIER_CODES = frozenset({"contacts:invalidId"})
 # The v3 import's per-contact failure for a list id the account does not have (the specs'
 # examples are camelCase, the docs' table PascalCase: compared case-folded).
 INVALID_LIST_FAILURE = "invalidaddressbookids"
@@ -100,6 +111,11 @@ INVALID_LIST_FAILURE = "invalidaddressbookids"
 CONCURRENCY_RETRY_SECONDS = 2.0
 VISIBILITIES = ("Private", "Public")
 EMAIL_LOOKUP_PREFIX = "/contacts/v3/email/"
+# GET /contacts/v3 returns up to 5,000 contacts a page (the specification's maximum).
+MEMBERS_PAGE_SIZE = 5000
+# How much DotDigital's clock may be behind ours when a removal by remembered ids is verified
+# with ~created (see DotDigitalClient._remove_stale): a wider margin only reads more members.
+CLOCK_SKEW_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,22 @@ class _Tally:
 
     def queued(self) -> float:
         return self.queued_seconds
+
+
+@dataclass
+class _Resolved:
+    """Emails of one removal resolved against its address book (normalized emails)."""
+
+    ids: dict[str, int] = field(default_factory=dict)  # members, by contact id
+    absent: set[str] = field(default_factory=set)  # unknown to DotDigital, or not a member
+    rejected: dict[str, Rejection] = field(default_factory=dict)  # refused by DotDigital
+    book_checked: bool = False  # the book's existence was confirmed on the way
+
+    def update(self, other: _Resolved) -> None:
+        self.ids.update(other.ids)
+        self.absent |= other.absent
+        self.rejected.update(other.rejected)
+        self.book_checked = self.book_checked or other.book_checked
 
 
 @dataclass(frozen=True)
@@ -218,22 +250,26 @@ class DotDigitalClient:
         self._authorization = "Basic " + base64.b64encode(token).decode("ascii")
         self._secrets = _spellings(settings.password.reveal(), self._authorization[6:])
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
-        self._limiters: dict[Tier, RateLimiter] = {
-            "add": RateLimiter(settings.add_requests_per_minute, self._clock, operation="add"),
-            "remove": RateLimiter(
-                settings.remove_requests_per_minute, self._clock, operation="remove"
-            ),
-            "other": RateLimiter(
-                settings.other_requests_per_minute, self._clock, operation="other"
-            ),
+        # Polls, look-ups and address-book calls have a budget of their own, so that many
+        # concurrent polls cannot stampede the bulk operations' budget at each reset; tiers the
+        # responses name replace these as they are learnt (see budgets.py).
+        starting: dict[Budget, int] = {
+            "add": settings.add_requests_per_minute,
+            "remove": settings.remove_requests_per_minute,
+            "other": settings.other_requests_per_minute,
         }
+        self._budgets = Budgets(
+            starting,
+            self._clock,
+            on_new=lambda name, limiter: self._observer.budget(name, lambda: limiter.limit),
+            on_gone=self._observer.budget_gone,
+        )
         self._imports = asyncio.Semaphore(settings.max_active_imports)
         self._lookups = asyncio.Semaphore(lookup_concurrency)
         self._removal_chunk_size = removal_chunk_size
-        # normalized email -> (contact id, when learned); insertion order is age order.
-        self._contact_ids: dict[str, tuple[int, float]] = {}
-        self._contact_cache_size = settings.contact_cache_size
-        self._contact_cache_ttl = settings.contact_cache_ttl_seconds
+        self._contact_ids = ContactIds(
+            settings.contact_cache_size, settings.contact_cache_ttl_seconds, self._clock
+        )
         # Jobs given up on while perhaps still running, by address book and poll path; the
         # next import or removal of the book waits for them (one waiter per book at a time).
         self._unfinished: dict[int, dict[str, tuple[_Job, float]]] = {}  # -> given up at
@@ -310,28 +346,25 @@ class DotDigitalClient:
     def retry_policy(self) -> RetryPolicy:
         return self._retry
 
-    def limiter(self, operation: Tier) -> RateLimiter:
-        """The rate limiter of ``operation`` (``"add"``, ``"remove"`` or ``"other"``)."""
-        return self._limiters[operation]
+    @property
+    def budgets(self) -> Budgets:
+        """The account's rate limiters: the configured starting budgets, then learnt tiers."""
+        return self._budgets
+
+    def limiter(self, name: str) -> RateLimiter:
+        """A rate limiter by name: ``"add"``, ``"remove"``, ``"other"`` (the configured
+        starting budgets) or a tier learnt from ``X-RateLimit-Scope``."""
+        return self._budgets.limiter(name)
 
     def rate_limit_status(self) -> dict[str, RateLimitStatus]:
-        """What each operation's limiter knows now (limit, available, server's view)."""
-        return {name: limiter.status() for name, limiter in self._limiters.items()}
+        """What each limiter knows now (limit, available, server's view), by name."""
+        return self._budgets.status()
 
     def known_contact_id(self, email: str) -> int | None:
-        """The contact id an import or look-up returned for ``email``, if remembered and not
-        older than ``contact_cache_ttl_seconds``."""
-        return self._remembered(normalize_email(email))
-
-    def _remembered(self, key: str) -> int | None:
-        entry = self._contact_ids.get(key)
-        if entry is None:
-            return None
-        contact_id, learned_at = entry
-        if self._clock.monotonic() - learned_at >= self._contact_cache_ttl:
-            del self._contact_ids[key]
-            return None
-        return contact_id
+        """The contact id an import, look-up or page of members returned for ``email``, if
+        remembered and not older than ``contact_cache_ttl_seconds``."""
+        learnt = self._contact_ids.get(normalize_email(email))
+        return None if learnt is None else learnt.contact_id
 
     # -- account ---------------------------------------------------------------------------
 
@@ -374,15 +407,17 @@ class DotDigitalClient:
         self, address_book_id: int, *, deadline: float | None = None
     ) -> AddressBook:
         """One address book; :class:`AddressBookNotFoundError` when it does not exist."""
+        return await self._get_book(int(address_book_id), self._retry, deadline)
+
+    async def _get_book(
+        self, book_id: int, policy: RetryPolicy, deadline: float | None
+    ) -> AddressBook:
         response = await self._call(
-            "GET",
-            f"/v2/address-books/{int(address_book_id)}",
-            deadline=deadline,
+            "GET", f"/v2/address-books/{book_id}", policy=policy, deadline=deadline
         )
-        data = response.data
-        if not isinstance(data, Mapping):
+        if not isinstance(response.data, Mapping):
             raise TransientError("GET /v2/address-books/{id} answered with an unexpected body")
-        return AddressBook.from_json(data)
+        return AddressBook.from_json(response.data)
 
     async def create_address_book(
         self,
@@ -433,7 +468,7 @@ class DotDigitalClient:
     async def _book_exists(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
         """Returns when the address book exists; :class:`AddressBookNotFoundError` when
         DotDigital says it does not (``ERROR_ADDRESSBOOK_NOT_FOUND``)."""
-        await self._call("GET", f"/v2/address-books/{book_id}", policy=policy, deadline=deadline)
+        await self._get_book(book_id, policy, deadline)
 
     async def _find_address_book(self, name: str, deadline: float | None) -> AddressBook | None:
         books = await self.list_address_books(deadline=deadline)
@@ -488,7 +523,6 @@ class DotDigitalClient:
                     "PUT",
                     "/contacts/v3/import",
                     body=body,
-                    limiter="add",
                     policy=policy,
                     deadline=deadline,
                 )
@@ -542,7 +576,7 @@ class DotDigitalClient:
         for key, spellings in names.spellings.items():
             contact_id = imported_ids.get(key)
             if contact_id is not None:
-                self._remember(key, contact_id)
+                self._contact_ids.learn(key, contact_id)
                 for email in spellings:
                     imported[email] = contact_id
                 continue
@@ -659,16 +693,6 @@ class DotDigitalClient:
         """How long to wait for an accepted job: the call's deadline, else a budget from now."""
         return deadline if deadline is not None else policy.deadline(self._clock)
 
-    def _remember(self, key: str, contact_id: int) -> None:
-        cache = self._contact_ids
-        if key not in cache and len(cache) >= self._contact_cache_size:
-            # Oldest first (dicts keep insertion order): drop a tenth at once, amortized O(1).
-            for old in list(_take(iter(cache), max(1, self._contact_cache_size // 10))):
-                del cache[old]
-        # Re-inserted, not updated in place: the dict's order stays the order of age.
-        cache.pop(key, None)
-        cache[key] = (contact_id, self._clock.monotonic())
-
     # -- bulk remove -----------------------------------------------------------------------
 
     async def remove_contacts(
@@ -681,12 +705,15 @@ class DotDigitalClient:
     ) -> RemovalOutcome:
         """Take ``emails`` out of the address book; the contacts themselves stay.
 
-        Contact ids come from earlier imports, else from ``GET /contacts/v3/email/{email}``
-        (bounded concurrency). A contact DotDigital does not know, or that is not in the book,
-        counts as removed (listed in ``not_found`` too). The rest go in bulk removals
-        (``POST /v2/address-books/{id}/contacts/delete``) polled until ``Completed``; the
-        contacts removed by a remembered id are then looked up, and removed again under their
-        current id when still in the book (their remembered id was stale).
+        Contact ids come from what imports and pages of members taught the client, else from
+        DotDigital, whichever way costs less of the account's budget (:meth:`_resolve`): one
+        ``GET /contacts/v3/email/{email}`` per contact, or the book's members paged with
+        ``GET /contacts/v3?~listId=`` (5,000 a call). A contact DotDigital does not know, or
+        that is not in the book, counts as removed (listed in ``not_found`` too). The rest go in
+        bulk removals (``POST /v2/address-books/{id}/contacts/delete``) polled until
+        ``Completed``. A removal by remembered ids is then verified (:meth:`_remove_stale`), so
+        that a contact deleted and re-created since its id was learnt is removed again under
+        its new id: a removal is never a silent no-op.
         Raises :class:`AddressBookNotFoundError` when the book does not exist (asked with
         ``GET /v2/address-books/{id}`` when no removal is to be sent),
         :class:`RemovalFailedError` when DotDigital reports the removal ``Failed``,
@@ -694,26 +721,21 @@ class DotDigitalClient:
         """
         policy = retry or self._retry
         book_id = int(address_book_id)
-        # Before the look-ups: an earlier import still running may yet add these contacts.
+        # Before resolving: an earlier import still running may yet add these contacts.
         await self._settle(book_id, policy, deadline)
         names = _Names(emails)
         rejected = names.empty_rejections()
-        ids: dict[str, int] = {}
-        cached: set[str] = set()
-        to_look_up: list[str] = []
+        remembered: dict[str, Learnt] = {}
+        unresolved: list[str] = []
         for key in names.spellings:
-            contact_id = self._remembered(key)
-            if contact_id is None:
-                to_look_up.append(key)
+            learnt = self._contact_ids.get(key)
+            if learnt is None:
+                unresolved.append(key)
             else:
-                ids[key] = contact_id
-                cached.add(key)
-        not_found: set[str] = set()
-        lookup_rejected: dict[str, Rejection] = {}
-        await self._look_up(
-            to_look_up, names, book_id, policy, deadline, ids, not_found, lookup_rejected
-        )
-        if not ids and not_found:
+                remembered[key] = learnt
+        found = await self._resolve(unresolved, names, book_id, policy, deadline)
+        ids = {key: learnt.contact_id for key, learnt in remembered.items()} | found.ids
+        if not ids and found.absent and not found.book_checked:
             # No removal goes out to say the book is gone: ask, so that a deleted book is
             # address_book_not_found whatever the contacts (one call, only in this case).
             await self._book_exists(book_id, policy, deadline)
@@ -727,70 +749,171 @@ class DotDigitalClient:
                     await self._delete_members(book_id, [ids[k] for k in chunk], policy, deadline)
                 )
             except PermanentError as error:
-                stale = [k for k in chunk if k in cached]
+                stale = [k for k in chunk if k in remembered]
                 if isinstance(error, AddressBookNotFoundError | RemovalFailedError) or not stale:
                     raise
                 # A remembered id may be stale (contact deleted and re-created meanwhile):
                 # resolve those emails afresh and try the chunk once more.
-                log.info("removal failed (%s); looking up %d remembered ids", error, len(stale))
+                log.info("removal failed (%s); resolving %d remembered ids", error, len(stale))
                 for key in stale:
-                    self._contact_ids.pop(key, None)
-                    cached.discard(key)
+                    self._contact_ids.forget(key)
+                    del remembered[key]
                     del ids[key]
-                await self._look_up(
-                    stale, names, book_id, policy, deadline, ids, not_found, lookup_rejected
-                )
+                again = await self._resolve(stale, names, book_id, policy, deadline)
+                found.update(again)
+                ids.update(again.ids)
                 retry_ids = [ids[k] for k in chunk if k in ids]
                 if retry_ids:
                     deletion_ids.append(
                         await self._delete_members(book_id, retry_ids, policy, deadline)
                     )
-        deletion_ids.extend(
-            await self._remove_stale(
-                [k for k in keys if k in cached], ids, names, book_id, policy, deadline
-            )
-        )
+        deletion_ids.extend(await self._remove_stale(remembered, book_id, policy, deadline))
 
-        for key, rejection in lookup_rejected.items():
+        for key, rejection in found.rejected.items():
             for email in names.spellings[key]:
                 rejected[email] = Rejection(email, rejection.failure_code, rejection.description)
-        done_keys = [k for k in names.spellings if k not in lookup_rejected]
+        done_keys = [k for k in names.spellings if k not in found.rejected]
         return RemovalOutcome(
             removed=frozenset(names.expand(done_keys)),
-            not_found=frozenset(names.expand(k for k in done_keys if k in not_found)),
+            not_found=frozenset(names.expand(k for k in done_keys if k in found.absent)),
             rejected=rejected,
             deletion_ids=tuple(deletion_ids),
         )
 
-    async def _remove_stale(
+    async def _resolve(
         self,
         keys: Sequence[str],
-        sent: Mapping[str, int],
         names: _Names,
         book_id: int,
         policy: RetryPolicy,
         deadline: float | None,
-    ) -> list[str]:
-        """After a completed removal by remembered ids (``sent``), look those contacts up and
-        remove again the ones still in the book under another id; returns those removals.
+    ) -> _Resolved:
+        """Which of ``keys`` are members of the book, and under which contact ids, at the
+        least cost to the account's budget.
 
-        DotDigital completes the removal of an id it does not know, so a stale id would leave
-        its contact in the book while reporting it removed. One look-up per contact, on the
-        ``other`` budget: what removing a contact not remembered costs anyway.
+        Looking each email up costs one call a contact; paging the book's members costs one
+        call to learn its size (``GET /v2/address-books/{id}``, which also confirms the book
+        exists) and one a :data:`MEMBERS_PAGE_SIZE` members, and stops once every email is
+        found. Calls are weighed by the budget of the limiter that paces each (so a tier learnt
+        to be scarcer weighs more); paging is chosen when it costs less. Members read while
+        paging are remembered, so the book's next removals need no resolving.
         """
-        current: dict[str, int] = {}
-        await self._look_up(keys, names, book_id, policy, deadline, current, set(), {})
-        stale = [k for k, contact_id in current.items() if contact_id != sent[k]]
-        if not stale:
-            return []
-        log.info("address book %s: %d remembered contact ids were stale", book_id, len(stale))
-        deletion_ids = []
-        for start in range(0, len(stale), self._removal_chunk_size):
-            chunk = stale[start : start + self._removal_chunk_size]
-            deletion_ids.append(
-                await self._delete_members(book_id, [current[k] for k in chunk], policy, deadline)
+        resolved = _Resolved()
+        if not keys:
+            return resolved
+        lookups = self._cost("contact_lookup", len(keys))
+        if self._cost("address_books", 1) + self._cost("contact_list", 1) < lookups:
+            book = await self._get_book(book_id, policy, deadline)
+            resolved.book_checked = True
+            pages = max(1, math.ceil(book.contacts / MEMBERS_PAGE_SIZE))
+            if self._cost("contact_list", pages) < lookups:
+                await self._find_members(keys, book_id, policy, deadline, resolved)
+                return resolved
+        await self._look_up(keys, names, book_id, policy, deadline, resolved)
+        return resolved
+
+    def _cost(self, operation: ApiOperation, calls: int) -> float:
+        """``calls`` requests of ``operation`` in minutes of the budget that paces them."""
+        return calls / self._budgets.for_operation(operation).limit
+
+    async def _find_members(
+        self,
+        keys: Sequence[str],
+        book_id: int,
+        policy: RetryPolicy,
+        deadline: float | None,
+        into: _Resolved,
+    ) -> None:
+        """Page the book's members until every one of ``keys`` is found or none is left."""
+        wanted = set(keys)
+        async with contextlib.aclosing(self._members(book_id, policy, deadline)) as pages:
+            async for page in pages:
+                for key, contact_id in page:
+                    if key in wanted:
+                        into.ids[key] = contact_id
+                        wanted.discard(key)
+                if not wanted:
+                    break
+        into.absent.update(wanted)
+
+    async def _members(
+        self,
+        book_id: int,
+        policy: RetryPolicy,
+        deadline: float | None,
+        *,
+        created_since: float | None = None,
+    ) -> AsyncGenerator[list[tuple[str, int]], None]:
+        """The book's members, a page (``GET /contacts/v3?~listId=``) at a time, as
+        (normalized email, contact id); only those created at or after ``created_since`` (Unix
+        seconds) when given. Every member read is remembered. Members without an email address
+        are left out (they cannot be any contact ddsync syncs)."""
+        query: dict[str, str | int] = {"~listId": book_id, "limit": MEMBERS_PAGE_SIZE}
+        if created_since is not None:
+            query["~created"] = "gte::" + _iso(created_since)
+        marker: str | None = None
+        while True:
+            path = "/contacts/v3?" + urlencode(
+                query if marker is None else {**query, "marker": marker}
             )
-        return deletion_ids
+            data = (await self._call("GET", path, policy=policy, deadline=deadline)).data
+            items = data.get("_items") if isinstance(data, Mapping) else None
+            if not isinstance(items, list):
+                raise TransientError("GET /contacts/v3 answered with an unexpected body")
+            page: list[tuple[str, int]] = []
+            for item in items:
+                key = _email_of(item)
+                contact_id = item.get("contactId") if isinstance(item, Mapping) else None
+                if key and isinstance(contact_id, int) and not isinstance(contact_id, bool):
+                    self._contact_ids.learn(key, contact_id)
+                    page.append((key, contact_id))
+            yield page
+            following = _next_marker(data)
+            if following is None or not items:
+                return
+            if following == marker:
+                raise TransientError("GET /contacts/v3 answered the same page marker twice")
+            marker = following
+
+    async def _remove_stale(
+        self,
+        sent: Mapping[str, Learnt],
+        book_id: int,
+        policy: RetryPolicy,
+        deadline: float | None,
+    ) -> list[str]:
+        """After a completed removal by remembered ids (``sent``), remove again those of the
+        contacts that are still in the book under another id; returns those removals.
+
+        DotDigital completes the removal of an id it does not know, so a stale id (the contact
+        deleted and re-created since the id was learnt) would leave its contact in the book
+        while reporting it removed. A contact re-created after its id was learnt was created
+        after that, so the book's members created since the oldest of ``sent`` was learnt
+        (less :data:`CLOCK_SKEW_SECONDS`, for the difference between our clock and
+        DotDigital's) include every such contact: one paged call a removal, not one look-up a
+        contact.
+        """
+        if not sent:
+            return []
+        since = min(learnt.at for learnt in sent.values()) - CLOCK_SKEW_SECONDS
+        current: dict[str, int] = {}
+        async with contextlib.aclosing(
+            self._members(book_id, policy, deadline, created_since=since)
+        ) as pages:
+            async for page in pages:
+                for key, contact_id in page:
+                    learnt = sent.get(key)
+                    if learnt is not None and contact_id != learnt.contact_id:
+                        current[key] = contact_id
+        if not current:
+            return []
+        log.info("address book %s: %d remembered contact ids were stale", book_id, len(current))
+        contact_ids = list(current.values())
+        size = self._removal_chunk_size
+        return [
+            await self._delete_members(book_id, contact_ids[start : start + size], policy, deadline)
+            for start in range(0, len(contact_ids), size)
+        ]
 
     async def _look_up(
         self,
@@ -799,10 +922,10 @@ class DotDigitalClient:
         book_id: int,
         policy: RetryPolicy,
         deadline: float | None,
-        ids: dict[str, int],
-        not_found: set[str],
-        rejected: dict[str, Rejection],
+        into: _Resolved,
     ) -> None:
+        """Resolve each of ``keys`` with its own ``GET /contacts/v3/email/{email}``."""
+
         async def one(key: str) -> None:
             email = names.sent[key]
             path = f"{EMAIL_LOOKUP_PREFIX}{quote(email, safe='@')}"
@@ -812,25 +935,25 @@ class DotDigitalClient:
                 except PermanentError as error:
                     # Only DotDigital's own "contact not found" means already removed; a bare
                     # 404 (a proxy's) is UnrecognizedNotFoundError, retried and never success.
-                    if error.code in CONTACT_NOT_FOUND_CODES:
-                        not_found.add(key)
+                    if error.code in CONTACT_NOT_FOUND_CODES | INVALID_IDENTIFIER_CODES:
+                        into.absent.add(key)
                         return
-                    rejected[key] = Rejection(email, error.code or "invalidEmail", error.message)
+                    into.rejected[key] = Rejection(
+                        email, error.code or "invalidEmail", error.message
+                    )
                     return
             contact_id = contact.get("contactId") if isinstance(contact, Mapping) else None
             if not isinstance(contact_id, int):
                 raise TransientError(f"GET {path} answered without a contactId")
-            self._remember(key, contact_id)
+            self._contact_ids.learn(key, contact_id)
             lists = contact.get("lists")
             if isinstance(lists, list) and not any(
                 isinstance(item, Mapping) and item.get("id") == book_id for item in lists
             ):
-                not_found.add(key)  # known, but not a member: nothing to remove
+                into.absent.add(key)  # known, but not a member: nothing to remove
                 return
-            ids[key] = contact_id
+            into.ids[key] = contact_id
 
-        if not keys:
-            return
         try:
             async with asyncio.TaskGroup() as group:
                 for key in keys:
@@ -846,7 +969,6 @@ class DotDigitalClient:
             "POST",
             f"/v2/address-books/{book_id}/contacts/delete",
             body=contact_ids,
-            limiter="remove",
             policy=policy,
             deadline=deadline,
         )
@@ -880,7 +1002,6 @@ class DotDigitalClient:
         *,
         base: str | None = None,
         body: Any = None,
-        limiter: Operation | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
         tally: _Tally | None = None,
@@ -896,7 +1017,6 @@ class DotDigitalClient:
                 path,
                 base=base,
                 body=body,
-                limiter=limiter,
                 tally=tally,
             )
 
@@ -911,7 +1031,6 @@ class DotDigitalClient:
         *,
         base: str | None = None,
         body: Any = None,
-        limiter: Operation | None = None,
         tally: _Tally,
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
@@ -919,8 +1038,8 @@ class DotDigitalClient:
         its wait for the limiter are added to ``tally``."""
         what = f"{method} {_path_for_messages(path)}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
-        pacer = self._limiters[limiter or "other"]
         operation = operation_of(method, path)
+        pacer = self._budgets.for_operation(operation)
         headers = {"Accept": "application/json", "Authorization": self._authorization}
         data: bytes | None = None
         if body is not None:
@@ -933,7 +1052,7 @@ class DotDigitalClient:
             guard.sending()  # raises Abandoned: nothing new for an operation given up
         tally.attempts += 1
         tally.queued_seconds += sent_at - queued_at
-        self._observer.queued(limiter or "other", sent_at - queued_at)
+        self._observer.queued(self._budgets.name_of(operation), sent_at - queued_at)
         if tally.attempts > 1:
             self._observer.retried(operation)
         try:
@@ -956,6 +1075,7 @@ class DotDigitalClient:
                 guard.answered()
         self._observer.request(operation, status_class(status))
         log.debug("%s -> %d", what, status)
+        pacer = self._budgets.learn(operation, response_headers)
         pacer.observe(response_headers, sent_at=sent_at)
         if 200 <= status < 300:
             if not payload.strip():
@@ -1055,6 +1175,18 @@ def _email_of(item: object) -> str | None:
     return normalize_email(email) if isinstance(email, str) else None
 
 
+def _next_marker(page: Mapping[str, Any]) -> str | None:
+    links = page.get("_links")
+    following = links.get("next") if isinstance(links, Mapping) else None
+    marker = following.get("marker") if isinstance(following, Mapping) else None
+    return marker if isinstance(marker, str) and marker else None
+
+
+def _iso(epoch: float) -> str:
+    """``epoch`` as the filters of ``GET /contacts/v3`` take it (UTC, whole seconds)."""
+    return datetime.fromtimestamp(math.floor(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _failure_of(item: Mapping[str, Any]) -> tuple[str, str]:
     failures = [f for f in item.get("failures") or () if isinstance(f, Mapping)]
     if not failures:
@@ -1067,8 +1199,3 @@ def _failure_of(item: Mapping[str, Any]) -> tuple[str, str]:
 def _count(report: Mapping[str, Any], section: str) -> int:
     items = report.get(section)
     return len(items) if isinstance(items, list) else 0
-
-
-def _take(items: Iterator[str], count: int) -> Iterator[str]:
-    for _, item in zip(range(count), items, strict=False):
-        yield item

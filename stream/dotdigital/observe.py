@@ -5,12 +5,15 @@ The client knows nothing of Prometheus (the CLI commands use it without metrics)
 one that feeds its metrics (:mod:`stream.client_metrics`).
 
 Contract: callbacks run on the client's event loop, synchronously, and must not raise nor block.
-Their arguments are drawn from small fixed sets (no path, address book id, email nor credential
-reaches an observer), so they are safe as metric labels.
+Their arguments are drawn from small sets (no path, address book id, email nor credential
+reaches an observer; a limiter name is a configured budget or one of at most
+:data:`~stream.dotdigital.budgets.MAX_SCOPES` well-formed tier names), so they are safe as metric
+labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 __all__ = [
@@ -31,11 +34,14 @@ ApiOperation = Literal[
     "removal",
     "removal_status",
     "contact_lookup",
+    "contact_list",
     "other",
 ]
 StatusClass = Literal["1xx", "2xx", "3xx", "4xx", "5xx", "network"]
 ThrottleKind = Literal["http_429", "apiusage_exceeded", "concurrency_cap"]
-Limiter = Literal["add", "remove", "other"]
+# A limiter's name: the configured budget it starts from ("add", "remove", "other") or the
+# tier DotDigital names in X-RateLimit-Scope (e.g. "lowCallRate"); see budgets.py.
+Limiter = str
 
 
 def operation_of(method: str, path: str) -> ApiOperation:
@@ -51,6 +57,8 @@ def operation_of(method: str, path: str) -> ApiOperation:
         return "removal_status"
     if path.startswith("/contacts/v3/email/"):
         return "contact_lookup"
+    if path == "/contacts/v3":
+        return "contact_list"
     return "other"
 
 
@@ -76,6 +84,14 @@ class ClientObserver:
 
     def queued(self, limiter: Limiter, seconds: float) -> None:
         """A request waited ``seconds`` for the client's own rate limiter (0 when it did not)."""
+
+    def budget(self, limiter: Limiter, per_minute: Callable[[], int]) -> None:
+        """A rate limiter exists (the starting ones at once, one per tier as it is learnt);
+        ``per_minute()`` reads its current budget, and is cheap and thread-safe to call."""
+
+    def budget_gone(self, limiter: Limiter) -> None:
+        """A rate limiter paces no operation any more (its tier was learnt under another
+        name); it will not be queued for again."""
 
     def import_active(self, delta: int) -> None:
         """An accepted import started (+1) or stopped (-1) being polled."""

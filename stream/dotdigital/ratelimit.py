@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from stream.clock import Clock
 
-__all__ = ["RateLimitStatus", "RateLimiter", "parse_reset"]
+__all__ = ["RateLimitStatus", "RateLimiter", "header", "parse_reset"]
 
 WINDOW_SECONDS = 60.0
 # Values of X-RateLimit-Reset at or above this are Unix epoch seconds, below it seconds-to-wait:
@@ -56,7 +56,8 @@ def parse_reset(value: str, now_epoch: float, window: float = WINDOW_SECONDS) ->
     return min(max(seconds, MIN_RESET_SECONDS), window)
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name`` in ``headers``, matched case-insensitively."""
     # aiohttp's CIMultiDict is case-insensitive already; plain dicts (tests, other transports)
     # are not, hence the fallback scan.
     value = headers.get(name)
@@ -175,11 +176,11 @@ class RateLimiter:
         are deducted: the estimate errs on the side of sending less.
         """
         now = self._clock.monotonic()
-        limit = _int(_header(headers, "X-RateLimit-Limit"))
+        limit = _int(header(headers, "X-RateLimit-Limit"))
         if limit is not None and limit > 0:
             self._limit = limit
-        remaining = _int(_header(headers, "X-RateLimit-Remaining"))
-        reset_value = _header(headers, "X-RateLimit-Reset")
+        remaining = _int(header(headers, "X-RateLimit-Remaining"))
+        reset_value = header(headers, "X-RateLimit-Reset")
         reset_in = parse_reset(reset_value, self._clock.time()) if reset_value else None
         if remaining is None:
             if reset_in is not None and self._server_remaining is not None:

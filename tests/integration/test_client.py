@@ -134,6 +134,11 @@ def calls(sb: Sandbox, method: str, prefix: str) -> list[JournalEntry]:
     return [e for e in sb.journal if e.method == method and e.path.startswith(prefix)]
 
 
+def member_pages(sb: Sandbox) -> list[JournalEntry]:
+    """The client's ``GET /contacts/v3`` calls (pages of a book's members)."""
+    return [e for e in sb.journal if e.method == "GET" and e.path == "/contacts/v3"]
+
+
 def assert_requests_follow_the_specs(sb: Sandbox) -> None:
     assert len(sb.journal) > 0
     for entry in sb.journal:
@@ -357,11 +362,14 @@ async def test_remove_uses_remembered_ids_and_keeps_the_contacts(
     assert outcome.not_found == frozenset()
     assert outcome.rejected == {}
     assert sandbox.members(USER, BOOK_A) == {"c@example.com"}
-    # No look-up before the removal; one per contact after it completed, to check it left.
+    # Nothing resolved before the removal; after it completed, one page of the book's members
+    # created since the ids were learnt checks none came back under another id.
     (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
-    lookups = calls(sandbox, "GET", "/contacts/v3/email/")
-    assert len(lookups) == 2
-    assert all(sandbox.journal.index(e) > sandbox.journal.index(post) for e in lookups)
+    assert calls(sandbox, "GET", "/contacts/v3/email/") == []
+    (check,) = member_pages(sandbox)
+    assert sandbox.journal.index(check) > sandbox.journal.index(post)
+    assert check.query["~listId"] == str(BOOK_A)
+    assert check.query["~created"].startswith("gte::")
     assert sorted(post.body) == sorted(
         [imported.imported["a@example.com"], imported.imported["b@example.com"]]
     )
@@ -373,29 +381,55 @@ async def test_remove_uses_remembered_ids_and_keeps_the_contacts(
         validate_exchange(entry)
 
 
-async def test_remove_looks_up_unknown_ids_and_treats_unknown_contacts_as_removed(
+async def test_remove_pages_the_book_for_unknown_ids_and_treats_non_members_as_removed(
     sandbox: Sandbox, clock: FakeClock
 ) -> None:
     async with await connect(sandbox, clock) as client:
         await client.import_contacts(BOOK_A, ["a+tag@example.com", "b@example.com"])
         await client.import_contacts(BOOK_B, ["elsewhere@example.com"])
-    # A fresh client (as after a restart) knows no contact ids.
+    # A fresh client (as after a restart) knows no contact ids. Four emails: one page of the
+    # book (and its size) costs less than four look-ups.
     async with await connect(sandbox, clock) as client:
         outcome = await client.remove_contacts(
             BOOK_A,
             ["A+tag@example.com", "nobody@example.com", "elsewhere@example.com", "not an email"],
         )
-    assert outcome.removed == {"A+tag@example.com", "nobody@example.com", "elsewhere@example.com"}
-    assert outcome.not_found == {"nobody@example.com", "elsewhere@example.com"}
-    assert set(outcome.rejected) == {"not an email"}
-    assert outcome.rejected["not an email"].failure_code == "contacts:invalidId"
+    everyone = {"A+tag@example.com", "nobody@example.com", "elsewhere@example.com", "not an email"}
+    assert outcome.removed == everyone
+    assert outcome.not_found == everyone - {"A+tag@example.com"}
+    assert outcome.rejected == {}
     assert sandbox.members(USER, BOOK_A) == {"b@example.com"}
     assert sandbox.members(USER, BOOK_B) == {"elsewhere@example.com"}
+    assert calls(sandbox, "GET", "/contacts/v3/email/") == []
+    (page,) = member_pages(sandbox)
+    assert page.query["~listId"] == str(BOOK_A)
+    assert "~created" not in page.query
+    (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert len(post.body) == 1
+    assert_requests_follow_the_specs(sandbox)
+    for entry in sandbox.journal:
+        validate_exchange(entry)
+
+
+async def test_a_couple_of_unknown_ids_are_looked_up_one_by_one(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, ["a+tag@example.com", "b@example.com"])
+    async with await connect(sandbox, clock) as client:
+        outcome = await client.remove_contacts(BOOK_A, ["A+tag@example.com", "not an email"])
+        again = await client.remove_contacts(BOOK_A, ["nobody@example.com"])
+    # Two look-ups cost less than the book's size and a page; an address DotDigital refuses
+    # to look up cannot be in the book, so its removal is done, as when the book is paged.
+    assert outcome.removed == {"A+tag@example.com", "not an email"}
+    assert outcome.not_found == {"not an email"}
+    assert again.not_found == {"nobody@example.com"}
+    assert sandbox.members(USER, BOOK_A) == {"b@example.com"}
     lookups = {e.path: e.status for e in calls(sandbox, "GET", "/contacts/v3/email/")}
     assert lookups["/contacts/v3/email/A+tag@example.com"] == 200
     assert lookups["/contacts/v3/email/nobody@example.com"] == 404
-    (post,) = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
-    assert len(post.body) == 1
+    assert lookups["/contacts/v3/email/not an email"] == 400
+    assert member_pages(sandbox) == []
     assert_requests_follow_the_specs(sandbox)
 
 
@@ -448,8 +482,8 @@ async def test_a_contact_re_created_with_a_new_id_still_leaves_the_book(
         assert client.known_contact_id("back@example.com") == new_id
     assert outcome.removed == {"back@example.com"}
     assert sandbox.members(USER, BOOK_A) == {"stays@example.com"}
-    # The removal of the stale id completed (DotDigital does not object); the look-up after it
-    # found the contact still a member under its new id, and removed that.
+    # The removal of the stale id completed (DotDigital does not object); the page of members
+    # created since found the contact still a member under its new id, and removed that.
     posts = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
     assert [p.body for p in posts] == [[old_id], [new_id]]
     assert len(outcome.deletion_ids) == 2
@@ -464,9 +498,63 @@ async def test_a_removal_by_a_fresh_remembered_id_is_checked_once_and_sent_once(
         await client.remove_contacts(BOOK_A, ["a@example.com"])
     assert sandbox.members(USER, BOOK_A) == set()
     assert len(calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")) == 1
-    (lookup,) = calls(sandbox, "GET", "/contacts/v3/email/")
+    (check,) = member_pages(sandbox)
     (poll,) = [e for e in calls(sandbox, "GET", "/v2/contacts/deletion/")][-1:]
-    assert sandbox.journal.index(lookup) > sandbox.journal.index(poll)  # after it completed
+    assert sandbox.journal.index(check) > sandbox.journal.index(poll)  # after it completed
+
+
+async def test_many_stale_ids_are_found_by_one_page_not_a_look_up_each(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    emails = [f"m{i}@example.com" for i in range(300)]
+    async with await connect(sandbox, clock) as client:
+        await client.import_contacts(BOOK_A, emails)
+        clock.advance(600)  # the ids are ten minutes old; contacts re-created since are newer
+        async with aiohttp.ClientSession() as session:
+            for email in emails[:3]:
+                url = f"{sandbox.urls['r1']}/_sandbox/accounts/{USER}/contacts/{email}/recreate"
+                async with session.post(url, json={"lists": [BOOK_A]}) as response:
+                    assert response.status == 200
+        outcome = await client.remove_contacts(BOOK_A, emails)
+    assert outcome.removed == set(emails)
+    assert sandbox.members(USER, BOOK_A) == set()
+    assert len(member_pages(sandbox)) == 1
+    assert calls(sandbox, "GET", "/contacts/v3/email/") == []
+    posts = calls(sandbox, "POST", f"/v2/address-books/{BOOK_A}/contacts/delete")
+    assert [len(p.body) for p in posts] == [300, 3]
+    for entry in sandbox.journal:
+        validate_exchange(entry)
+
+
+async def test_removals_after_a_restart_page_a_large_book_instead_of_looking_up_each(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    emails = [f"big{i}@example.com" for i in range(12_000)]
+    async with await connect(sandbox, clock) as client:
+        for start in range(0, len(emails), 1000):
+            await client.import_contacts(BOOK_A, emails[start : start + 1000])
+    clock.advance(3600)
+    sent_before = len(sandbox.journal)
+    async with await connect(sandbox, clock) as client:  # a restart: no id is remembered
+        first = await client.remove_contacts(BOOK_A, emails[:1000])
+        # Paging remembered the members it read: the next batch needs no resolving, only the
+        # check that none of those ids went stale.
+        second = await client.remove_contacts(BOOK_A, emails[1000:2000])
+    assert first.removed == set(emails[:1000])
+    assert first.not_found == frozenset()
+    assert second.removed == set(emails[1000:2000])
+    assert sandbox.members(USER, BOOK_A) == set(emails[2000:])
+    assert calls(sandbox, "GET", "/contacts/v3/email/") == []
+    pages = member_pages(sandbox)
+    # The first batch's emails were imported first (lowest ids): found on the first page.
+    assert [p.query.get("~created") is None for p in pages] == [True, False]
+    assert all(p.query["limit"] == "5000" for p in pages)
+    requests = [e for e in sandbox.journal[sent_before:] if e.path not in ("/v2/account-info",)]
+    non_polls = [e for e in requests if not e.path.startswith("/v2/contacts/deletion/")]
+    # The book's size, one page, two removals and one check: 5 calls for 2,000 removals.
+    assert len(non_polls) == 5
+    for entry in sandbox.journal:
+        validate_exchange(entry)
 
 
 async def test_remembered_ids_expire_and_the_cache_is_bounded(
@@ -597,6 +685,71 @@ async def test_a_job_that_never_ends_holds_its_book_back_one_budget_only(
 # -- rate limits -----------------------------------------------------------------------------
 
 
+SHARED = "apiuser-shared@apiconnector.com"  # r1: imports, removals and pages share one tier
+SHARED_BOOK = 801
+
+
+@pytest.fixture
+async def shared_tier(clock: FakeClock) -> AsyncIterator[Sandbox]:
+    account = SandboxAccount(
+        SHARED,
+        PASSWORD,
+        region="r1",
+        account_id=14,
+        tier_layout="shared",
+        add_per_minute=4,
+        address_books=(SandboxAddressBook(SHARED_BOOK, "Shared"),),
+    )
+    async with run_sandbox(SandboxSettings(accounts=[account], clock=clock)) as sb:
+        yield sb
+
+
+async def test_imports_and_removals_that_share_a_tier_share_one_budget(
+    shared_tier: Sandbox, clock: FakeClock
+) -> None:
+    started = clock.time()
+    async with await connect(shared_tier, clock, SHARED) as client:
+        await client.import_contacts(SHARED_BOOK, ["a@example.com", "b@example.com"])
+        # The removal by a remembered id and its check (a page of members) are in the tier too.
+        await client.remove_contacts(SHARED_BOOK, ["a@example.com"])
+        budgets = client.budgets
+        assert budgets.name_of("import") == "lowCallRate"
+        assert budgets.for_operation("removal") is budgets.for_operation("import")
+        assert budgets.for_operation("contact_list") is budgets.for_operation("import")
+        assert budgets.for_operation("import").limit == 4  # not 75 + 35
+        for i in range(3):
+            await client.import_contacts(SHARED_BOOK, [f"later{i}@example.com"])
+    shared = [e for e in shared_tier.journal if e.status is not None and e.account == SHARED]
+    assert [e for e in shared if e.status == 429] == []
+    # Six calls of a tier of four a (calendar) minute: the client waited for the next minute.
+    assert clock.time() // 60 > started // 60
+    assert shared_tier.members(SHARED, SHARED_BOOK) == {
+        "b@example.com",
+        "later0@example.com",
+        "later1@example.com",
+        "later2@example.com",
+    }
+
+
+async def test_the_cheaper_way_to_resolve_is_weighed_by_the_learnt_tiers(
+    shared_tier: Sandbox, clock: FakeClock
+) -> None:
+    emails = [f"w{i}@example.com" for i in range(5)]
+    async with await connect(shared_tier, clock, SHARED) as importer:
+        await importer.import_contacts(SHARED_BOOK, [*emails, "kept@example.com"])
+    async with await connect(shared_tier, clock, SHARED) as client:
+        await client.import_contacts(SHARED_BOOK, ["x@example.com"])
+        await client.remove_contacts(SHARED_BOOK, ["x@example.com"])  # learns the pages' tier
+        pages_before = len(member_pages(shared_tier))
+        # Five unknown contacts: by count a page (and the book's size) is cheaper than five
+        # look-ups, but a page costs a quarter of a minute of this tier, five look-ups far less.
+        outcome = await client.remove_contacts(SHARED_BOOK, emails)
+    assert outcome.removed == set(emails)
+    assert len(member_pages(shared_tier)) == pages_before
+    assert len(calls(shared_tier, "GET", "/contacts/v3/email/")) == 5
+    assert shared_tier.members(SHARED, SHARED_BOOK) == {"kept@example.com"}
+
+
 async def test_headers_slow_the_client_down_before_any_429(
     sandbox: Sandbox, clock: FakeClock
 ) -> None:
@@ -604,7 +757,8 @@ async def test_headers_slow_the_client_down_before_any_429(
     async with await connect(sandbox, clock, TIGHT) as client:
         for i in range(5):
             await client.import_contacts(TIGHT_BOOK, [f"x{i}@example.com"])
-        assert client.limiter("add").limit == 2  # learnt from X-RateLimit-Limit
+        # Learnt from X-RateLimit-Limit, for the tier the responses name.
+        assert client.budgets.for_operation("import").limit == 2
     puts = calls(sandbox, "PUT", "/contacts/v3/import")
     assert [e.status for e in puts] == [202] * 5
     # 5 imports at 2 a minute span at least two window boundaries.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stream.client_metrics import MetricsObserver, watch_budgets
+from stream.client_metrics import MetricsObserver
 from stream.clock import FakeClock
 from stream.dotdigital import DotDigitalClient, RetriesExhausted
 from stream.dotdigital.sandbox import Sandbox
@@ -48,7 +48,6 @@ async def observed(
         retry=fast_retry(),
         observer=MetricsObserver(metrics, NAME),
     )
-    watch_budgets(metrics, NAME, client)
     return client
 
 
@@ -137,12 +136,16 @@ async def test_throttles_by_kind_and_the_learnt_budget(sandbox: Sandbox, clock: 
         await asyncio.gather(
             *(client.import_contacts(TIGHT_BOOK, [f"y{i}@example.com"]) for i in range(3))
         )
-        assert sample(metrics, budget, limiter="add") == 2  # learnt from X-RateLimit-Limit
+        # Learnt from the headers: the tier imports count against, and its X-RateLimit-Limit.
+        assert sample(metrics, budget, limiter="mediumCallRate") == 2
+        assert (
+            metrics.registry.get_sample_value(budget, {"connector": NAME, "limiter": "add"}) is None
+        )
     assert sample(metrics, "ddsync_dotdigital_throttled_total", kind="http_429") == 1
     assert requests(metrics, "import", "4xx") == 1
     assert sample(metrics, "ddsync_dotdigital_retries_total", operation="import") == 1
     # The third import queued behind our own limiter for the rest of the minute.
-    assert sample(metrics, "ddsync_rate_limiter_wait_seconds_total", limiter="add") > 0
+    assert sample(metrics, "ddsync_rate_limiter_wait_seconds_total", limiter="mediumCallRate") > 0
 
     async with await observed(
         sandbox, clock, metrics, FLAT, api_endpoint=sandbox.urls["r1"]

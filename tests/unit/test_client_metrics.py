@@ -19,6 +19,8 @@ from stream.metrics import Metrics
         ("POST", "/v2/address-books/7/contacts/delete", "removal"),
         ("GET", "/v2/contacts/deletion/d-1", "removal_status"),
         ("GET", "/contacts/v3/email/jane@example.com", "contact_lookup"),
+        ("GET", "/contacts/v3?~listId=7&limit=5000", "contact_list"),
+        ("GET", "/contacts/v3", "contact_list"),
         ("GET", "/v2/something-new", "other"),
     ],
 )
@@ -70,3 +72,19 @@ def test_the_observer_feeds_the_connectors_series() -> None:
     assert [value(metrics, contacts, outcome=o) for o in ("created", "updated", "failed")] == [
         3, 2, 1,
     ]  # fmt: skip
+
+
+def test_budgets_are_read_at_scrape_time_and_a_retired_one_disappears() -> None:
+    metrics = Metrics()
+    observer = MetricsObserver(metrics, "eu")
+    budget = {"add": 75}
+    observer.budget("add", lambda: budget["add"])
+    observer.budget("lowCallRate", lambda: 60)
+    name = "ddsync_rate_limit_budget_per_minute"
+    assert value(metrics, name, limiter="add") == 75
+    budget["add"] = 2
+    assert value(metrics, name, limiter="add") == 2
+    observer.budget_gone("add")
+    observer.budget_gone("never-there")
+    assert value(metrics, name, limiter="add") is None
+    assert value(metrics, name, limiter="lowCallRate") == 60
