@@ -767,7 +767,7 @@ class DotDigitalClient:
                     deletion_ids.append(
                         await self._delete_members(book_id, retry_ids, policy, deadline)
                     )
-        deletion_ids.extend(await self._remove_stale(remembered, book_id, policy, deadline))
+        deletion_ids.extend(await self._remove_stale(remembered, names, book_id, policy, deadline))
 
         for key, rejection in found.rejected.items():
             for email in names.spellings[key]:
@@ -878,6 +878,7 @@ class DotDigitalClient:
     async def _remove_stale(
         self,
         sent: Mapping[str, Learnt],
+        names: _Names,
         book_id: int,
         policy: RetryPolicy,
         deadline: float | None,
@@ -891,20 +892,43 @@ class DotDigitalClient:
         after that, so the book's members created since the oldest of ``sent`` was learnt
         (less :data:`CLOCK_SKEW_SECONDS`, for the difference between our clock and
         DotDigital's) include every such contact: one paged call a removal, not one look-up a
-        contact.
+        contact. When the pages would cost more of the budget than looking the contacts up
+        (many members created since, or a scarce tier), the contacts not seen yet are looked
+        up instead: never more than about twice the cheaper way.
         """
         if not sent:
             return []
-        since = min(learnt.at for learnt in sent.values()) - CLOCK_SKEW_SECONDS
         current: dict[str, int] = {}
-        async with contextlib.aclosing(
-            self._members(book_id, policy, deadline, created_since=since)
-        ) as pages:
-            async for page in pages:
-                for key, contact_id in page:
-                    learnt = sent.get(key)
-                    if learnt is not None and contact_id != learnt.contact_id:
-                        current[key] = contact_id
+        unseen = dict(sent)
+        lookups = self._cost("contact_lookup", len(sent))
+        page_cost = self._cost("contact_list", 1)
+        if page_cost <= lookups:
+            since = min(learnt.at for learnt in sent.values()) - CLOCK_SKEW_SECONDS
+            spent = 0.0
+            complete = False
+            async with contextlib.aclosing(
+                self._members(book_id, policy, deadline, created_since=since)
+            ) as pages:
+                async for page in pages:
+                    spent += page_cost
+                    for key, contact_id in page:
+                        learnt = unseen.pop(key, None)
+                        if learnt is not None and contact_id != learnt.contact_id:
+                            current[key] = contact_id
+                    if not unseen or spent + page_cost > lookups:
+                        break
+                else:
+                    complete = True  # the last page: no other member was created since
+            if complete:
+                unseen.clear()
+        if unseen:
+            found = _Resolved()
+            await self._look_up(list(unseen), names, book_id, policy, deadline, found)
+            current.update(
+                (key, contact_id)
+                for key, contact_id in found.ids.items()
+                if contact_id != unseen[key].contact_id
+            )
         if not current:
             return []
         log.info("address book %s: %d remembered contact ids were stale", book_id, len(current))

@@ -526,6 +526,34 @@ async def test_many_stale_ids_are_found_by_one_page_not_a_look_up_each(
         validate_exchange(entry)
 
 
+async def test_the_check_of_remembered_ids_costs_at_most_twice_the_cheaper_way(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    emails = [f"busy{i}@example.com" for i in range(12_000)]
+    async with await connect(sandbox, clock) as client:
+        for start in range(0, len(emails), 1000):
+            await client.import_contacts(BOOK_A, emails[start : start + 1000])
+        recreate = (
+            f"{sandbox.urls['r1']}/_sandbox/accounts/{USER}/contacts/busy11999@example.com/recreate"
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(recreate, json={"lists": [BOOK_A]}) as response,
+        ):
+            assert response.status == 200
+        sent_before = len(sandbox.journal)
+        # Two remembered ids, in a book where 12,000 members were created since they were
+        # learnt: two look-ups are as cheap as one page, so after two pages the rest is looked up.
+        outcome = await client.remove_contacts(BOOK_A, emails[-2:])
+    assert outcome.removed == set(emails[-2:])
+    assert sandbox.members(USER, BOOK_A) == set(emails[:-2])
+    later = sandbox.journal[sent_before:]
+    assert len([e for e in later if e.method == "GET" and e.path == "/contacts/v3"]) == 2
+    assert len([e for e in later if e.path.startswith("/contacts/v3/email/")]) == 2
+    posts = [e for e in later if e.path == f"/v2/address-books/{BOOK_A}/contacts/delete"]
+    assert [len(p.body) for p in posts] == [2, 1]  # the re-created one removed again
+
+
 async def test_removals_after_a_restart_page_a_large_book_instead_of_looking_up_each(
     sandbox: Sandbox, clock: FakeClock
 ) -> None:
