@@ -185,6 +185,7 @@ def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
         ('{"accounts": [{"username": "a", "password": "p", "region": "r9"}]}', "region"),
         ('{"accounts": [{"username": "a"}]}', "password"),
         ('{"accounts": [{"username": "a", "password": "p", "colour": 1}]}', "colour"),
+        ('{"accounts": [{"username": "a", "password": "p", "tier_layout": "x"}]}', "tier_layout"),
     ],
 )
 def test_bad_accounts_file_is_a_one_line_error(tmp_path: Path, content: str, message: str) -> None:
@@ -216,6 +217,7 @@ def test_example_accounts_file_loads() -> None:
     loaded = load_accounts(example, environ={"SANDBOX_EU_PASSWORD": "x"})
     assert [a.region for a in loaded] == ["r1", "r2"]
     assert loaded[1].rate_limit_scheme == "flat"
+    assert [a.tier_layout for a in loaded] == ["separate", "separate"]
 
 
 def test_subcommand_registers_with_the_ddsync_cli() -> None:

@@ -63,6 +63,7 @@ async def test_every_authenticated_response_has_rate_limit_headers(
             ("POST", "/v2/address-books/77/contacts/delete", [1], "r1", 202, "lowCallRate", "35"),
             ("DELETE", "/v2/address-books/77/contacts/1", None, "r1", 404, "lowCallRate", "35"),
             ("GET", "/v2/address-books", None, "r2", 403, "highCallRate", "3000"),
+            ("GET", "/contacts/v3?~listId=77", None, "r1", 200, "highCallRate", "3000"),
         ]
         for method, path, body, region, status, scope, limit in calls:
             reply = await api.call(method, path, body, region=region)
@@ -71,8 +72,54 @@ async def test_every_authenticated_response_has_rate_limit_headers(
             assert reply.headers["X-RateLimit-Limit"] == limit
             assert reply.headers["X-RateLimit-Reset"] == "50"  # seconds to the next minute
         other = await api.call("GET", "/v2/account-info")
-        # account-info, the 404, the 403 and this call: four "other" calls so far.
-        assert other.headers["X-RateLimit-Remaining"] == str(3000 - 4)
+        # account-info, the 404, the 403, the listing and this call: five "other" calls so far.
+        assert other.headers["X-RateLimit-Remaining"] == str(3000 - 5)
+        assert sb.stats.as_dict()["calls"] == {USER: {"add": 1, "remove": 2, "other": 5}}
+        validate_journal(sb.journal)
+
+
+async def test_shared_layout_spends_one_low_budget_on_imports_removals_and_listing(
+    session: aiohttp.ClientSession,
+) -> None:
+    clock = FakeClock(START)
+    shared = account(tier_layout="shared", add_per_minute=4, remove_per_minute=1000)
+    async with run_sandbox(SandboxSettings(accounts=[shared], clock=clock)) as sb:
+        api = Api(session, sb.urls, USER, PASSWORD)
+        spent = [
+            ("PUT", "/contacts/v3/import", IMPORT, 202),
+            ("POST", "/v2/address-books/77/contacts/delete", [1], 202),
+            ("GET", "/contacts/v3?~listId=77", None, 200),
+            ("DELETE", "/v2/address-books/77/contacts/1", None, 404),
+        ]
+        for left, (method, path, body, status) in zip((3, 2, 1, 0), spent, strict=True):
+            reply = await api.call(method, path, body)
+            assert reply.status == status, (method, path, reply.text)
+            assert reply.headers["X-RateLimit-Scope"] == "lowCallRate"
+            assert reply.headers["X-RateLimit-Limit"] == "4"
+            assert reply.headers["X-RateLimit-Remaining"] == str(left)
+        # The shared budget is spent, whichever of the three kinds of call comes next.
+        for method, path, body in (
+            ("PUT", "/contacts/v3/import", IMPORT),
+            ("POST", "/v2/address-books/77/contacts/delete", [1]),
+            ("GET", "/contacts/v3", None),
+        ):
+            refused = await api.call(method, path, body)
+            assert refused.status == 429, (method, path)
+            assert refused.headers["X-RateLimit-Scope"] == "lowCallRate"
+            validate_error_body(path, refused.body, 429)
+        # Everything else has its own budget.
+        others = await api.call("GET", "/contacts/v3/email/a@example.com")
+        assert others.status == 200
+        assert others.headers["X-RateLimit-Scope"] == "highCallRate"
+        assert others.headers["X-RateLimit-Limit"] == "3000"
+        stats = sb.stats.as_dict()
+        assert stats["calls"] == {USER: {"low": 4, "other": 1}}
+        assert stats["rate_limited"] == {USER: {"low": 3}}
+        assert stats["totals"] == {USER: {"calls": 5, "rate_limited": 3, "requests": 8}}
+        clock.advance(50)  # the next minute
+        again = await api.call("GET", "/contacts/v3")
+        assert again.status == 200
+        assert again.headers["X-RateLimit-Remaining"] == "3"
         validate_journal(sb.journal)
 
 

@@ -80,6 +80,8 @@ def test_load_accounts_reads_env_passwords(tmp_path: Path) -> None:
             {"username": "b", "password": "p", "address_books": [{"id": 1, "name": "y"}]},
         ],
         [{"username": "a", "password": "p", "password_env": "X"}],
+        [{"username": "a", "password": "p", "tier_layout": "pooled"}],
+        [{"username": "a", "password": "p", "tier_layout": 1}],
     ],
 )
 def test_load_accounts_rejects_bad_files(tmp_path: Path, accounts: list[object]) -> None:
@@ -112,19 +114,46 @@ def test_fault_counters_take_precedence_and_count_down() -> None:
     assert [faults.decide(rng) for _ in range(3)] == ["drop", "503", None]
 
 
+def test_tier_layout_is_read_from_the_accounts_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    entries = [
+        {"username": "a", "password": "p", "tier_layout": "shared"},
+        {"username": "b", "password": "p"},
+    ]
+    path.write_text(json.dumps({"accounts": entries}))
+    assert [a.tier_layout for a in load_accounts(path)] == ["shared", "separate"]
+    with pytest.raises(AccountsError, match="tier_layout must be 'separate' or 'shared'"):
+        SandboxAccount("u", "p", tier_layout="pooled")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "tier"),
+    ("method", "path", "separate", "shared"),
     [
-        ("PUT", "/contacts/v3/import", "add"),
-        ("GET", "/contacts/v3/import/x", "other"),
-        ("POST", "/v2/address-books/1/contacts/delete", "remove"),
-        ("DELETE", "/v2/address-books/1/contacts/2", "remove"),
-        ("DELETE", "/v2/address-books/1", "other"),
-        ("GET", "/v2/account-info", "other"),
+        ("PUT", "/contacts/v3/import", "add", "low"),
+        ("GET", "/contacts/v3/import/x", "other", "other"),
+        ("GET", "/contacts/v3", "other", "low"),
+        ("GET", "/contacts/v3/email/a@example.com", "other", "other"),
+        ("POST", "/v2/address-books/1/contacts/delete", "remove", "low"),
+        ("DELETE", "/v2/address-books/1/contacts/2", "remove", "low"),
+        ("DELETE", "/v2/address-books/1", "other", "other"),
+        ("GET", "/v2/account-info", "other", "other"),
     ],
 )
-def test_tiers(method: str, path: str, tier: str) -> None:
-    assert tier_of(method, path) == tier
+def test_tiers(method: str, path: str, separate: str, shared: str) -> None:
+    assert tier_of(method, path) == separate
+    assert tier_of(method, path, "separate") == separate
+    assert tier_of(method, path, "shared") == shared
+
+
+def test_the_shared_budget_is_add_per_minute_scoped_low() -> None:
+    limiter = RateLimiter(FakeClock(START))
+    account = SandboxAccount("u", "p", tier_layout="shared", add_per_minute=2)
+    first = limiter.charge(account, "low")
+    assert first.headers["X-RateLimit-Scope"] == "lowCallRate"
+    assert first.headers["X-RateLimit-Limit"] == "2"
+    assert limiter.charge(account, "low").allowed
+    assert not limiter.charge(account, "low").allowed
+    assert limiter.charge(account, "other").headers["X-RateLimit-Scope"] == "highCallRate"
 
 
 def test_rate_limiter_windows_are_calendar_minutes() -> None:

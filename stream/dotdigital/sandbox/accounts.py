@@ -22,6 +22,7 @@ import orjson
 
 Region = Literal["r1", "r2", "r3"]
 RateLimitScheme = Literal["tiered", "flat"]
+TierLayout = Literal["separate", "shared"]
 
 REGIONS: tuple[Region, ...] = ("r1", "r2", "r3")
 
@@ -52,9 +53,17 @@ class SandboxAccount:
 
     ``add_per_minute`` budgets ``PUT /contacts/v3/import``; ``remove_per_minute`` budgets list
     removals (``POST /v2/address-books/{id}/contacts/delete`` and the single-contact ``DELETE``);
-    ``other_per_minute`` budgets every other API call. Windows are fixed calendar minutes.
-    With ``rate_limit_scheme="flat"`` one budget of ``flat_per_hour`` calls per calendar hour
-    covers every call instead. ``rate_limits_enabled=False`` lifts all limits (benchmarks).
+    ``other_per_minute`` budgets every other API call, ``GET /contacts/v3`` included. Windows
+    are fixed calendar minutes. With ``rate_limit_scheme="flat"`` one budget of
+    ``flat_per_hour`` calls per calendar hour covers every call instead.
+    ``rate_limits_enabled=False`` lifts all limits (benchmarks).
+
+    ``tier_layout`` says which calls share a per-minute budget (DotDigital does not document
+    it): ``"separate"`` (the default) as above, scopes ``mediumCallRate`` (imports),
+    ``lowCallRate`` (removals), ``highCallRate`` (the rest); ``"shared"``: imports, list
+    removals and ``GET /contacts/v3`` all count against one ``lowCallRate`` budget of
+    ``add_per_minute`` calls (``remove_per_minute`` unused), everything else against
+    ``highCallRate``, ``other_per_minute`` (see :mod:`.ratelimits`).
 
     ``import_delay_seconds`` is how long an import reports ``NotFinished``;
     ``deletion_delay_seconds`` how long a bulk removal reports ``Started`` (membership changes
@@ -66,6 +75,7 @@ class SandboxAccount:
     region: Region = "r1"
     account_id: int = 1
     rate_limit_scheme: RateLimitScheme = "tiered"
+    tier_layout: TierLayout = "separate"
     add_per_minute: int = 75
     remove_per_minute: int = 35
     other_per_minute: int = 3000
@@ -85,6 +95,11 @@ class SandboxAccount:
         if self.rate_limit_scheme not in ("tiered", "flat"):
             raise AccountsError(
                 f"account {self.username}: rate_limit_scheme must be 'tiered' or 'flat'"
+            )
+        if self.tier_layout not in ("separate", "shared"):
+            raise AccountsError(
+                f"account {self.username}: tier_layout must be 'separate' or 'shared', "
+                f"not {self.tier_layout!r}"
             )
         for name in ("add_per_minute", "remove_per_minute", "other_per_minute", "flat_per_hour"):
             if getattr(self, name) <= 0:
@@ -131,6 +146,7 @@ _ACCOUNT_KEYS = {
     "region",
     "account_id",
     "rate_limit_scheme",
+    "tier_layout",
     "add_per_minute",
     "remove_per_minute",
     "other_per_minute",
@@ -217,6 +233,7 @@ def _parse_account(entry: Any, where: str, environ: Mapping[str, str]) -> Sandbo
         "region": (str,),
         "account_id": (int,),
         "rate_limit_scheme": (str,),
+        "tier_layout": (str,),
         "add_per_minute": (int,),
         "remove_per_minute": (int,),
         "other_per_minute": (int,),

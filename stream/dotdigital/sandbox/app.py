@@ -6,7 +6,8 @@ Every API request goes through :func:`_api_middleware`, in this order (each step
    so they come first and cost no rate budget;
 2. Basic auth -> 401;
 3. due jobs of the account are settled (so the handler sees completed imports/removals);
-4. rate limit of the call's tier -> 429 (tiered) or 400 ``ERROR_APIUSAGE_EXCEEDED`` (flat);
+4. rate limit of the call's budget (which one: :func:`tier_of` in the account's
+   ``tier_layout``) -> 429 (tiered) or 400 ``ERROR_APIUSAGE_EXCEEDED`` (flat);
 5. region: an account is served only on its own region's host -> 403, except
    ``GET /v2/account-info`` on r1 (DotDigital's documented region detection);
 6. the handler.
@@ -27,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from stream.dotdigital.sandbox import bodies
+from stream.dotdigital.sandbox.accounts import TierLayout
 from stream.dotdigital.sandbox.core import (
     CORE,
     CURRENT_ACCOUNT,
@@ -36,7 +38,7 @@ from stream.dotdigital.sandbox.core import (
     SandboxCore,
 )
 from stream.dotdigital.sandbox.journal import JournalEntry
-from stream.dotdigital.sandbox.ratelimits import Tier
+from stream.dotdigital.sandbox.ratelimits import LAYOUTS, CallKind, Tier
 from stream.dotdigital.sandbox.routes import add_routes
 from stream.dotdigital.sandbox.state import AccountState
 
@@ -46,15 +48,22 @@ CONTROL_PREFIX = "/_sandbox/"
 _REMOVE_PATH = re.compile(r"^/v2/address-books/[^/]+/contacts/(delete|[^/]+)$")
 
 
-def tier_of(method: str, path: str) -> Tier:
-    """Which budget a call counts against (see :mod:`.ratelimits`)."""
+def kind_of(method: str, path: str) -> CallKind:
+    """What a call is, as far as rate limits care (see :mod:`.ratelimits`)."""
     if method == "PUT" and path == "/contacts/v3/import":
-        return "add"
+        return "import"
     if (method == "POST" and path.endswith("/contacts/delete")) or (
         method == "DELETE" and _REMOVE_PATH.match(path)
     ):
-        return "remove"
+        return "removal"
+    if method == "GET" and path == "/contacts/v3":
+        return "listing"
     return "other"
+
+
+def tier_of(method: str, path: str, layout: TierLayout = "separate") -> Tier:
+    """Which budget a call counts against in ``layout`` (see :mod:`.ratelimits`)."""
+    return LAYOUTS[layout][kind_of(method, path)]
 
 
 @web.middleware
@@ -125,7 +134,7 @@ async def _serve_account(
     region: str,
 ) -> web.StreamResponse:
     account.settle()
-    tier = tier_of(request.method, request.path)
+    tier = tier_of(request.method, request.path, account.account.tier_layout)
     charge = core.limiter.charge(account.account, tier)
     if not charge.allowed:
         core.stats.rate_limited[(account.account.username, tier)] += 1

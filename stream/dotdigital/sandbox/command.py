@@ -40,8 +40,9 @@ DEFAULT_PORT = 8085
 
 DESCRIPTION = f"""\
 Serve a local DotDigital API: regions r1, r2 and r3 on PORT, PORT+1 and PORT+2, Basic auth,
-address books, v3 contact imports, list removals, rate-limit headers and 429s, and switchable
-faults. Point ddsync (or anything else) at the r1 URL as its discovery endpoint.
+address books, v3 contact imports, look-ups and listing (GET /contacts/v3), list removals,
+rate-limit headers and 429s, and switchable faults. Point ddsync (or anything else) at the r1
+URL as its discovery endpoint.
 
 Without --accounts it serves two demo accounts, both with the password '{DEMO_PASSWORD}':
   {DEMO_USERNAME}     region r1, address books 1001, 1002, 1003
@@ -49,10 +50,15 @@ Without --accounts it serves two demo accounts, both with the password '{DEMO_PA
 
 --accounts FILE reads JSON: {{"accounts": [{{"username": ..., "password_env": "VAR" (or
 "password": ...), "region": "r1", "address_books": [{{"id": 1, "name": "..."}}], ...}}]}};
-see stream/dotdigital/sandbox/accounts.example.json for every field.
+see stream/dotdigital/sandbox/accounts.example.json for every field. Rate limits per minute:
+add_per_minute (imports), remove_per_minute (list removals), other_per_minute (the rest), and
+"tier_layout": "separate" (default; scopes mediumCallRate, lowCallRate, highCallRate; GET
+/contacts/v3 counts as "other") or "shared" (imports, list removals and GET /contacts/v3 share
+one lowCallRate budget of add_per_minute; the rest highCallRate, other_per_minute).
 
 Control API (no auth): GET/POST /_sandbox/faults, GET /_sandbox/stats,
-GET /_sandbox/accounts/USERNAME/address-books/ID/members, GET /_sandbox/health.
+GET /_sandbox/accounts/USERNAME/address-books/ID/members, GET /_sandbox/health,
+POST /_sandbox/accounts/USERNAME/contacts/EMAIL/recreate.
 """
 
 
@@ -188,15 +194,7 @@ def banner(sandbox: Sandbox, settings: SandboxSettings) -> str:
     lines.append(f"Discovery endpoint (r1): {sandbox.discovery_url}")
     lines.append("Accounts:")
     for account in settings.accounts:
-        limits = (
-            "no rate limits"
-            if not account.rate_limits_enabled
-            else (
-                f"flat {account.flat_per_hour}/hour"
-                if account.rate_limit_scheme == "flat"
-                else f"add {account.add_per_minute}/min, remove {account.remove_per_minute}/min"
-            )
-        )
+        limits = _limits(account)
         books = ", ".join(str(book.id) for book in account.address_books) or "none"
         lines.append(
             f"  {account.username}  region {account.region}; password: "
@@ -210,6 +208,16 @@ def banner(sandbox: Sandbox, settings: SandboxSettings) -> str:
         )
     lines.append("Stop with Ctrl-C (SIGINT) or SIGTERM.")
     return "\n".join(lines)
+
+
+def _limits(account: SandboxAccount) -> str:
+    if not account.rate_limits_enabled:
+        return "no rate limits"
+    if account.rate_limit_scheme == "flat":
+        return f"flat {account.flat_per_hour}/hour"
+    if account.tier_layout == "shared":
+        return f"imports+removals+listing {account.add_per_minute}/min (shared)"
+    return f"add {account.add_per_minute}/min, remove {account.remove_per_minute}/min"
 
 
 def write_ready_file(path: Path, sandbox: Sandbox) -> None:

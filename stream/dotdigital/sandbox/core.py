@@ -26,7 +26,14 @@ CURRENT_BODY: contextvars.ContextVar[Any] = contextvars.ContextVar("sandbox_body
 
 
 class Stats:
-    """Counters for ``GET /_sandbox/stats`` (benchmarks read how often limits bit)."""
+    """Counters for ``GET /_sandbox/stats`` (benchmarks read how often limits bit).
+
+    ``calls`` and ``rate_limited`` are per account and budget (the budget names of
+    :mod:`.ratelimits`: ``add``/``remove``/``other`` in the separate tier layout, ``low``/
+    ``other`` in the shared one); ``totals`` per account: ``calls`` that passed the limiter,
+    ``rate_limited`` refusals, and ``requests``, their sum. Faults and 401s happen before an
+    account is known and are counted only in ``faults`` and ``unauthorized``.
+    """
 
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -43,10 +50,18 @@ class Stats:
                 out.setdefault(user, {})[tier] = count
             return out
 
+        totals: dict[str, dict[str, int]] = {}
+        for key, counter in (("calls", self.calls), ("rate_limited", self.rate_limited)):
+            for (user, _), count in counter.items():
+                entry = totals.setdefault(user, {"calls": 0, "rate_limited": 0})
+                entry[key] += count
+        for entry in totals.values():
+            entry["requests"] = entry["calls"] + entry["rate_limited"]
         return {
             "calls": nested(self.calls),
             "rate_limited": nested(self.rate_limited),
             "rate_limited_total": sum(self.rate_limited.values()),
+            "totals": dict(sorted(totals.items())),
             "faults": dict(self.faults),
             "unauthorized": self.unauthorized,
             "wrong_region": self.wrong_region,

@@ -1,10 +1,30 @@
 """Per-account call budgets: DotDigital's tiered (per minute) and flat (per hour) schemes.
 
-Tiered: every call counts against one tier of its account, each with its own budget per fixed
-calendar minute (windows aligned to the Unix epoch, like DotDigital's "calls per minute").
-Every response to an authenticated call carries ``X-RateLimit-Limit``, ``-Remaining``,
-``-Reset`` and ``-Scope`` for the tier it counted against; past the budget the call is refused
-with 429 and does not count.
+Tiered: every call counts against one budget of its account, each with its own number of calls
+per fixed calendar minute (windows aligned to the Unix epoch, like DotDigital's "calls per
+minute"). Every response to an authenticated call carries ``X-RateLimit-Limit``,
+``-Remaining``, ``-Reset`` and ``-Scope`` for the budget it counted against; past the budget the
+call is refused with 429 and does not count.
+
+Which budget a call counts against depends on the account's ``tier_layout``, because DotDigital
+does not document which tier ``GET /contacts/v3`` is in, nor whether imports and bulk removals
+share one (its rate-limit page says only that "Low" covers "imports / large data returns"):
+
+====================  ===================================  =====================================
+call                  ``"separate"`` (default)             ``"shared"``
+====================  ===================================  =====================================
+import (PUT)          ``add``: mediumCallRate,             ``low``: lowCallRate, add_per_minute
+                      add_per_minute                       (one budget for all three rows)
+list removal          ``remove``: lowCallRate,             ``low``
+(bulk POST, DELETE)   remove_per_minute
+``GET /contacts/v3``  ``other``: highCallRate,             ``low``
+                      other_per_minute
+anything else         ``other``                            ``other``: highCallRate,
+                                                           other_per_minute
+====================  ===================================  =====================================
+
+``remove_per_minute`` is unused in the shared layout. Budget names are also the keys of
+``GET /_sandbox/stats``.
 
 Flat: one budget of calls per calendar hour for the whole account; past it the call is refused
 with 400 ``ERROR_APIUSAGE_EXCEEDED``. The flat scheme predates the headers, so none are sent.
@@ -17,17 +37,24 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stream.clock import Clock
-from stream.dotdigital.sandbox.accounts import SandboxAccount
+from stream.dotdigital.sandbox.accounts import SandboxAccount, TierLayout
 from stream.dotdigital.sandbox.settings import ResetHeaderMode
 
-Tier = Literal["add", "remove", "other"]
+Tier = Literal["add", "remove", "low", "other"]
+CallKind = Literal["import", "removal", "listing", "other"]
 
-# X-RateLimit-Scope per tier. DotDigital names its tiers low/medium/high call rate; the only
-# published row (Low = 35/minute) matches the removal budget, so removal is "low", imports
-# "medium" and everything else "high".
+LAYOUTS: dict[TierLayout, dict[CallKind, Tier]] = {
+    "separate": {"import": "add", "removal": "remove", "listing": "other", "other": "other"},
+    "shared": {"import": "low", "removal": "low", "listing": "low", "other": "other"},
+}
+
+# X-RateLimit-Scope per budget. DotDigital names its tiers low/medium/high call rate; the only
+# published row (Low = 35/minute) matches the removal budget, so in the separate layout removal
+# is "low", imports "medium" and everything else "high".
 SCOPES: dict[Tier, str] = {
     "add": "mediumCallRate",
     "remove": "lowCallRate",
+    "low": "lowCallRate",
     "other": "highCallRate",
 }
 
@@ -96,7 +123,7 @@ class RateLimiter:
 
     @staticmethod
     def limit(account: SandboxAccount, tier: Tier) -> int:
-        if tier == "add":
+        if tier in ("add", "low"):
             return account.add_per_minute
         if tier == "remove":
             return account.remove_per_minute

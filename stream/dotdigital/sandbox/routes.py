@@ -410,7 +410,7 @@ def _since(value: str) -> float | None:
         return None
 
 
-def encode_marker(after: int) -> str:
+def _encode_marker(after: int) -> str:
     return base64.urlsafe_b64encode(f"after:{after}".encode()).decode("ascii").rstrip("=")
 
 
@@ -474,7 +474,7 @@ def _contacts_query(request: web.Request) -> ContactQuery | web.Response:
 
 
 def _page_link(request: web.Request, after: int) -> dict[str, str]:
-    marker = encode_marker(after)
+    marker = _encode_marker(after)
     return {"link": str(request.url.update_query(marker=marker)), "marker": marker}
 
 
