@@ -72,7 +72,8 @@ def run(ctx: Context) -> Result:
     measured_start = math.ceil((start_plan + MINUTE) / MINUTE) * MINUTE
     measured_end = measured_start + minutes * MINUTE
     storm_start, storm_end = measured_end, measured_end + STORM_SECONDS
-    demand_seconds = (measured_end + 2 * MINUTE - start_plan) * 1.1
+    # Work for the whole observation: up to three minutes from the storm's start.
+    demand_seconds = (measured_end + 3 * MINUTE - start_plan) * 1.1
     add_batches = math.ceil(budgets["add"] * demand_seconds / MINUTE)
     removal_batches = math.ceil(budgets["remove"] * demand_seconds / MINUTE)
     removal_books = list(range(1, removal_batches + 1))
@@ -167,7 +168,7 @@ def run(ctx: Context) -> Result:
                         FULL * budgets[tier]
                     ):
                         recovered[tier] = now - storm_end
-                if len(recovered) == 2 or now > storm_end + 3 * MINUTE:
+                if len(recovered) == 2 or now > storm_start + 3 * MINUTE:
                     break
         result.raw["wave2_at"] = wave2_at
         result.raw["samples"] = samples
