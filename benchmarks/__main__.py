@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scale = parser.add_argument_group("scale")
     scale.add_argument("--records", type=int, default=1_000_000, help="B2 records")
     scale.add_argument("--b2-books", type=int, default=1000)
-    scale.add_argument("--b2-timeout", type=float, default=900)
+    scale.add_argument("--b2-timeout", type=float, default=1800)
     scale.add_argument("--b1-contacts", type=int, default=3000, help="B1 contacts per book (3)")
     scale.add_argument("--b1-timeout", type=float, default=600, help="B1 removal phase bound")
     scale.add_argument("--b3-minutes", type=int, default=2, help="B3 full minutes measured")
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     report["finished"] = datetime.now(UTC).isoformat()
     report["machine"]["load_average_end"] = load_average()
     path = args.out / f"results-{stamp}.json"
+    if path.exists():  # two runs started in the same second
+        path = args.out / f"results-{stamp}-{workdir.name.rsplit('-', 1)[-1]}.json"
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     print()
     dirty = " (dirty)" if report["ddsync"]["dirty"] else ""
