@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 KAFKA := $(PYTHON) deploy/kafka/localkafka.py
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint kafka-up kafka-down kafka-fetch run clean
+.PHONY: help install test lint bench kafka-up kafka-down kafka-fetch run clean
 
 help:
 	@echo "make run        local Kafka + DotDigital sandbox + ddsync + a demo stream (Ctrl-C stops all)"
 	@echo "make test       install into $(VENV), start a local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run pytest"
 	@echo "make lint       ruff and mypy --strict"
+	@echo "make bench      benchmarks B1-B5 (own broker unless KAFKA_BOOTSTRAP_SERVERS is set); BENCH_ARGS='--only B2 --repeat 3 --ddsync-src PATH'"
 	@echo "make kafka-up   start the local broker in the background; make kafka-down stops it"
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -32,6 +33,12 @@ lint: install
 	$(VENV)/bin/ruff check stream tests deploy benchmarks
 	$(VENV)/bin/ruff format --check stream tests deploy benchmarks
 	$(VENV)/bin/mypy
+
+# Benchmarks, not tests: a table of figures and .ddsync/bench/results-<UTC time>.json.
+# BENCH_ARGS passes options (python -m benchmarks --help), e.g. --only B1,B3 --repeat 3.
+BENCH_ARGS ?=
+bench: install
+	$(KAFKA) run -- env PYTHONPATH=$(CURDIR) $(PY) -m benchmarks $(BENCH_ARGS)
 
 # The broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the sandbox, ddsync and a demo stream.
 run: install

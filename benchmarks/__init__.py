@@ -1,0 +1,1 @@
+"""ddsync benchmarks: `python -m benchmarks` (see __main__)."""
