@@ -113,7 +113,13 @@ class DeadLetterBreaker:
             return
         window = self._windows[measure]
         window.add(bad)
-        if window.seen >= self._min_records and window.bad > self._ratio * window.seen:
+        # Past min_records only a bad verdict can lift the share above the ratio: a good one
+        # either adds to the count or replaces a verdict no better than itself. So most records
+        # skip the check; reaching min_records may open it whatever the verdict.
+        seen = window.seen
+        if (bad or seen == self._min_records) and (
+            seen >= self._min_records and window.bad > self._ratio * seen
+        ):
             self._opened = (measure, window.bad, window.seen)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from stream.dotdigital.observe import (
     ApiOperation,
@@ -29,19 +30,29 @@ class MetricsObserver(ClientObserver):
     def __init__(self, metrics: Metrics, connector: str) -> None:
         self._metrics = metrics
         self._connector = connector
+        # Labelled series by (metric, labels): labels() takes a lock and builds a key, and it
+        # ran several times per request. The label values are a small closed set.
+        self._series: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(self._connector, *labels)
+        return child
 
     def request(self, operation: ApiOperation, outcome: StatusClass) -> None:
-        self._metrics.api_requests.labels(self._connector, operation, outcome).inc()
+        self._child(self._metrics.api_requests, operation, outcome).inc()
 
     def throttled(self, kind: ThrottleKind) -> None:
-        self._metrics.api_throttled.labels(self._connector, kind).inc()
+        self._child(self._metrics.api_throttled, kind).inc()
 
     def retried(self, operation: ApiOperation) -> None:
-        self._metrics.api_retries.labels(self._connector, operation).inc()
+        self._child(self._metrics.api_retries, operation).inc()
 
     def queued(self, limiter: Limiter, seconds: float) -> None:
         # Zero waits too, so that the series exist (and rate() works) before the first queue.
-        self._metrics.limiter_wait.labels(self._connector, limiter).inc(max(0.0, seconds))
+        self._child(self._metrics.limiter_wait, limiter).inc(max(0.0, seconds))
 
     def budget(self, limiter: Limiter, per_minute: Callable[[], int]) -> None:
         # Read at scrape time; a client replacing an earlier one of the connector takes the
@@ -53,10 +64,10 @@ class MetricsObserver(ClientObserver):
             self._metrics.limiter_budget.remove(self._connector, limiter)
 
     def import_active(self, delta: int) -> None:
-        self._metrics.active_imports.labels(self._connector).inc(delta)
+        self._child(self._metrics.active_imports).inc(delta)
 
     def import_finished(self, created: int, updated: int, failed: int) -> None:
         outcomes = self._metrics.import_contacts
-        outcomes.labels(self._connector, "created").inc(created)
-        outcomes.labels(self._connector, "updated").inc(updated)
-        outcomes.labels(self._connector, "failed").inc(failed)
+        self._child(outcomes, "created").inc(created)
+        self._child(outcomes, "updated").inc(updated)
+        self._child(outcomes, "failed").inc(failed)

@@ -63,6 +63,7 @@ DRAIN_SECONDS = 5.0
 
 # What the dead-letter record needs of the source record: key, value, headers.
 Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
+_Coordinates = tuple[str, int, int]
 
 
 class Pipeline:
@@ -250,43 +251,60 @@ class Pipeline:
 
     def _ingest(self, messages: Sequence[Message]) -> None:
         connectors = self.settings.connectors
-        for message in messages:
-            if self.breaker.is_open:
-                # Leave the rest unopened and uncommitted: a restart reads them again.
-                break
-            # A consumed record always has its coordinates; only produced ones lack them.
-            topic, partition, offset = cast(
-                tuple[str, int, int], (message.topic(), message.partition(), message.offset())
-            )
-            ref = RecordRef(topic, partition, offset)
-            if not self.tracker.consumed(ref):
-                # Not ours any more, or already being processed (a re-delivery after seek).
-                continue
-            self._consumed_counter(topic).inc()
-            headers = message.headers()
-            original: Original = (
-                message.key(),
-                message.value(),
-                list(headers.items() if isinstance(headers, dict) else headers or ()),
-            )
-            try:
-                transition = decode_transition(original[1], connectors)
-            except InvalidRecord as invalid:
-                self.breaker.decoded(True)
-                self._publish_dead_letter(
-                    ref,
-                    original,
-                    (ref,),
-                    Failure(invalid.reason, invalid.reason.value, invalid.detail),
-                    connector_id=invalid.connector_id,
-                    address_book_id=invalid.address_book_id,
-                    event_id=invalid.event_id,
+        breaker = self.breaker
+        consumed = self.tracker.consumed
+        originals = self._originals
+        add = self.windows.add
+        submit = self.dispatcher.submit
+        # Counted per call, not per record: labels() and inc() take locks, and once per record
+        # they showed in profiles. A scrape sees the count when the call returns.
+        counts: dict[str, int] = {}
+        try:
+            for message in messages:
+                if breaker.is_open:
+                    # Leave the rest unopened and uncommitted: a restart reads them again.
+                    break
+                # A consumed record always has its coordinates; only produced ones lack them.
+                topic, partition, offset = cast(
+                    _Coordinates, (message.topic(), message.partition(), message.offset())
                 )
-                continue
-            self.breaker.decoded(False)
-            self._originals.setdefault((topic, partition), {})[offset] = original
-            for batch in self.windows.add(transition, ref):
-                self.dispatcher.submit(batch)
+                ref = RecordRef(topic, partition, offset)
+                if not consumed(ref):
+                    # Not ours any more, or already being processed (a re-delivery after seek).
+                    continue
+                counts[topic] = counts.get(topic, 0) + 1
+                headers = message.headers()
+                original: Original = (
+                    message.key(),
+                    message.value(),
+                    []
+                    if headers is None
+                    else list(headers.items() if isinstance(headers, dict) else headers),
+                )
+                try:
+                    transition = decode_transition(original[1], connectors)
+                except InvalidRecord as invalid:
+                    breaker.decoded(True)
+                    self._publish_dead_letter(
+                        ref,
+                        original,
+                        (ref,),
+                        Failure(invalid.reason, invalid.reason.value, invalid.detail),
+                        connector_id=invalid.connector_id,
+                        address_book_id=invalid.address_book_id,
+                        event_id=invalid.event_id,
+                    )
+                    continue
+                breaker.decoded(False)
+                records = originals.get((topic, partition))
+                if records is None:
+                    records = originals[(topic, partition)] = {}
+                records[offset] = original
+                for batch in add(transition, ref):
+                    submit(batch)
+        finally:
+            for topic, count in counts.items():
+                self._consumed_counter(topic).inc(count)
         self._update_pause()
 
     async def _revoke(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -22,6 +23,13 @@ from stream.pipeline import Pipeline
 from stream.topics import TopicError, ensure_topics
 
 log = logging.getLogger(__name__)
+
+# The pipeline keeps every open record (up to max_buffered_records, about ten objects each)
+# alive for up to a window. With CPython's default thresholds (a young collection every 700
+# allocations, older generations every 10 of those) the collector kept traversing them and cost
+# about a third of the per-record CPU. Reference counting frees what ddsync drops; the collector
+# is only for cycles, which are rare here, so it may run far less often.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -68,6 +76,10 @@ async def run(settings: Settings) -> int:
     except TopicError as exc:
         print(f"ddsync: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE if exc.unreachable else ExitCode.USAGE
+    # What start-up built (modules, settings) lives as long as the process: out of every
+    # collection from now on.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     pipeline = Pipeline(settings)
     server: HttpServer | None = None
     if settings.metrics.enabled:

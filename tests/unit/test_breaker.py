@@ -126,6 +126,29 @@ def test_the_share_window_matches_a_naive_model(outcomes: list[bool], size: int)
         assert (window.seen, window.bad) == (len(model), sum(model))
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    outcomes=st.lists(st.booleans(), max_size=60),
+    size=st.integers(1, 12),
+    min_records=st.integers(1, 12),
+    ratio=st.sampled_from([0.1, 0.25, 0.5, 0.75, 0.9, 1.0]),
+)
+def test_it_opens_at_the_first_verdict_the_rule_says_it_should(
+    outcomes: list[bool], size: int, min_records: int, ratio: float
+) -> None:
+    # The breaker checks the rule only when a verdict can newly satisfy it; the model checks it
+    # after every verdict, as the contract reads.
+    min_records = min(min_records, size)
+    breaker = DeadLetterBreaker(window=size, ratio=ratio, min_records=min_records)
+    model: deque[bool] = deque(maxlen=size)
+    opened = False
+    for bad in outcomes:
+        breaker.delivered(bad)
+        model.append(bad)
+        opened = opened or (len(model) >= min_records and sum(model) > ratio * len(model))
+        assert breaker.is_open == opened
+
+
 # -- streams as the pipeline reports them --------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream import events
 from stream.events import (
     DECODE_REASONS,
     Action,
@@ -442,3 +443,31 @@ def test_decoder_and_schema_agree(mutations: list[tuple[tuple[str, ...], Any]]) 
 class _Everything:
     def __contains__(self, item: object) -> bool:
         return True
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations=MUTATIONS)
+def test_the_one_pass_check_accepts_only_what_the_field_by_field_parse_accepts(
+    mutations: list[tuple[tuple[str, ...], Any]],
+) -> None:
+    """The decoder tries a one-pass check first and falls back to the field-by-field parse:
+    whatever the one-pass check accepts, the parse must accept, giving the same transition."""
+    value = mutate(record(), mutations)
+    if not isinstance(value, dict):
+        return
+    quick = events._parse_valid(value)
+    try:
+        thorough: Transition | None = events._parse(value)
+    except events._Reject:
+        thorough = None
+    assert quick is None or quick == thorough
+    if quick is not None:
+        assert type(quick.kind) is Kind
+        assert type(quick.action) is Action
+
+
+def test_the_one_pass_check_takes_the_usual_record_and_leaves_rare_forms_to_the_parse() -> None:
+    assert events._parse_valid(record()) == events._parse(record())
+    # 12.0 is an integer to JSON Schema: the parse accepts it, the one-pass check defers.
+    assert events._parse_valid(record(address_book_id=123.0)) is None
+    assert decode(record(address_book_id=123.0)).address_book_id == 123
