@@ -16,21 +16,26 @@ an order that says something:
   identifier, unknown connector) or good. Decoding happens in consumption order, so this is the
   exact share of bad records among the last ``window`` read. A topic of records for a connector
   the configuration lacks opens it after ``min_records`` records.
-* **delivery**: every decoded record whose DotDigital outcome is final, as the outcomes come:
-  synced, or failed for good (rejected contact, address book gone, credentials refused, retries
-  exhausted). Rejected contacts are spread through the batches, so a stream with a few bad
-  addresses stays far below the ratio. A wrong password or a deleted address book of the only
-  connector fails every outcome and opens it after ``min_records`` failures; so does a connector
-  carrying most of the traffic whose failures come back while a healthy one's successes keep
-  arriving. What it cannot tell apart: failures that come back together, a whole batch or a
-  whole connector's batches at once, weigh as much as they are many. One broken connector of
-  several, whose batches all fail at the end of the same retry budget, can open it (nothing is
-  lost: an operator looks, fixes, restarts) rather than be dead-lettered.
+* **delivery**: every decoded contact whose DotDigital outcome is final, as the outcomes come:
+  synced, or failed for good (rejected contact, address book gone, retries exhausted). Counted
+  per contact, not per record: a contact coalesced from 200 records of one window is one
+  outcome, so one flapping contact with a rejected address weighs once. Rejected contacts are
+  spread through the batches, so a stream with a few bad addresses stays far below the ratio.
+  A connector carrying most of the traffic whose failures come back while a healthy one's
+  successes keep arriving opens it. What it cannot tell apart: failures that come back together,
+  a whole batch at once, weigh as much as they are many.
+
+Account-level failures (credentials refused, access denied, every book of a connector gone) are
+not counted here: they suspend their connector (:mod:`stream.suspensions`), whose records are
+then dead-lettered for a replay while the other connectors go on. When every connector is
+suspended, nothing can succeed, and the pipeline opens the breaker
+(:meth:`~DeadLetterBreaker.trip`).
 
 Contract:
 
 * :meth:`DeadLetterBreaker.decoded` once per consumed record; :meth:`DeadLetterBreaker.delivered`
-  once per record whose dispatch outcome is final.
+  once per contact whose dispatch outcome is final (not for account-level failures);
+  :meth:`DeadLetterBreaker.trip` opens it for a cause found elsewhere.
 * :attr:`DeadLetterBreaker.is_open` becomes ``True`` when either measure, holding at least
   ``min_records`` records, has a bad share strictly greater than ``ratio``. With ``ratio`` = 1
   it never opens.
@@ -90,6 +95,7 @@ class DeadLetterBreaker:
         self._min_records = min_records
         self._windows = {measure: ShareWindow(window) for measure in self.MEASURES}
         self._opened: tuple[str, int, int] | None = None
+        self._tripped: str | None = None
 
     @classmethod
     def from_settings(cls, settings: DeadLetterSettings) -> DeadLetterBreaker:
@@ -104,12 +110,17 @@ class DeadLetterBreaker:
         self._record("input", bad)
 
     def delivered(self, failed: bool) -> None:
-        """One decoded record's dispatch outcome is final: ``failed`` when it goes to the
+        """One decoded contact's dispatch outcome is final: ``failed`` when it goes to the
         dead-letter topic."""
         self._record("delivery", failed)
 
+    def trip(self, cause: str) -> None:
+        """Open it for ``cause`` (one line for the operator), unless it is open already."""
+        if not self.is_open:
+            self._tripped = cause
+
     def _record(self, measure: str, bad: bool) -> None:
-        if self._opened is not None:
+        if self.is_open:
             return
         window = self._windows[measure]
         window.add(bad)
@@ -124,7 +135,7 @@ class DeadLetterBreaker:
 
     @property
     def is_open(self) -> bool:
-        return self._opened is not None
+        return self._opened is not None or self._tripped is not None
 
     def share(self, measure: str) -> float:
         """Bad share of ``measure``'s window (frozen at the moment the breaker opened)."""
@@ -137,6 +148,8 @@ class DeadLetterBreaker:
 
     def describe(self) -> str:
         """One line for the log and the operator."""
+        if self._tripped is not None:
+            return f"dead-letter breaker open: {self._tripped}"
         rule = f"opens above {self._ratio:.0%} of at least {self._min_records}"
         if self._opened is not None:
             measure, bad, seen = self._opened
@@ -148,4 +161,4 @@ class DeadLetterBreaker:
 def _what(measure: str, bad: int, seen: int) -> str:
     if measure == "input":
         return f"{bad} of the last {seen} records read were invalid"
-    return f"{bad} of the last {seen} records sent to DotDigital failed"
+    return f"{bad} of the last {seen} contacts sent to DotDigital failed"

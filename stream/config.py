@@ -100,6 +100,8 @@ class BatchingSettings:
 class DispatchSettings:
     retry_timeout_seconds: float = 600.0
     commit_interval_seconds: float = 1.0
+    # How often a suspended connector's account is asked whether it works again.
+    suspension_probe_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,12 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
     dispatch_settings = DispatchSettings(
         retry_timeout_seconds=_positive(dispatch, "dispatch.retry_timeout_seconds", float, 600.0),
         commit_interval_seconds=_positive(dispatch, "dispatch.commit_interval_seconds", float, 1.0),
+        suspension_probe_seconds=_positive(
+            dispatch,
+            "dispatch.suspension_probe_seconds",
+            float,
+            DispatchSettings.suspension_probe_seconds,
+        ),
     )
     dlq = _section(raw, "dead_letter")
     _check_keys(dlq, "dead_letter", set(DeadLetterSettings.__dataclass_fields__))

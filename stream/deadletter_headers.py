@@ -49,6 +49,8 @@ class Reason(StrEnum):
     # Transient failures that outlasted dispatch.retry_timeout_seconds.
     RETRIES_EXHAUSTED = "retries_exhausted"
     AUTH_FAILED = "auth_failed"
+    # Not sent: the connector's account failed (stream.suspensions); replay once it works.
+    CONNECTOR_SUSPENDED = "connector_suspended"
     # A defect in ddsync itself; the record is kept for replay once it is fixed.
     INTERNAL_ERROR = "internal_error"
 

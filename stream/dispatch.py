@@ -28,6 +28,13 @@ Contract:
   already be doing for them (requests in the air, accepted jobs), and the stopped operations
   start again without those contacts. So once a revoke returned, no DotDigital request carries
   a contact of a revoked partition, except the polls of a job it gave up waiting for.
+* **A suspended connector is not called** (:mod:`stream.suspensions`). An operation failing for
+  an account-level cause (credentials refused through the retry budget, access denied, every
+  book of the connector gone) suspends its connector before its contacts are reported; every
+  operation of that connector starting afterwards fails its contacts at once with
+  ``connector_suspended``, naming the cause. :meth:`Dispatcher.probe` asks DotDigital whether a
+  suspended connector's account works again (``GET /v2/account-info``, and for a book-gone
+  suspension the books last seen gone) and resumes it on the first success.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from stream.client_pool import ClientPool
@@ -44,6 +52,7 @@ from stream.deadletter_headers import Reason
 from stream.dotdigital import (
     AddressBookNotFoundError,
     AuthenticationError,
+    DotDigitalClient,
     DotDigitalError,
     ImportFailedError,
     Operation,
@@ -51,14 +60,19 @@ from stream.dotdigital import (
     RemovalFailedError,
     RetriesExhausted,
     RetryPolicy,
+    WrongRegionError,
 )
 from stream.dotdigital.guard import Abandoned, SendGuard, guarded
 from stream.logs import log_context
 from stream.metrics import Metrics
 from stream.offsets import TopicPartitionKey
+from stream.suspensions import Suspension, Suspensions
 from stream.windowing import Batch, Contact
 
 log = logging.getLogger(__name__)
+
+# How long one probe of a suspended connector may take, retries included.
+PROBE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +108,10 @@ class Dispatcher:
         retry_timeout: float,
         clock: Clock,
         metrics: Metrics,
+        suspensions: Suspensions,
     ) -> None:
         self._clients = clients
+        self._suspensions = suspensions
         self._listener = listener
         self._clock = clock
         self._metrics = metrics
@@ -106,6 +122,7 @@ class Dispatcher:
         self._tasks: dict[asyncio.Task[None], Batch] = {}
         # Every operation under way, with the contacts it is sending.
         self._guards: dict[SendGuard, Sequence[Contact]] = {}
+        self._probes: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight(self) -> int:
@@ -114,6 +131,7 @@ class Dispatcher:
     def submit(self, batch: Batch) -> asyncio.Task[None]:
         """Queue ``batch`` behind the earlier flushes of its address book."""
         key = (batch.connector_id, batch.address_book_id)
+        self._suspensions.seen(*key)
         previous = self._tails.get(key)
         task = asyncio.create_task(self._after(previous, batch), name=f"flush {key}")
         self._tails[key] = task
@@ -169,10 +187,51 @@ class Dispatcher:
     async def cancel(self) -> None:
         """Abandon every flush still running. Their contacts get no outcome, so their records
         stay open and uncommitted: the next owner of their partitions reads them again."""
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._probes]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def probe(self) -> list[asyncio.Task[None]]:
+        """Start a probe of each suspended connector whose probe is due (from the tick)."""
+        started = []
+        for connector in self._suspensions.due():
+            task = asyncio.create_task(self._probe(connector), name=f"probe {connector}")
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+            started.append(task)
+        return started
+
+    async def stop_probes(self) -> None:
+        probes = list(self._probes)
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+
+    async def _probe(self, connector: str) -> None:
+        ok = False
+        # A probe is one question, not a batch: it gives up early and is asked again later.
+        policy = RetryPolicy(total_seconds=PROBE_SECONDS)
+        try:
+            client = await self._clients.get(
+                connector, retry=policy, deadline=policy.deadline(self._clock)
+            )
+            await client.account_info(deadline=policy.deadline(self._clock))
+            gone = self._suspensions.gone_books(connector)
+            ok = not gone or await _any_exists(client, gone, policy.deadline(self._clock))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure just means: not yet
+            log.info("connector %s still suspended: probe failed (%s)", connector, exc)
+        resumed = self._suspensions.probed(connector, ok)
+        if resumed is not None:
+            log.warning(
+                "connector %s resumed: DotDigital answers again (suspended since %s for %s)",
+                connector,
+                _when(resumed.since),
+                resumed.cause.value,
+            )
+            self._metrics.connector_suspended.labels(connector).set(0)
 
     def _finished(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -252,6 +311,17 @@ class Dispatcher:
         operation: Operation,
         contacts: Sequence[Contact],
     ) -> int:
+        suspension = self._suspensions.of(batch.connector_id)
+        if suspension is not None:
+            failure = Failure(
+                Reason.CONNECTOR_SUSPENDED, suspension.cause.value, suspension.message
+            )
+            self._metrics.dispatch_failures.labels(
+                batch.connector_id, operation, failure.reason.value
+            ).inc()
+            for contact in contacts:
+                self._report_failure(batch, contact, failure)
+            return 0
         self._metrics.batch_contacts.labels(operation).observe(len(contacts))
         emails = [c.email for c in contacts]
         try:
@@ -286,9 +356,13 @@ class Dispatcher:
             self._metrics.dispatch_failures.labels(
                 batch.connector_id, operation, failure.reason.value
             ).inc()
+            # Before the contacts are reported: the listener decides by the suspensions
+            # whether they are dead-lettered or, every connector being suspended, kept open.
+            self._suspend_on(batch, failure, account_level=_account_level(exc))
             for contact in contacts:
                 self._report_failure(batch, contact, failure)
             return 0
+        self._suspensions.succeeded(batch.connector_id, batch.address_book_id)
         done = [c for c in contacts if c.email not in rejected]
         if done:
             self._listener.synced(batch, operation, done)
@@ -302,6 +376,30 @@ class Dispatcher:
                 )
         return len(done)
 
+    def _suspend_on(self, batch: Batch, failure: Failure, *, account_level: bool) -> None:
+        suspension = self._suspensions.failed(
+            batch.connector_id,
+            batch.address_book_id,
+            failure.reason,
+            failure.code,
+            failure.message,
+            account_level=account_level,
+        )
+        if suspension is not None:
+            self._suspended(suspension)
+
+    def _suspended(self, suspension: Suspension) -> None:
+        log.error(
+            "%s; its records go to the dead-letter topic as connector_suspended until a probe "
+            "(every %.0f s) finds the account working again; replay them then",
+            suspension.describe(),
+            self._suspensions.probe_seconds,
+        )
+        self._metrics.connector_suspended.labels(suspension.connector).set(1)
+        self._metrics.connector_suspensions.labels(
+            suspension.connector, suspension.cause.value
+        ).inc()
+
     def _report_failure(self, batch: Batch, contact: Contact, failure: Failure) -> None:
         # One contact's trouble (say its dead letter cannot be built) must not keep the
         # contacts after it from being reported, or their records would stay open for good.
@@ -309,6 +407,27 @@ class Dispatcher:
             self._listener.failed(batch, contact, failure)
         except Exception:
             log.exception("reporting the failure of a contact of %s failed", batch.key)
+
+
+def _account_level(exc: BaseException) -> bool:
+    """Whether ``exc`` fails the whole account, not this batch: credentials refused or access
+    denied, through the retry budget or at once."""
+    last = exc.last_error if isinstance(exc, RetriesExhausted) else exc
+    return isinstance(last, AuthenticationError | WrongRegionError)
+
+
+async def _any_exists(client: DotDigitalClient, books: Collection[int], deadline: float) -> bool:
+    for book in sorted(books):
+        try:
+            await client.get_address_book(book, deadline=deadline)
+        except AddressBookNotFoundError:
+            continue
+        return True
+    return False
+
+
+def _when(wall_seconds: float) -> str:
+    return datetime.fromtimestamp(wall_seconds, UTC).isoformat(timespec="seconds")
 
 
 def _failure_of(exc: BaseException) -> Failure:

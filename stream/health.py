@@ -16,7 +16,8 @@ Contract:
   which is bounded by ``batching.shutdown_flush_seconds`` plus a few seconds of draining.
 * **Readiness** fails while liveness fails, while no partition is assigned (not in the group
   yet, or the assignment was revoked or lost), while no broker is connected, or while the
-  dead-letter circuit breaker is open.
+  dead-letter circuit breaker is open. A suspended connector (:mod:`stream.suspensions`) is
+  named in the ``connectors`` check but does not fail it: the other connectors are served.
 * The broker check reads librdkafka's statistics (``statistics.interval.ms``): a broker counts
   when its connection state is ``UP``. Statistics rather than ``error_cb``: an error callback
   says when every broker went down, but nothing says when one came back; an idle consumer
@@ -37,6 +38,7 @@ import orjson
 
 from stream.breaker import DeadLetterBreaker
 from stream.clock import Clock
+from stream.suspensions import Suspensions
 
 if TYPE_CHECKING:
     from stream.pipeline import Pipeline
@@ -160,11 +162,13 @@ class Health:
         liveness_timeout: float,
         assigned: Callable[[], int],
         breaker: DeadLetterBreaker,
+        suspensions: Suspensions | None = None,
     ) -> None:
         self._vitals = vitals
         self._timeout = liveness_timeout
         self._assigned = assigned
         self._breaker = breaker
+        self._suspensions = suspensions
 
     @classmethod
     def of(cls, pipeline: Pipeline, liveness_timeout: float) -> Health:
@@ -175,6 +179,7 @@ class Health:
             # Asked from the HTTP thread: the snapshot is copied in C, under the GIL, at once.
             assigned=lambda: len(tracker.owned),
             breaker=pipeline.breaker,
+            suspensions=pipeline.suspensions,
         )
 
     def liveness(self) -> Report:
@@ -193,14 +198,18 @@ class Health:
             else Check(False, "no partitions assigned (not in the group yet, or revoked or lost)")
         )
         breaker = Check(not self._breaker.is_open, self._breaker.describe())
-        return Report(
-            {
-                **self.liveness().checks,
-                "partitions": partitions,
-                "broker": self._vitals.brokers.check(),
-                "circuit_breaker": breaker,
-            }
-        )
+        checks = {
+            **self.liveness().checks,
+            "partitions": partitions,
+            "broker": self._vitals.brokers.check(),
+            "circuit_breaker": breaker,
+        }
+        if self._suspensions is not None:
+            # Ready with some connectors suspended: the others are being served, and the
+            # suspended ones' records are dead-lettered, not held. All suspended opens the
+            # breaker, which fails readiness above.
+            checks["connectors"] = Check(True, self._suspensions.describe())
+        return Report(checks)
 
     def _progress(self, heartbeat: Heartbeat, what: str) -> Check:
         age = heartbeat.age()

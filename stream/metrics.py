@@ -98,6 +98,19 @@ class Metrics:
             "1 once most recent records were dead-lettered and consuming stopped.",
             registry=r,
         )
+        self.connector_suspended = Gauge(
+            "ddsync_connector_suspended",
+            "1 while the connector's account fails (credentials refused, access denied, every "
+            "book gone) and its records are dead-lettered as connector_suspended.",
+            ["connector"],
+            registry=r,
+        )
+        self.connector_suspensions = Counter(
+            "ddsync_connector_suspensions",
+            "Times a connector was suspended, by the failure that suspended it.",
+            ["connector", "cause"],
+            registry=r,
+        )
         self.commits = Counter(
             "ddsync_offset_commits", "Offset commits sent to Kafka.", ["result"], registry=r
         )

@@ -24,7 +24,13 @@ Contract:
 * Shutdown (:meth:`Pipeline.stop`): stop fetching, flush everything for at most
   ``batching.shutdown_flush_seconds``, wait for dead-letter acknowledgements, commit, leave.
 * The dead-letter circuit breaker opening pauses consumption for good (log line + metric); the
-  process stays up so that its metrics can be scraped and an operator can look.
+  process stays up so that its metrics can be scraped and an operator can look. It opens when
+  most input is bad, when most contacts sent fail, or when every connector is suspended.
+* A connector suspended for an account-level failure (:mod:`stream.suspensions`) does not hold
+  the others: its contacts are dead-lettered (``auth_failed`` for those that met the failure,
+  ``connector_suspended`` afterwards) and committed, and its failures stay out of the breaker's
+  delivery measure. Only when every connector is suspended does the breaker open, so that one
+  connector's deployment keeps its records uncommitted until an operator fixes the account.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource
+from stream.suspensions import Suspensions
 from stream.windowing import Batch, Contact, Trigger, Windower
 
 log = logging.getLogger(__name__)
@@ -88,12 +95,18 @@ class Pipeline:
         dlq = settings.dead_letter
         self.breaker = DeadLetterBreaker.from_settings(dlq)
         self.clients = ClientPool(settings.connectors, clock=self.clock, metrics=self.metrics)
+        self.suspensions = Suspensions(
+            settings.connectors, self.clock, settings.dispatch.suspension_probe_seconds
+        )
+        for connector in settings.connectors:
+            self.metrics.connector_suspended.labels(connector).set(0)
         self.dispatcher = Dispatcher(
             self.clients,
             self,
             retry_timeout=settings.dispatch.retry_timeout_seconds,
             clock=self.clock,
             metrics=self.metrics,
+            suspensions=self.suspensions,
         )
         self._originals: dict[TopicPartitionKey, dict[int, Original]] = {}
         # Partitions being given up: their contacts are no longer sent.
@@ -150,6 +163,7 @@ class Pipeline:
         assert self.source is not None
         assert self.dead_letters is not None
         log.info("shutting down: flushing buffered batches")
+        await self.dispatcher.stop_probes()
         self.source.stop()
         await asyncio.to_thread(self.source.join)
         self._closing = True
@@ -179,6 +193,7 @@ class Pipeline:
         self.vitals.loop.beat()
         for batch in self.windows.due():
             self.dispatcher.submit(batch)
+        self.dispatcher.probe()
         self.dead_letters.poll(0)
         self._update_pause()
 
@@ -366,13 +381,15 @@ class Pipeline:
     def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
         count = 0
         for contact in contacts:
+            self.breaker.delivered(False)
             for ref in contact.refs:
                 self._finish(ref)
-                self.breaker.delivered(False)
                 count += 1
         self.metrics.records_synced.labels(batch.connector_id, operation).inc(count)
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
+        if self.suspensions.all_suspended:
+            self.breaker.trip(f"every connector is suspended: {self.suspensions.describe()}")
         if self.breaker.is_open:
             # Consuming stopped for an operator to look: leave the record open (uncommitted)
             # rather than add to the dead letters; a restart after the fix retries it.
@@ -392,8 +409,9 @@ class Pipeline:
             event_id=contact.event_id,
         )
         # Counted when decided, not when acknowledged: the breaker must open before a whole
-        # batch's worth of records has gone to the dead-letter topic.
-        for _ in contact.refs:
+        # batch's worth of records has gone to the dead-letter topic. A suspended connector's
+        # failures are its own (isolated), not a sign that the whole stream is failing.
+        if self.suspensions.of(batch.connector_id) is None:
             self.breaker.delivered(True)
 
     def holds(self, contact: Contact) -> bool:

@@ -28,6 +28,7 @@ from stream.dotdigital.sandbox import (
 from stream.events import Action, Kind, Transition
 from stream.metrics import Metrics
 from stream.offsets import RecordRef
+from stream.suspensions import Suspensions
 from stream.windowing import Batch, Contact, Trigger
 from tests.support import basic_auth
 
@@ -122,7 +123,14 @@ async def test_a_deleted_book_dead_letters_adds_and_removes_alike(
 
     recorder = Recorder()
     pool = ClientPool({CONNECTOR: settings(sandbox)}, clock=clock)
-    dispatcher = Dispatcher(pool, recorder, retry_timeout=60.0, clock=clock, metrics=Metrics())
+    dispatcher = Dispatcher(
+        pool,
+        recorder,
+        retry_timeout=60.0,
+        clock=clock,
+        metrics=Metrics(),
+        suspensions=Suspensions((CONNECTOR,), clock, 60.0),
+    )
     batch = Batch(
         connector_id=CONNECTOR,
         address_book_id=BOOK,

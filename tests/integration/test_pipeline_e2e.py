@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -25,7 +26,7 @@ from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.deadletter_headers import H_REASON, Reason
-from stream.demo import DemoRecord, Target, generate, realistic
+from stream.demo import DemoRecord, Target, generate, realistic, transition
 from tests.conftest import KafkaCluster
 from tests.support.processes import (
     Account,
@@ -354,8 +355,12 @@ def test_a_wrong_password_dead_letters_one_connector_only(
         assert scenario.sandbox.members(broken.username, book) == set()
     letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1)
     assert letters, "nothing of the broken connector reached the dead-letter topic"
-    assert {letter.header(H_REASON) for letter in letters} == {Reason.AUTH_FAILED.value}
+    reasons = Counter(letter.header(H_REASON) for letter in letters)
+    # The first failures wait out the retry budget; what comes after the suspension is not sent.
+    assert reasons[Reason.AUTH_FAILED.value] > 0
+    assert set(reasons) <= {Reason.AUTH_FAILED.value, Reason.CONNECTOR_SUSPENDED.value}
     assert {letter.header("ddsync.connector_id") for letter in letters} == {"broken"}
+    assert "connector broken suspended (auth_failed)" in process.output()
     # Coalescing is per window: a contact's latest transition of each window is dead-lettered
     # and covers the earlier ones. Epoch-aligned windows can cut the backlog anywhere, so a
     # contact and book may own one letter per window it appeared in, never a record twice.
@@ -370,6 +375,94 @@ def test_a_wrong_password_dead_letters_one_connector_only(
     assert set(latest.values()) <= set(letter_ids), "a contact's latest transition is missing"
     assert len(letters) < len(broken_records), "nothing was coalesced"
     assert "not-the-password" not in process.output()
+
+
+def test_a_broken_connector_carrying_most_traffic_does_not_stop_the_other(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    # The failure: 90% of the deliveries failing (one account's revoked password) opened
+    # the breaker and stopped both connectors. A small breaker window makes it show at once.
+    good = Account("healthy@apiconnector.com", "r1", (1,))
+    broken = Account("revoked@apiconnector.com", "r1", (5, 6, 7, 8, 9))
+    breaker = "[dead_letter]\nbreaker_window = 100\nbreaker_ratio = 0.9\nbreaker_min_records = 50\n"
+    port = free_port()
+    scenario = Scenario(
+        kafka, tmp_path, {"good": good, "broken": broken}, "--no-rate-limits",
+        window_seconds=1.0, retry_timeout_seconds=3, requests_per_minute=100_000, extra=breaker,
+        metrics_port=port,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    scenario.env[password_env("broken")] = "revoked-password"
+    targets = [Target("good", 1)] + [Target("broken", b) for b in broken.address_books]
+    records = list(generate(targets, 3000, profiles=600, seed=31))
+    scenario.produce(records[:2000])
+    process = scenario.start_ddsync()
+    scenario.wait_caught_up(timeout=120)
+    # Suspended by now: what comes next of the broken connector is not sent at all.
+    scenario.produce(records[2000:])
+    scenario.wait_caught_up(timeout=60)
+    assert "circuit breaker OPEN" not in process.output()
+    suspended = scrape(port, by=("ddsync_connector_suspended", "connector"))
+    assert suspended == {"good": 0.0, "broken": 1.0}
+    assert process.terminate() == 0
+    good_records = [r for r in records if b'"connector_id":"good"' in r.value]
+    assert (
+        scenario.sandbox.members(good.username, 1) == expected_membership(good_records)[("good", 1)]
+    )
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1)
+    reasons = Counter(letter.header(H_REASON) for letter in letters)
+    assert set(reasons) == {Reason.AUTH_FAILED.value, Reason.CONNECTOR_SUSPENDED.value}, reasons
+    assert {letter.header("ddsync.connector_id") for letter in letters} == {"broken"}
+    second_wave = {orjson.loads(r.value)["event_id"] for r in records[2000:]}
+    for letter in letters:
+        if letter.header(H_REASON) == Reason.CONNECTOR_SUSPENDED.value:
+            assert orjson.loads(letter.value)["event_id"] in second_wave
+
+
+def test_one_flapping_rejected_contact_weighs_once_in_the_breaker(
+    kafka: KafkaCluster, tmp_path: Path, scenarios: list[Scenario]
+) -> None:
+    # 200 records of one contact in one window, coalesced to one import DotDigital rejects: one
+    # failed contact, not 200 failures (which opened a breaker of 50 before).
+    breaker = "[dead_letter]\nbreaker_window = 100\nbreaker_ratio = 0.9\nbreaker_min_records = 50\n"
+    account = Account("flap@apiconnector.com", "r1", (1,))
+    scenario = Scenario(
+        kafka, tmp_path, {"main": account}, "--no-rate-limits",
+        window_seconds=2.0, requests_per_minute=100_000, extra=breaker,
+    )  # fmt: skip
+    scenarios.append(scenario)
+    target = Target("main", 1)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    flaps = [
+        DemoRecord(
+            b"flapper",
+            orjson.dumps(
+                transition(
+                    event_id=f"flap-{n}", profile_id="flapper", email="flapper@example.",
+                    target=target, action="add" if n % 2 else "remove", occurred_at=at,
+                )
+            ),
+            "rejected" if n == 199 else None,
+        )
+        for n in range(200)
+    ]  # fmt: skip
+    assert orjson.loads(flaps[-1].value)["action"] == "add"
+    scenario.produce(flaps)
+    process = scenario.start_ddsync()
+
+    def flushed() -> bool:
+        committed, ends = committed_and_end(
+            kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
+        )
+        return sum(max(c, 0) for c in committed) == sum(ends) == 200  # one key: one partition
+
+    wait_until(flushed, 60, "the flapping contact was not flushed", process.process)
+    time.sleep(1)  # a tick: the pipeline notices an open breaker on its next one
+    output = process.output()
+    assert "circuit breaker OPEN" not in output, output[-3000:]
+    assert process.terminate() == 0
+    letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1)
+    assert [letter.header(H_REASON) for letter in letters] == [Reason.CONTACT_REJECTED.value]
 
 
 def test_a_second_instance_joins_mid_run(
@@ -531,16 +624,17 @@ def test_a_wrong_password_for_the_only_connector_opens_the_default_breaker(
     reasons = Counter(letter.header(H_REASON) for letter in letters)
     failed = reasons.pop(Reason.AUTH_FAILED.value, 0)
     decoded_bad = sum(1 for r in records if r.bad and r.bad != "rejected")
-    # It opens at the default breaker_min_records (200) failed deliveries: one letter covers a
-    # contact's coalesced records, so fewer letters than that, and never a whole window's.
-    assert 0 < failed <= 200
+    # The only connector suspended is every connector suspended: the breaker opens on the
+    # first failure, before any of its records is dead-lettered; they stay uncommitted.
+    assert failed == 0
     assert sum(reasons.values()) <= decoded_bad
+    assert "every connector is suspended" in process.output()
     committed, ends = committed_and_end(
         kafka.bootstrap_servers, scenario.group, scenario.topic, PARTITIONS
     )
     assert sum(max(c, 0) for c in committed) < sum(ends), "it did not empty the topic"
     assert process.terminate() == 0
     print(
-        f"\nwrong password, only connector: breaker opened after {failed} auth_failed letters "
+        f"\nwrong password, only connector: breaker opened with {failed} auth_failed letters "
         f"(and {sum(reasons.values())} invalid records at decode) of {len(records)} records"
     )

@@ -103,7 +103,7 @@ def test_the_two_measures_are_counted_apart() -> None:
         breaker.delivered(True)
     assert breaker.is_open
     assert breaker.describe().startswith(
-        "dead-letter breaker open: 4 of the last 7 records sent to DotDigital failed"
+        "dead-letter breaker open: 4 of the last 7 contacts sent to DotDigital failed"
     )
 
 

@@ -50,6 +50,7 @@ def test_reason_values_are_the_documented_strings() -> None:
         "address_book_not_found",
         "retries_exhausted",
         "auth_failed",
+        "connector_suspended",
         "import_failed",
         "removal_failed",
         "internal_error",

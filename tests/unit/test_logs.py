@@ -16,6 +16,7 @@ from stream.clock import FakeClock
 from stream.dispatch import Dispatcher, Failure
 from stream.logs import configure_logging, log_context, redact
 from stream.metrics import Metrics
+from stream.suspensions import Suspensions
 from stream.windowing import Batch, Contact, Trigger
 
 
@@ -137,6 +138,7 @@ def test_a_flush_logs_its_connector_address_book_and_batch() -> None:
             retry_timeout=10,
             clock=clock,
             metrics=Metrics(),
+            suspensions=Suspensions((), clock, 60.0),
         )
         batch = Batch("eu-main", 1234, 0.0, 7, (), (), Trigger.WINDOW)
         await dispatcher.submit(batch)

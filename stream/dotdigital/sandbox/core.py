@@ -94,7 +94,7 @@ class SandboxCore:
         if not header:
             return None
         if header in self._auth_cache:
-            return self._auth_cache[header]
+            return _unlocked(self._auth_cache[header])
         found: AccountState | None = None
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() == "basic":
@@ -108,7 +108,12 @@ class SandboxCore:
                 found = account
         if len(self._auth_cache) < 10_000:  # bounded: junk headers must not grow memory
             self._auth_cache[header] = found
-        return found
+        return _unlocked(found)
+
+
+def _unlocked(account: AccountState | None) -> AccountState | None:
+    # DotDigital answers a locked API user (or a disabled account) as a wrong password: 401.
+    return None if account is None or account.locked else account
 
 
 CORE = web.AppKey("sandbox_core", SandboxCore)

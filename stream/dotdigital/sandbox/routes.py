@@ -43,6 +43,10 @@ them without credentials):
   deletes the contact and creates it again with a new id in those books (a contact deleted in
   DotDigital and come back) -> ``{"previousContactId": old, "contactId": new}``; 404 for an
   unknown account, contact or book.
+* ``POST /_sandbox/accounts/{username}/lock`` with ``{"locked": true|false}`` locks or unlocks
+  the account's API user: while locked every API call with its credentials answers 401, as
+  DotDigital does for a locked user or a disabled account -> ``{"locked": bool}``; 404 for an
+  unknown account.
 * ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served.
 """
 
@@ -104,6 +108,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_sandbox/stats", control_stats)
     r.add_get("/_sandbox/accounts/{username}/address-books/{id}/members", control_members)
     r.add_post("/_sandbox/accounts/{username}/contacts/{email}/recreate", control_recreate)
+    r.add_post("/_sandbox/accounts/{username}/lock", control_lock)
 
 
 def _account(request: web.Request) -> AccountState:
@@ -576,6 +581,21 @@ async def control_recreate(request: web.Request) -> web.Response:
             return bodies.v2_error(404, bodies.BOOK_NOT_FOUND)
         return bodies.v2_error(404, bodies.CONTACT_NOT_FOUND)
     return bodies.json_response(200, {"previousContactId": old, "contactId": new})
+
+
+async def control_lock(request: web.Request) -> web.Response:
+    state = request.app[CORE].state.account(request.match_info["username"])
+    if state is None:
+        return bodies.json_response(404, {"message": "No such account."})
+    try:
+        body = await request.json(loads=_loads) if request.can_read_body else None
+    except ValueError:
+        body = None
+    locked = body.get("locked") if isinstance(body, dict) else None
+    if not isinstance(locked, bool):
+        return bodies.json_response(400, {"message": 'The body must be {"locked": true|false}.'})
+    state.locked = locked
+    return bodies.json_response(200, {"locked": locked})
 
 
 def _loads(text: str) -> Any:

@@ -66,6 +66,14 @@ class Sandbox:
             raise KeyError(f"account {username!r} has no address book {address_book_id}")
         return state.member_emails(address_book_id)
 
+    def lock(self, username: str, locked: bool = True) -> None:
+        """Lock (or unlock) the account's API user: every call answers 401 meanwhile, as
+        DotDigital does for a locked user or a disabled account."""
+        state = self._core.state.account(username)
+        if state is None:
+            raise KeyError(f"no sandbox account {username!r}")
+        state.locked = locked
+
     def address_books(self, username: str) -> dict[int, str]:
         """Ids and names of the account's address books."""
         state = self._core.state.account(username)

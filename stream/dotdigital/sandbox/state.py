@@ -233,6 +233,8 @@ class AccountState:
         self._due: list[tuple[float, int, str]] = []
         self._sequence = 0
         self.active_imports = 0
+        # Locked through the control API: every call answers 401 until unlocked.
+        self.locked = False
         for seed in account.address_books:
             self._add_book(seed.id, seed.name, seed.visibility)
 

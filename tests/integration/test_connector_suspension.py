@@ -1,0 +1,163 @@
+"""Connector suspension through the dispatcher, against the in-process sandbox over real HTTP.
+
+Two accounts; one's API user is locked (every call answers 401, as DotDigital does for a locked
+user or a disabled account). The dispatcher and the sandbox share one FakeClock, so the retry
+budget and the probe interval pass without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from stream.client_pool import ClientPool
+from stream.clock import FakeClock
+from stream.config import ConnectorSettings, Secret
+from stream.deadletter_headers import Reason
+from stream.dispatch import Dispatcher, Failure
+from stream.dotdigital import Operation
+from stream.dotdigital.sandbox import (
+    Sandbox,
+    SandboxAccount,
+    SandboxAddressBook,
+    SandboxSettings,
+    run_sandbox,
+)
+from stream.events import Action, Kind, Transition
+from stream.metrics import Metrics
+from stream.offsets import RecordRef
+from stream.suspensions import Suspensions
+from stream.windowing import Batch, Contact, Trigger
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "suspension-Password-3"
+USERS = {"good": "apiuser-good@apiconnector.com", "locked": "apiuser-locked@apiconnector.com"}
+BOOKS = {"good": 901, "locked": 902}
+PROBE = 60.0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+        self.failures: dict[str, Failure] = {}
+
+    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+        self.done.extend((batch.connector_id, c.email) for c in contacts)
+
+    def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
+        self.failures[contact.email] = failure
+
+    def holds(self, contact: Contact) -> bool:
+        return True
+
+    def dropped(self, batch: Batch, contact: Contact) -> None:
+        raise AssertionError("no revoke here")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sandbox(clock: FakeClock) -> AsyncIterator[Sandbox]:
+    accounts = [
+        SandboxAccount(
+            user,
+            PASSWORD,
+            region="r1",
+            account_id=40 + n,
+            import_delay_seconds=0.2,
+            address_books=(SandboxAddressBook(BOOKS[name], "members"),),
+        )
+        for n, (name, user) in enumerate(USERS.items())
+    ]
+    async with run_sandbox(SandboxSettings(accounts=accounts, clock=clock)) as sb:
+        yield sb
+
+
+def batch(connector: str, *emails: str, sequence: int = 1) -> Batch:
+    contacts = []
+    for n, email in enumerate(emails):
+        ref = RecordRef("transitions", 0, sequence * 100 + n)
+        transition = Transition(
+            event_id=f"e-{ref.offset}",
+            kind=Kind.AUDIENCE,
+            source_id="aud-1",
+            action=Action.ADD,
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+            connector_id=connector,
+            address_book_id=BOOKS[connector],
+            profile_id=f"p-{ref.offset}",
+            email=email,
+        )
+        contacts.append(Contact(email=email, transition=transition, winner=ref, refs=(ref,)))
+    return Batch(connector, BOOKS[connector], 0.0, sequence, tuple(contacts), (), Trigger.WINDOW)
+
+
+def api_calls(sandbox: Sandbox) -> int:
+    return len(sandbox.journal)
+
+
+async def test_a_locked_account_is_suspended_not_called_then_resumed_by_a_probe(
+    sandbox: Sandbox, clock: FakeClock
+) -> None:
+    connectors = {
+        name: ConnectorSettings(
+            name=name,
+            username=user,
+            password=Secret(PASSWORD),
+            discovery_endpoint=sandbox.discovery_url,
+            request_timeout_seconds=10.0,
+        )
+        for name, user in USERS.items()
+    }
+    sandbox.lock(USERS["locked"])
+    recorder = Recorder()
+    metrics = Metrics()
+    suspensions = Suspensions(connectors, clock, PROBE)
+    pool = ClientPool(connectors, clock=clock)
+    dispatcher = Dispatcher(
+        pool, recorder, retry_timeout=30.0, clock=clock, metrics=metrics, suspensions=suspensions
+    )
+    try:
+        # Credentials refused through the retry budget: auth_failed, and the connector is
+        # suspended before its contacts are reported.
+        await dispatcher.submit(batch("locked", "first@example.com"))
+        assert recorder.failures["first@example.com"].reason is Reason.AUTH_FAILED
+        suspension = suspensions.of("locked")
+        assert suspension is not None
+        assert suspension.cause is Reason.AUTH_FAILED
+        assert metrics.connector_suspended.labels("locked")._value.get() == 1
+
+        # Suspended: failed at once, no request made; the other connector is served.
+        calls = api_calls(sandbox)
+        await dispatcher.submit(batch("locked", "second@example.com", sequence=2))
+        failure = recorder.failures["second@example.com"]
+        assert failure.reason is Reason.CONNECTOR_SUSPENDED
+        assert failure.code == Reason.AUTH_FAILED.value
+        assert PASSWORD not in failure.message
+        assert api_calls(sandbox) == calls
+        await dispatcher.submit(batch("good", "healthy@example.com", sequence=3))
+        assert ("good", "healthy@example.com") in recorder.done
+
+        # A probe while still locked changes nothing; after the unlock the next one resumes.
+        assert dispatcher.probe() == [], "not due yet"
+        clock.advance(PROBE)
+        await asyncio.gather(*dispatcher.probe())
+        assert suspensions.of("locked") is not None
+        sandbox.lock(USERS["locked"], locked=False)
+        clock.advance(PROBE)
+        await asyncio.gather(*dispatcher.probe())
+        assert suspensions.of("locked") is None
+        assert metrics.connector_suspended.labels("locked")._value.get() == 0
+        await dispatcher.submit(batch("locked", "third@example.com", sequence=4))
+        assert ("locked", "third@example.com") in recorder.done
+        assert sandbox.members(USERS["locked"], BOOKS["locked"]) == {"third@example.com"}
+    finally:
+        await dispatcher.cancel()
+        await pool.close()
