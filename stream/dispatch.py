@@ -288,10 +288,13 @@ class Dispatcher:
                     return await self._send(batch, operation, contacts)
             except Abandoned:
                 log.info(
-                    "%s to address book %s (connector %s) stopped: partitions revoked",
+                    "%s to address book %s (connector %s) stopped: %s",
                     operation,
                     batch.address_book_id,
                     batch.connector_id,
+                    "connector suspended"
+                    if self._suspensions.of(batch.connector_id)
+                    else "partitions revoked",
                 )
             finally:
                 del self._guards[guard]
@@ -386,9 +389,9 @@ class Dispatcher:
             account_level=account_level,
         )
         if suspension is not None:
-            self._suspended(suspension)
+            self._suspended(suspension, batch.address_book_id)
 
-    def _suspended(self, suspension: Suspension) -> None:
+    def _suspended(self, suspension: Suspension, address_book_id: int) -> None:
         log.error(
             "%s; its records go to the dead-letter topic as connector_suspended until a probe "
             "(every %.0f s) finds the account working again; replay them then",
@@ -399,6 +402,17 @@ class Dispatcher:
         self._metrics.connector_suspensions.labels(
             suspension.connector, suspension.cause.value
         ).inc()
+        # The connector's other operations would each wait out their retry budget for the same
+        # answer: stopped before their next request, they start again and meet the suspension.
+        # Those of the failing book are left to meet their own answer (and reason).
+        for guard, contacts in self._guards.items():
+            transition = contacts[0].transition if contacts else None
+            if (
+                transition is not None
+                and transition.connector_id == suspension.connector
+                and transition.address_book_id != address_book_id
+            ):
+                guard.revoke()
 
     def _report_failure(self, batch: Batch, contact: Contact, failure: Failure) -> None:
         # One contact's trouble (say its dead letter cannot be built) must not keep the
