@@ -18,6 +18,14 @@ Contract:
   the Unix epoch (window start = ``floor(now / window_seconds) * window_seconds``), so every
   instance closes the same windows at the same moments. A pending batch belongs to the window in
   which its first record arrived.
+* **Clock steps.** The wall clock (``clock.time()``) only *places* a window: when a pending batch
+  opens, the time left until its wall window ends is turned into a deadline on
+  ``clock.monotonic()``, and that deadline alone closes it. So a pending batch never stays open
+  longer than ``window_seconds`` of real time, whatever the wall clock does meanwhile: stepped
+  back, it does not hold windows open (and keep filling them) until it catches up; stepped
+  forward, it flushes nothing early. Windows opened after a step are aligned to the stepped wall
+  clock, so ``Batch.window_start`` (wall time, for logs) may go back; instances whose clocks
+  disagree close their windows at different moments, which only shifts when batches leave.
 * **A batch is emitted** (leaves the windower, ready for dispatch) when it holds ``max_contacts``
   contacts of one operation -- at once, from :meth:`add` --, when its window has closed
   (:meth:`due`; also from :meth:`add` if a record for it arrives after its window closed and
@@ -149,10 +157,11 @@ class _Entry:
 
 
 class _Pending:
-    __slots__ = ("adds", "entries", "index", "records", "removes")
+    __slots__ = ("adds", "deadline", "entries", "index", "records", "removes")
 
-    def __init__(self, index: int) -> None:
-        self.index = index  # window number since the epoch
+    def __init__(self, index: int, deadline: float) -> None:
+        self.index = index  # wall-clock window number since the epoch (for window_start)
+        self.deadline = deadline  # clock.monotonic() time at which the window closes
         self.entries: dict[str, _Entry] = {}
         self.adds = 0
         self.removes = 0
@@ -201,26 +210,27 @@ class Windower:
         return self._index(now) * self._window_seconds
 
     def next_deadline(self) -> float | None:
-        """Wall time at which the earliest pending window closes; ``None`` if nothing pends."""
+        """``clock.monotonic()`` time at which the earliest pending window closes; ``None`` if
+        nothing pends."""
         if not self._pending:
             return None
-        return (min(p.index for p in self._pending.values()) + 1) * self._window_seconds
+        return min(p.deadline for p in self._pending.values())
 
     # --- records in ------------------------------------------------------------------------
 
     def add(self, transition: Transition, ref: RecordRef) -> list[Batch]:
         """Buffer one record; return the batches this emits (usually none)."""
-        index = self._index(self._clock.time())
+        now = self._clock.monotonic()
         key = (transition.connector_id, transition.address_book_id)
         emitted: list[Batch] = []
         pending = self._pending.get(key)
-        if pending is not None and pending.index < index:
+        if pending is not None and pending.deadline <= now:
             # Its window closed and due() has not run yet: close it now rather than let a record
             # of the new window ride in an old batch.
             emitted.append(self._emit_all(key, pending, Trigger.WINDOW))
             pending = None
         if pending is None:
-            pending = self._pending[key] = _Pending(index)
+            pending = self._pending[key] = self._open(now)
 
         entry = pending.entries.get(transition.email)
         if entry is None:
@@ -242,9 +252,11 @@ class Windower:
     # --- batches out -----------------------------------------------------------------------
 
     def due(self, now: float | None = None) -> list[Batch]:
-        """Emit every pending batch whose window has closed by ``now`` (default: the clock)."""
-        index = self._index(self._clock.time() if now is None else now)
-        closed = [(key, p) for key, p in self._pending.items() if p.index < index]
+        """Emit every pending batch whose window has closed by ``now`` (``clock.monotonic()``
+        time; default: the clock's)."""
+        if now is None:
+            now = self._clock.monotonic()
+        closed = [(key, p) for key, p in self._pending.items() if p.deadline <= now]
         return [self._emit_all(key, pending, Trigger.WINDOW) for key, pending in closed]
 
     def drain(self, trigger: Trigger = Trigger.SHUTDOWN) -> list[Batch]:
@@ -312,9 +324,14 @@ class Windower:
     # --- internals -------------------------------------------------------------------------
 
     def _index(self, now: float) -> int:
-        # Comparing integer window numbers, not float boundaries, keeps add() and due() agreeing
-        # exactly on which window a moment belongs to.
         return math.floor(now / self._window_seconds)
+
+    def _open(self, monotonic_now: float) -> _Pending:
+        wall = self._clock.time()
+        index = self._index(wall)
+        # In (0, window_seconds]: a batch opened just after a boundary waits a whole window.
+        left = (index + 1) * self._window_seconds - wall
+        return _Pending(index, monotonic_now + left)
 
     def _remove_entry(self, pending: _Pending, entry: _Entry) -> None:
         del pending.entries[entry.transition.email]

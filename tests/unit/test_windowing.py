@@ -89,6 +89,63 @@ def test_due_takes_an_explicit_time() -> None:
     assert len(w.due(WINDOW_END)) == 1
 
 
+def test_a_wall_clock_stepping_back_does_not_hold_a_window_open() -> None:
+    clock = FakeClock(START)
+    w = windower(clock)
+    w.add(transition("a@x"), ref(0))
+    clock.step_wall(-3 * WINDOW)  # an NTP correction, or an operator's `date -s`
+    clock.advance(WINDOW_END - START - 1)
+    # Still inside the window measured on the monotonic clock: the record joins it.
+    assert w.add(transition("b@x"), ref(1)) == []
+    assert w.due() == []
+    clock.advance(1)
+    [batch] = w.due()
+    assert batch.trigger is Trigger.WINDOW
+    assert batch.window_start == WINDOW_START  # the wall window the first record arrived in
+    assert emails(batch) == (["a@x", "b@x"], [])
+    # The next window is aligned to the wall clock as it reads now, and lasts no longer.
+    w.add(transition("c@x"), ref(2))
+    deadline = w.next_deadline()
+    assert deadline is not None
+    assert 0 < deadline - clock.monotonic() <= WINDOW
+
+
+def test_a_record_after_the_monotonic_deadline_closes_the_old_batch_despite_the_wall_clock() -> (
+    None
+):
+    clock = FakeClock(START)
+    w = windower(clock)
+    w.add(transition("a@x"), ref(0))
+    clock.step_wall(-3 * WINDOW)
+    clock.advance(WINDOW)
+    [old, *rest] = w.add(transition("b@x"), ref(1))
+    assert rest == []
+    assert (old.trigger, emails(old)) == (Trigger.WINDOW, (["a@x"], []))
+    assert w.buffered_records == 1
+
+
+def test_a_wall_clock_stepping_forward_flushes_nothing_early() -> None:
+    clock = FakeClock(START)
+    w = windower(clock)
+    w.add(transition("a@x"), ref(0))
+    w.add(transition("z@x", book=2), ref(1))
+    clock.step_wall(+3 * WINDOW)
+    # The pending windows keep their deadline: nothing leaves early, new records still join.
+    assert w.due() == []
+    assert w.add(transition("b@x"), ref(2)) == []
+    clock.advance(WINDOW_END - START - 0.001)
+    assert w.due() == []
+    clock.advance(0.001)
+    assert sorted(len(b.adds) for b in w.due()) == [1, 2]
+    # Later windows are aligned to the stepped wall clock, one window long each.
+    w.add(transition("c@x"), ref(3))
+    clock.advance(WINDOW - 0.001)
+    assert w.due() == []
+    clock.advance(0.001)
+    [batch] = w.due()
+    assert batch.window_start == WINDOW_END + 3 * WINDOW
+
+
 def test_latest_transition_of_a_contact_wins_and_carries_the_superseded() -> None:
     w = windower(FakeClock(START))
     w.add(transition("a@x", Action.ADD, event_id="in"), ref(0))
