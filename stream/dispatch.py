@@ -111,6 +111,11 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def batches(self) -> list[Batch]:
+        """The batches submitted and not yet done, in submission order."""
+        return list(self._tasks.values())
+
     def submit(self, batch: Batch) -> asyncio.Task[None]:
         """Queue ``batch`` behind the earlier flushes of its address book."""
         key = (batch.connector_id, batch.address_book_id)

@@ -35,9 +35,23 @@ Contract:
   order they were emitted; the dispatcher sends them one at a time in that order, so a remove is
   never overtaken by an earlier add of the same contact. Batches of different address books are
   independent.
+* **Across partitions.** One profile's records share a partition, but one email may belong to
+  two profiles on two partitions: their records are then one contact, ordered by arrival (the
+  interleaving in which this instance read them). That order exists only here; a new owner of
+  one of the partitions reads its records again from the committed position without the others.
+  So when a partition is revoked, its open records that a newer record of the same contact on a
+  partition still ours supersedes are final (:func:`overtaken`): the newer record is synced or
+  dead-lettered here, after anything the older one could do, or, if this instance dies first, read
+  again from its own partition, which stays committed below it until then. Committing the older
+  record keeps the new owner from applying it after the newer one. That holds when the revoked
+  partition's commit passes it, i.e. when nothing below it there is still open at the end of the
+  revoke; otherwise (DotDigital too slow for the revoke bounds), and always for a partition
+  *lost* (nothing of it can be committed), the new owner re-applies the older record and, not
+  knowing the newer one, may leave the book in the older state until the contact's next
+  transition. No order across partitions survives that: Kafka defines none.
 * Costs: :meth:`add` O(1) (dict operations; plus building the batch when one is emitted);
   :meth:`due` and :meth:`next_deadline` O(pending address books); the partition operations
-  O(buffered records) -- they run on rebalances only.
+  O(buffered records), :func:`overtaken` O(records given) -- they run on rebalances only.
 
 Not thread-safe: call it from one thread (or one event loop).
 """
@@ -45,7 +59,7 @@ Not thread-safe: call it from one thread (or one event loop).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -295,8 +309,9 @@ class Windower:
 
         A contact whose winning record is in ``partitions`` is removed whole; its records from
         other partitions come back as ``superseded`` (see :class:`Dropped`). A contact whose
-        winner stays keeps it and loses only the revoked superseded records. (One profile's
-        records share a partition, so mixed contacts need two profiles with one email.)
+        winner stays keeps it and loses only the revoked superseded records (a clean revoke
+        finished them first, see :func:`overtaken`). (One profile's records share a partition,
+        so mixed contacts need two profiles with one email.)
         """
         dropped: list[RecordRef] = []
         superseded: list[RecordRef] = []
@@ -320,6 +335,13 @@ class Windower:
             if not pending.entries:
                 del self._pending[key]
         return Dropped(tuple(dropped), tuple(superseded))
+
+    def pending_contacts(self) -> Iterator[tuple[AddressBookKey, Contact]]:
+        """The contacts waiting in windows, with their address book (newer than every batch
+        already emitted for it)."""
+        for key, pending in self._pending.items():
+            for entry in pending.entries.values():
+                yield key, entry.contact()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -366,3 +388,29 @@ class Windower:
             removes=tuple(removes),
             trigger=trigger,
         )
+
+
+def overtaken(
+    contacts: Iterable[tuple[AddressBookKey, Contact]],
+    partitions: Collection[TopicPartitionKey],
+    is_open: Callable[[RecordRef], bool],
+) -> list[RecordRef]:
+    """The open records of ``partitions`` that a newer open record of the same contact (same
+    address book and email) on another partition supersedes; see "Across partitions" above.
+
+    ``contacts`` in arrival order per address book: the batches not yet done in the order they
+    were emitted, then :meth:`Windower.pending_contacts`. A record is newer than another if it
+    comes later in one contact's refs, or in a later contact of that address book and email.
+    """
+    older: dict[tuple[str, int, str], list[RecordRef]] = {}
+    found: list[RecordRef] = []
+    for (connector_id, address_book_id), contact in contacts:
+        key = (connector_id, address_book_id, contact.email)
+        for ref in contact.refs:
+            if not is_open(ref):
+                continue
+            if ref.tp in partitions:
+                older.setdefault(key, []).append(ref)
+            elif key in older:
+                found += older.pop(key)
+    return found

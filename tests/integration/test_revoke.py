@@ -50,9 +50,17 @@ JOB_SECONDS = 60.0  # sandbox time an import takes: until the test advances the 
 class Record:
     """A consumed record as confluent-kafka hands it over (the methods the pipeline reads)."""
 
-    def __init__(self, topic: str, partition: int, offset: int, email: str, action: str):
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        email: str,
+        action: str,
+        profile: str | None = None,
+    ):
         self._where = (topic, partition, offset)
-        profile = email.split("@")[0]
+        profile = profile or email.split("@")[0]
         self._key = profile.encode()
         self._value = orjson.dumps(
             transition(
@@ -319,3 +327,47 @@ async def test_a_lost_partition_is_not_sent_for_any_more(
     assert old.pipeline.tracker.open_records == 0
     assert old.pipeline.dead_letters is not None
     assert old.pipeline.dead_letters.pending == 0
+
+
+@pytest.mark.parametrize("batches", [1, 2], ids=["one contact", "two batches"])
+async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_revoke(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], batches: int
+) -> None:
+    """One email under two profiles on two partitions: the newer transition, on the partition
+    kept, must stay the last one applied when the older one's partition changes hands."""
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    # A slow flush ahead keeps x's batch queued past the revoke bound.
+    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
+    partition_0 = [Record(topic, 0, 0, "x@example.com", "add", profile="a")]
+    # x enters as profile a (partition 0), then leaves as profile b (partition 1): one contact
+    # (its winner the removal, the entry superseded) or two batches, the removal's queued behind.
+    leaves = Record(topic, 1, 1, "x@example.com", "remove", profile="b")
+    if batches == 1:
+        old.read(*partition_0, leaves)
+    else:
+        old.read(*partition_0)
+        old.read(leaves)
+    assert old.pipeline.dispatcher.in_flight == 1 + batches
+    positions = await old.revoke(0)
+    # The old owner applies the newer transition (x leaves) after the revoke.
+    clock.advance(JOB_SECONDS + 1)
+    await old.idle()
+    assert old.pipeline.tracker.open_records == 0
+
+    # The new owner of partition 0 reads from the committed position; what it re-reads there
+    # would be applied after the old owner's removal.
+    new = owner()
+    new.assign(0)
+    new.read(*[r for r in partition_0 if r.offset() >= positions[(topic, 0)]])
+    await eventually(
+        lambda: new.pipeline.dispatcher.in_flight == 0 or "x@example.com" in imported(sandbox),
+        "the new owner idle or its import accepted",
+    )
+    clock.advance(JOB_SECONDS + 1)
+    await new.idle()
+    assert sandbox.members(USER, BOOK) == {"y@example.com"}, "x's older entry applied last"
+    assert positions == {(topic, 0): 1}, "x's entry is superseded by a record still ours"

@@ -11,7 +11,7 @@ from stream.clock import FakeClock
 from stream.config import BatchingSettings
 from stream.events import Action, Kind, Transition
 from stream.offsets import RecordRef
-from stream.windowing import Batch, Trigger, Windower
+from stream.windowing import Batch, Contact, Trigger, Windower, overtaken
 
 WINDOW = 1200.0
 # 1_700_000_000 is 800 s into the window that starts at 1_699_999_200.
@@ -305,6 +305,50 @@ def test_drop_partitions_when_only_a_superseded_record_is_revoked_keeps_the_winn
     [contact] = batch.removes
     assert contact.refs == (ref(5, 1),)
     assert w.buffered_records == 0
+
+
+P0, P1 = ("t", 0), ("t", 1)
+
+
+def in_order(
+    *batches: Batch, pending: Windower | None = None
+) -> list[tuple[tuple[str, int], Contact]]:
+    contacts = [(b.key, c) for b in batches for c in b.contacts()]
+    return contacts + ([] if pending is None else list(pending.pending_contacts()))
+
+
+def test_a_revoked_record_superseded_by_one_kept_is_overtaken() -> None:
+    # One email under two profiles: the entry on partition 0, the exit on partition 1.
+    w = windower(FakeClock(START))
+    w.add(transition("a@x", Action.ADD), ref(9, partition=0))
+    w.add(transition("a@x", Action.REMOVE), ref(5, partition=1))
+    w.add(transition("b@x", Action.ADD), ref(10, partition=0))
+    assert overtaken(in_order(pending=w), {P0}, lambda r: True) == [ref(9, 0)]
+    [batch] = w.drain()
+    assert overtaken(in_order(batch), {P0}, lambda r: True) == [ref(9, 0)]
+    # Only what is still open counts, on both sides.
+    assert overtaken(in_order(batch), {P0}, lambda r: r != ref(5, 1)) == []
+    assert overtaken(in_order(batch), {P0}, lambda r: r != ref(9, 0)) == []
+
+
+def test_a_revoked_winner_is_not_overtaken_the_new_owner_reads_it_again() -> None:
+    w = windower(FakeClock(START))
+    w.add(transition("a@x", Action.ADD), ref(5, partition=1))
+    w.add(transition("a@x", Action.REMOVE), ref(9, partition=0))
+    assert overtaken(in_order(pending=w), {P0}, lambda r: True) == []
+
+
+def test_a_newer_record_in_a_later_batch_overtakes() -> None:
+    w = windower(FakeClock(START), max_contacts=1)
+    [first] = w.add(transition("a@x", Action.ADD), ref(9, partition=0))
+    [other_book] = w.add(transition("a@x", Action.REMOVE, book=2), ref(5, partition=1))
+    assert overtaken(in_order(first, other_book), {P0}, lambda r: True) == []
+    [other_email] = w.add(transition("b@x", Action.REMOVE), ref(6, partition=1))
+    assert overtaken(in_order(first, other_email), {P0}, lambda r: True) == []
+    [later] = w.add(transition("a@x", Action.REMOVE), ref(7, partition=1))
+    assert overtaken(in_order(first, later), {P0}, lambda r: True) == [ref(9, 0)]
+    # Arrival order decides: the same records the other way round overtake nothing.
+    assert overtaken(in_order(later, first), {P0}, lambda r: True) == []
 
 
 def test_nothing_to_do_for_no_partitions() -> None:
