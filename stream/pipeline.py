@@ -17,8 +17,8 @@ Contract:
   ``batching.revoke_flush_seconds``. Then what is still being sent for them stops before its
   next request, and what DotDigital may already be doing for them (a request in the air, an
   accepted import or removal) is awaited for at most ``batching.revoke_job_seconds``. Their
-  offsets are committed as far as they are final (a record superseded by a newer one of the
-  same contact on a partition kept is final: :func:`stream.windowing.overtaken`); the rest is
+  offsets are committed as far as they are final (a contact whose records span revoked and
+  kept partitions is handed over whole: :func:`stream.windowing.handover`); the rest is
   dropped, uncommitted, for the new owner to read again, and is taken out of every batch not
   yet sent: once the revoke returned, this instance makes no DotDigital request for a record
   of those partitions (beyond the status polls of a job it stopped waiting for at that bound).
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -54,7 +54,7 @@ from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource
-from stream.windowing import AddressBookKey, Batch, Contact, Trigger, Windower, overtaken
+from stream.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,12 @@ class Pipeline:
                 )
         self._revoking |= revoked
         try:
+            # A contact across revoked and kept partitions goes whole to whoever has its newest
+            # record; the other side's older records are final now, and those kept are not sent
+            # any more (the dispatcher stops what the listener no longer holds).
+            split = self._handover(revoked)
+            for ref in split.overtaken + split.yielded:
+                self._finish(ref)
             if not await self.dispatcher.revoke(revoked, batching.revoke_job_seconds):
                 log.warning(
                     "revoke: DotDigital jobs for revoked partitions still running after %.0f s; "
@@ -333,25 +339,24 @@ class Pipeline:
             # Dead letters decided by the flushes and jobs above, acknowledged now, are final and
             # committed with the revoke instead of being redone by the new owner.
             await self._drain_dead_letters(self.clock.monotonic() + REVOKE_DRAIN_SECONDS)
-            # Older records that a newer one of the same contact, kept here, supersedes: final,
-            # so that the new owner does not apply them after it (windowing, "Across partitions").
-            for ref in overtaken(self._contacts_in_order(), revoked, self.tracker.is_open):
-                self._finish(ref)
             positions = self.tracker.committable(revoked)
             self._forget(partitions)
         finally:
             self._revoking -= revoked
         return positions
 
-    def _contacts_in_order(self) -> Iterator[tuple[AddressBookKey, Contact]]:
-        for batch in self.dispatcher.batches:
-            for contact in batch.contacts():
-                yield batch.key, contact
-        yield from self.windows.pending_contacts()
+    def _handover(self, revoked: set[TopicPartitionKey]) -> Handover:
+        contacts = [(b.key, c) for b in self.dispatcher.batches for c in b.contacts()]
+        contacts += self.windows.pending_contacts()
+        return handover(contacts, revoked, self.tracker.is_open)
 
     def _lose(self, partitions: Sequence[TopicPartitionKey]) -> None:
         """Partitions taken without a clean revoke: another member may own them already, so
         nothing more is sent for them, and nothing waited for."""
+        # Their uncommitted newest records of contacts across partitions are read again by the
+        # next owner: the older ones kept here must not be sent after them (as in _revoke).
+        for ref in self._handover(set(partitions)).yielded:
+            self._finish(ref)
         self.dispatcher.stop_sending(set(partitions))
         self._forget(partitions)
 

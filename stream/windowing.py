@@ -39,19 +39,25 @@ Contract:
   two profiles on two partitions: their records are then one contact, ordered by arrival (the
   interleaving in which this instance read them). That order exists only here; a new owner of
   one of the partitions reads its records again from the committed position without the others.
-  So when a partition is revoked, its open records that a newer record of the same contact on a
-  partition still ours supersedes are final (:func:`overtaken`): the newer record is synced or
-  dead-lettered here, after anything the older one could do, or, if this instance dies first, read
-  again from its own partition, which stays committed below it until then. Committing the older
-  record keeps the new owner from applying it after the newer one. That holds when the revoked
-  partition's commit passes it, i.e. when nothing below it there is still open at the end of the
-  revoke; otherwise (DotDigital too slow for the revoke bounds), and always for a partition
-  *lost* (nothing of it can be committed), the new owner re-applies the older record and, not
-  knowing the newer one, may leave the book in the older state until the contact's next
-  transition. No order across partitions survives that: Kafka defines none.
+  So a revoke hands such a contact over whole (:func:`handover`): its newest open record decides
+  who applies the contact's last transition, and the other side's older records are final at
+  once. Newest on a partition kept: its revoked older records are *overtaken* -- the newer one
+  is synced or dead-lettered here, after anything the older could do, or, if this instance dies
+  first, read again from its own partition, committed below it until then -- and committing them
+  keeps the new owner from applying them after it. Newest on a revoked partition: the new owner
+  reads it again (its partition stays committed below it) and applies it, so the older records
+  kept here are *yielded*: not sent any more (the revoke stops and awaits their operations as
+  it does the revoked partitions'), and committed. Overtaken records stay out of the new owner's
+  reach only if the revoked partition's commit passes them, i.e. when nothing below them there
+  is still open at the end of the revoke. Otherwise (DotDigital too slow for the revoke bounds),
+  and always for a partition *lost* (nothing of it can be committed; yielded records are stopped
+  but a request already in the air is not awaited), the new owner re-applies older records and,
+  not knowing the newer ones kept here, may leave the book in an older state until the contact's
+  next transition. No order across partitions survives that: Kafka defines none, and only the
+  commit carries anything from one owner to the next.
 * Costs: :meth:`add` O(1) (dict operations; plus building the batch when one is emitted);
   :meth:`due` and :meth:`next_deadline` O(pending address books); the partition operations
-  O(buffered records), :func:`overtaken` O(records given) -- they run on rebalances only.
+  O(buffered records), :func:`handover` O(records given) -- they run on rebalances only.
 
 Not thread-safe: call it from one thread (or one event loop).
 """
@@ -310,7 +316,7 @@ class Windower:
         A contact whose winning record is in ``partitions`` is removed whole; its records from
         other partitions come back as ``superseded`` (see :class:`Dropped`). A contact whose
         winner stays keeps it and loses only the revoked superseded records (a clean revoke
-        finished them first, see :func:`overtaken`). (One profile's records share a partition,
+        finished them first, see :func:`handover`). (One profile's records share a partition,
         so mixed contacts need two profiles with one email.)
         """
         dropped: list[RecordRef] = []
@@ -390,27 +396,42 @@ class Windower:
         )
 
 
-def overtaken(
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Records made final by a revoke, beyond its own partitions' (see :func:`handover`).
+
+    ``overtaken``: open records of the revoked partitions whose contact's newest open record is
+    on a partition kept. ``yielded``: open records of partitions kept whose contact's newest open
+    record is on a revoked partition; their operations must not send them any more.
+    """
+
+    overtaken: tuple[RecordRef, ...]
+    yielded: tuple[RecordRef, ...]
+
+
+def handover(
     contacts: Iterable[tuple[AddressBookKey, Contact]],
     partitions: Collection[TopicPartitionKey],
     is_open: Callable[[RecordRef], bool],
-) -> list[RecordRef]:
-    """The open records of ``partitions`` that a newer open record of the same contact (same
-    address book and email) on another partition supersedes; see "Across partitions" above.
+) -> Handover:
+    """Split the contacts whose open records span revoked and kept partitions; see "Across
+    partitions" above.
 
     ``contacts`` in arrival order per address book: the batches not yet done in the order they
-    were emitted, then :meth:`Windower.pending_contacts`. A record is newer than another if it
-    comes later in one contact's refs, or in a later contact of that address book and email.
+    were emitted, then :meth:`Windower.pending_contacts`. Records of one address book and email
+    are one contact's, newest last.
     """
-    older: dict[tuple[str, int, str], list[RecordRef]] = {}
-    found: list[RecordRef] = []
+    records: dict[tuple[str, int, str], list[RecordRef]] = {}
     for (connector_id, address_book_id), contact in contacts:
         key = (connector_id, address_book_id, contact.email)
         for ref in contact.refs:
-            if not is_open(ref):
-                continue
-            if ref.tp in partitions:
-                older.setdefault(key, []).append(ref)
-            elif key in older:
-                found += older.pop(key)
-    return found
+            if is_open(ref):
+                records.setdefault(key, []).append(ref)
+    overtaken: list[RecordRef] = []
+    yielded: list[RecordRef] = []
+    for refs in records.values():
+        newest_revoked = refs[-1].tp in partitions
+        for ref in refs[:-1]:
+            if (ref.tp in partitions) != newest_revoked:
+                (yielded if newest_revoked else overtaken).append(ref)
+    return Handover(tuple(overtaken), tuple(yielded))

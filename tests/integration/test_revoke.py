@@ -371,3 +371,40 @@ async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_r
     await new.idle()
     assert sandbox.members(USER, BOOK) == {"y@example.com"}, "x's older entry applied last"
     assert positions == {(topic, 0): 1}, "x's entry is superseded by a record still ours"
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["revoked", "lost"])
+async def test_an_older_record_kept_is_not_sent_after_a_newer_one_revoked(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], lost: bool
+) -> None:
+    """The other way round: the newer transition is on the revoked partition, so its new owner
+    applies it; the older one, on the partition kept and queued, must not be sent after it."""
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
+    # x enters as profile b (partition 1), then leaves as profile a (partition 0): two batches
+    # queued behind y's slow import, the entry's first.
+    old.read(Record(topic, 1, 1, "x@example.com", "add", profile="b"))
+    partition_0 = [Record(topic, 0, 0, "x@example.com", "remove", profile="a")]
+    old.read(*partition_0)
+    if lost:
+        old.pipeline._lose([(topic, 0)])
+    else:
+        positions = await old.revoke(0)
+        assert positions == {(topic, 0): 0}, "x's exit is for the new owner to apply"
+
+    new = owner()
+    new.assign(0)
+    new.read(*partition_0)
+    await new.idle()  # a removal: no job to wait for
+    # The old owner's queue moves on; nothing it sends may bring x back.
+    deadline = time.monotonic() + 30
+    while old.pipeline.dispatcher.in_flight:
+        assert time.monotonic() < deadline, "the old owner's flushes still running after 30 s"
+        clock.advance(JOB_SECONDS + 1)
+        await asyncio.sleep(0.05)
+    assert sandbox.members(USER, BOOK) == {"y@example.com"}, "x's older entry applied last"
+    assert old.pipeline.tracker.committable() == {(topic, 1): 2}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +12,7 @@ from stream.clock import FakeClock
 from stream.config import BatchingSettings
 from stream.events import Action, Kind, Transition
 from stream.offsets import RecordRef
-from stream.windowing import Batch, Contact, Trigger, Windower, overtaken
+from stream.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 
 WINDOW = 1200.0
 # 1_700_000_000 is 800 s into the window that starts at 1_699_999_200.
@@ -308,13 +309,16 @@ def test_drop_partitions_when_only_a_superseded_record_is_revoked_keeps_the_winn
 
 
 P0, P1 = ("t", 0), ("t", 1)
+Contacts = list[tuple[tuple[str, int], Contact]]
 
 
-def in_order(
-    *batches: Batch, pending: Windower | None = None
-) -> list[tuple[tuple[str, int], Contact]]:
+def in_order(*batches: Batch, pending: Windower | None = None) -> Contacts:
     contacts = [(b.key, c) for b in batches for c in b.contacts()]
     return contacts + ([] if pending is None else list(pending.pending_contacts()))
+
+
+def split(contacts: Contacts, is_open: Callable[[RecordRef], bool] = lambda r: True) -> Handover:
+    return handover(contacts, {P0}, is_open)
 
 
 def test_a_revoked_record_superseded_by_one_kept_is_overtaken() -> None:
@@ -323,32 +327,34 @@ def test_a_revoked_record_superseded_by_one_kept_is_overtaken() -> None:
     w.add(transition("a@x", Action.ADD), ref(9, partition=0))
     w.add(transition("a@x", Action.REMOVE), ref(5, partition=1))
     w.add(transition("b@x", Action.ADD), ref(10, partition=0))
-    assert overtaken(in_order(pending=w), {P0}, lambda r: True) == [ref(9, 0)]
+    w.add(transition("c@x", Action.ADD), ref(11, partition=1))
+    assert split(in_order(pending=w)) == Handover(overtaken=(ref(9, 0),), yielded=())
     [batch] = w.drain()
-    assert overtaken(in_order(batch), {P0}, lambda r: True) == [ref(9, 0)]
+    assert split(in_order(batch)) == Handover(overtaken=(ref(9, 0),), yielded=())
     # Only what is still open counts, on both sides.
-    assert overtaken(in_order(batch), {P0}, lambda r: r != ref(5, 1)) == []
-    assert overtaken(in_order(batch), {P0}, lambda r: r != ref(9, 0)) == []
+    assert split(in_order(batch), lambda r: r != ref(5, 1)) == Handover((), ())
+    assert split(in_order(batch), lambda r: r != ref(9, 0)) == Handover((), ())
 
 
-def test_a_revoked_winner_is_not_overtaken_the_new_owner_reads_it_again() -> None:
+def test_records_kept_older_than_a_revoked_one_are_yielded() -> None:
     w = windower(FakeClock(START))
     w.add(transition("a@x", Action.ADD), ref(5, partition=1))
+    w.add(transition("a@x", Action.ADD), ref(6, partition=0))
     w.add(transition("a@x", Action.REMOVE), ref(9, partition=0))
-    assert overtaken(in_order(pending=w), {P0}, lambda r: True) == []
+    assert split(in_order(pending=w)) == Handover(overtaken=(), yielded=(ref(5, 1),))
 
 
-def test_a_newer_record_in_a_later_batch_overtakes() -> None:
+def test_contacts_in_later_batches_are_newer() -> None:
     w = windower(FakeClock(START), max_contacts=1)
     [first] = w.add(transition("a@x", Action.ADD), ref(9, partition=0))
     [other_book] = w.add(transition("a@x", Action.REMOVE, book=2), ref(5, partition=1))
-    assert overtaken(in_order(first, other_book), {P0}, lambda r: True) == []
+    assert split(in_order(first, other_book)) == Handover((), ())
     [other_email] = w.add(transition("b@x", Action.REMOVE), ref(6, partition=1))
-    assert overtaken(in_order(first, other_email), {P0}, lambda r: True) == []
+    assert split(in_order(first, other_email)) == Handover((), ())
     [later] = w.add(transition("a@x", Action.REMOVE), ref(7, partition=1))
-    assert overtaken(in_order(first, later), {P0}, lambda r: True) == [ref(9, 0)]
-    # Arrival order decides: the same records the other way round overtake nothing.
-    assert overtaken(in_order(later, first), {P0}, lambda r: True) == []
+    assert split(in_order(first, later)) == Handover(overtaken=(ref(9, 0),), yielded=())
+    # Arrival order decides: the same records the other way round.
+    assert split(in_order(later, first)) == Handover(overtaken=(), yielded=(ref(7, 1),))
 
 
 def test_nothing_to_do_for_no_partitions() -> None:
