@@ -408,3 +408,32 @@ async def test_an_older_record_kept_is_not_sent_after_a_newer_one_revoked(
         await asyncio.sleep(0.05)
     assert sandbox.members(USER, BOOK) == {"y@example.com"}, "x's older entry applied last"
     assert old.pipeline.tracker.committable() == {(topic, 1): 2}
+
+
+async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]],
+) -> None:
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    # x enters as profile b (partition 1): its import is accepted and runs until the clock moves.
+    old.read(Record(topic, 1, 0, "x@example.com", "add", profile="b"))
+    await eventually(lambda: imported(sandbox) == ["x@example.com"], "x's import accepted")
+    # x leaves as profile a (partition 0), queued behind; then partition 0 changes hands.
+    partition_0 = [Record(topic, 0, 0, "x@example.com", "remove", profile="a")]
+    old.read(*partition_0)
+    revoking = asyncio.create_task(old.revoke(0))
+    guards = old.pipeline.dispatcher._guards
+    await eventually(lambda: bool(guards) and all(g.revoked for g in guards), "guards revoked")
+    # The entry's job would land after the new owner's removal: the revoke waits for it.
+    assert not revoking.done()
+    clock.advance(JOB_SECONDS + 1)
+    assert await asyncio.wait_for(revoking, 30) == {(topic, 0): 0}
+    new = owner()
+    new.assign(0)
+    new.read(*partition_0)
+    await new.idle()
+    await old.idle()
+    assert sandbox.members(USER, BOOK) == set()
+    assert old.pipeline.tracker.committable() == {(topic, 1): 1}
