@@ -340,10 +340,27 @@ class Pipeline:
             # committed with the revoke instead of being redone by the new owner.
             await self._drain_dead_letters(self.clock.monotonic() + REVOKE_DRAIN_SECONDS)
             positions = self.tracker.committable(revoked)
+            self._warn_if_reread(split.overtaken)
             self._forget(partitions)
         finally:
             self._revoking -= revoked
         return positions
+
+    def _warn_if_reread(self, overtaken: Sequence[RecordRef]) -> None:
+        # The one case a rebalance may leave a book older (windowing, "Across partitions").
+        reread = [
+            ref
+            for ref in overtaken
+            if (position := self.tracker.position(ref.tp)) is None or position <= ref.offset
+        ]
+        if reread:
+            log.warning(
+                "revoke: %d records superseded by newer ones of their contact on partitions "
+                "kept stay below the revoked partitions' commit; their new owner re-applies "
+                "them, possibly after the newer ones (first: %s)",
+                len(reread),
+                reread[0],
+            )
 
     def _handover(self, revoked: set[TopicPartitionKey]) -> Handover:
         contacts = [(b.key, c) for b in self.dispatcher.batches for c in b.contacts()]

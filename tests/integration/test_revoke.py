@@ -437,3 +437,23 @@ async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
     await old.idle()
     assert sandbox.members(USER, BOOK) == set()
     assert old.pipeline.tracker.committable() == {(topic, 1): 1}
+
+
+async def test_a_superseded_record_below_an_open_one_is_reread_and_says_so(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the handover cannot help: the revoked partition's commit stays below the superseded
+    record, so its new owner reads it again. The revoke says so."""
+    sandbox, _, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
+    old.read(Record(topic, 0, 0, "z@example.com", "add"))
+    old.read(
+        Record(topic, 0, 1, "x@example.com", "add", profile="a"),
+        Record(topic, 1, 0, "x@example.com", "remove", profile="b"),
+    )
+    await eventually(lambda: len(sandbox.journal) >= 2, "z's import retried")
+    assert await old.revoke(0) == {(topic, 0): 0}
+    assert any("1 records superseded" in r.getMessage() for r in caplog.records)
