@@ -44,16 +44,17 @@ class SystemClock:
 class FakeClock:
     """A clock that moves only when told to; ``sleep`` advances it instantly.
 
-    ``time()`` and ``monotonic()`` move together; ``wall_offset`` lets a test put the wall clock
-    somewhere specific (e.g. just before a window boundary).
+    ``advance`` and ``sleep`` move ``time()`` and ``monotonic()`` together; ``step_wall`` moves
+    the wall clock alone, either way, as an NTP correction or an operator's ``date -s`` does.
     """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
+        self._wall_offset = 0.0
         self.slept: list[float] = []
 
     def time(self) -> float:
-        return self._now
+        return self._now + self._wall_offset
 
     def monotonic(self) -> float:
         return self._now
@@ -62,6 +63,10 @@ class FakeClock:
         if seconds < 0:
             raise ValueError("a clock does not go back")
         self._now += seconds
+
+    def step_wall(self, seconds: float) -> None:
+        """Move the wall clock by ``seconds`` (negative: back); ``monotonic()`` stays put."""
+        self._wall_offset += seconds
 
     async def sleep(self, seconds: float) -> None:
         seconds = max(0.0, seconds)

@@ -22,8 +22,9 @@ Contract:
 * **Only what is still ours is sent.** Each operation of a batch, when it starts (after the
   earlier flushes of its address book) and whenever it is restarted, first drops the contacts
   the listener no longer ``holds`` (their partition was revoked: the new owner reads their
-  records again) and reports them ``dropped``. :meth:`Dispatcher.revoke` stops the operations
-  holding contacts of given partitions before their next request (each runs under a
+  records again, or a newer record of the contact is theirs: windowing, "Across partitions")
+  and reports them ``dropped``. :meth:`Dispatcher.revoke` stops the operations holding contacts
+  of given partitions, or contacts no longer held, before their next request (each runs under a
   :class:`~stream.dotdigital.guard.SendGuard`), waits a bounded time for what DotDigital may
   already be doing for them (requests in the air, accepted jobs), and the stopped operations
   start again without those contacts. So once a revoke returned, no DotDigital request carries
@@ -128,6 +129,11 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def batches(self) -> list[Batch]:
+        """The batches submitted and not yet done, in submission order."""
+        return list(self._tasks.values())
+
     def submit(self, batch: Batch) -> asyncio.Task[None]:
         """Queue ``batch`` behind the earlier flushes of its address book."""
         key = (batch.connector_id, batch.address_book_id)
@@ -174,11 +180,15 @@ class Dispatcher:
 
     def stop_sending(self, partitions: Collection[TopicPartitionKey]) -> list[SendGuard]:
         """Stop, before their next request, the operations sending a contact of ``partitions``
-        (a lost partition is not waited for); returns their guards."""
+        or one the listener no longer ``holds`` (a lost partition is not waited for); returns
+        their guards."""
         guards = [
             guard
             for guard, contacts in self._guards.items()
-            if any(contact.winner.tp in partitions for contact in contacts)
+            if any(
+                contact.winner.tp in partitions or not self._listener.holds(contact)
+                for contact in contacts
+            )
         ]
         for guard in guards:
             guard.revoke()

@@ -17,10 +17,11 @@ Contract:
   ``batching.revoke_flush_seconds``. Then what is still being sent for them stops before its
   next request, and what DotDigital may already be doing for them (a request in the air, an
   accepted import or removal) is awaited for at most ``batching.revoke_job_seconds``. Their
-  offsets are committed as far as they are final; the rest is dropped, uncommitted, for the new
-  owner to read again, and is taken out of every batch not yet sent: once the revoke returned,
-  this instance makes no DotDigital request for a record of those partitions (beyond the
-  status polls of a job it stopped waiting for at that bound).
+  offsets are committed as far as they are final (a contact whose records span revoked and
+  kept partitions is handed over whole: :func:`stream.windowing.handover`); the rest is
+  dropped, uncommitted, for the new owner to read again, and is taken out of every batch not
+  yet sent: once the revoke returned, this instance makes no DotDigital request for a record
+  of those partitions (beyond the status polls of a job it stopped waiting for at that bound).
 * Shutdown (:meth:`Pipeline.stop`): stop fetching, flush everything for at most
   ``batching.shutdown_flush_seconds``, wait for dead-letter acknowledgements, commit, leave.
 * The dead-letter circuit breaker opening pauses consumption for good (log line + metric); the
@@ -60,7 +61,7 @@ from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.source import KafkaSource
 from stream.suspensions import Suspensions
-from stream.windowing import Batch, Contact, Trigger, Windower
+from stream.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,12 @@ class Pipeline:
                 )
         self._revoking |= revoked
         try:
+            # A contact across revoked and kept partitions goes whole to whoever has its newest
+            # record; the other side's older records are final now, and those kept are not sent
+            # any more (the dispatcher stops what the listener no longer holds).
+            split = self._handover(revoked)
+            for ref in split.overtaken + split.yielded:
+                self._finish(ref)
             if not await self.dispatcher.revoke(revoked, batching.revoke_job_seconds):
                 log.warning(
                     "revoke: DotDigital jobs for revoked partitions still running after %.0f s; "
@@ -348,14 +355,40 @@ class Pipeline:
             # committed with the revoke instead of being redone by the new owner.
             await self._drain_dead_letters(self.clock.monotonic() + REVOKE_DRAIN_SECONDS)
             positions = self.tracker.committable(revoked)
+            self._warn_if_reread(split.overtaken)
             self._forget(partitions)
         finally:
             self._revoking -= revoked
         return positions
 
+    def _warn_if_reread(self, overtaken: Sequence[RecordRef]) -> None:
+        # The one case a rebalance may leave a book older (windowing, "Across partitions").
+        reread = [
+            ref
+            for ref in overtaken
+            if (position := self.tracker.position(ref.tp)) is None or position <= ref.offset
+        ]
+        if reread:
+            log.warning(
+                "revoke: %d records superseded by newer ones of their contact on partitions "
+                "kept stay below the revoked partitions' commit; their new owner re-applies "
+                "them, possibly after the newer ones (first: %s)",
+                len(reread),
+                reread[0],
+            )
+
+    def _handover(self, revoked: set[TopicPartitionKey]) -> Handover:
+        contacts = [(b.key, c) for b in self.dispatcher.batches for c in b.contacts()]
+        contacts += self.windows.pending_contacts()
+        return handover(contacts, revoked, self.tracker.is_open)
+
     def _lose(self, partitions: Sequence[TopicPartitionKey]) -> None:
         """Partitions taken without a clean revoke: another member may own them already, so
         nothing more is sent for them, and nothing waited for."""
+        # Their uncommitted newest records of contacts across partitions are read again by the
+        # next owner: the older ones kept here must not be sent after them (as in _revoke).
+        for ref in self._handover(set(partitions)).yielded:
+            self._finish(ref)
         self.dispatcher.stop_sending(set(partitions))
         self._forget(partitions)
 

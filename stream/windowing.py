@@ -18,6 +18,14 @@ Contract:
   the Unix epoch (window start = ``floor(now / window_seconds) * window_seconds``), so every
   instance closes the same windows at the same moments. A pending batch belongs to the window in
   which its first record arrived.
+* **Clock steps.** The wall clock (``clock.time()``) only *places* a window: when a pending batch
+  opens, the time left until its wall window ends is turned into a deadline on
+  ``clock.monotonic()``, and that deadline alone closes it. So a pending batch never stays open
+  longer than ``window_seconds`` of real time, whatever the wall clock does meanwhile: stepped
+  back, it does not hold windows open (and keep filling them) until it catches up; stepped
+  forward, it flushes nothing early. Windows opened after a step are aligned to the stepped wall
+  clock, so ``Batch.window_start`` (wall time, for logs) may go back; instances whose clocks
+  disagree close their windows at different moments, which only shifts when batches leave.
 * **A batch is emitted** (leaves the windower, ready for dispatch) when it holds ``max_contacts``
   contacts of one operation -- at once, from :meth:`add` --, when its window has closed
   (:meth:`due`; also from :meth:`add` if a record for it arrives after its window closed and
@@ -27,9 +35,29 @@ Contract:
   order they were emitted; the dispatcher sends them one at a time in that order, so a remove is
   never overtaken by an earlier add of the same contact. Batches of different address books are
   independent.
+* **Across partitions.** One profile's records share a partition, but one email may belong to
+  two profiles on two partitions: their records are then one contact, ordered by arrival (the
+  interleaving in which this instance read them). That order exists only here; a new owner of
+  one of the partitions reads its records again from the committed position without the others.
+  So a revoke hands such a contact over whole (:func:`handover`): its newest open record decides
+  who applies the contact's last transition, and the other side's older records are final at
+  once. Newest on a partition kept: its revoked older records are *overtaken* -- the newer one
+  is synced or dead-lettered here, after anything the older could do, or, if this instance dies
+  first, read again from its own partition, committed below it until then -- and committing them
+  keeps the new owner from applying them after it. Newest on a revoked partition: the new owner
+  reads it again (its partition stays committed below it) and applies it, so the older records
+  kept here are *yielded*: not sent any more (the revoke stops and awaits their operations as
+  it does the revoked partitions'), and committed. Overtaken records stay out of the new owner's
+  reach only if the revoked partition's commit passes them, i.e. when nothing below them there
+  is still open at the end of the revoke. Otherwise (DotDigital too slow for the revoke bounds),
+  and always for a partition *lost* (nothing of it can be committed; yielded records are stopped
+  but a request already in the air is not awaited), the new owner re-applies older records and,
+  not knowing the newer ones kept here, may leave the book in an older state until the contact's
+  next transition. No order across partitions survives that: Kafka defines none, and only the
+  commit carries anything from one owner to the next.
 * Costs: :meth:`add` O(1) (dict operations; plus building the batch when one is emitted);
   :meth:`due` and :meth:`next_deadline` O(pending address books); the partition operations
-  O(buffered records) -- they run on rebalances only.
+  O(buffered records), :func:`handover` O(records given) -- they run on rebalances only.
 
 Not thread-safe: call it from one thread (or one event loop).
 """
@@ -37,7 +65,7 @@ Not thread-safe: call it from one thread (or one event loop).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -149,10 +177,11 @@ class _Entry:
 
 
 class _Pending:
-    __slots__ = ("adds", "entries", "index", "records", "removes")
+    __slots__ = ("adds", "deadline", "entries", "index", "records", "removes")
 
-    def __init__(self, index: int) -> None:
-        self.index = index  # window number since the epoch
+    def __init__(self, index: int, deadline: float) -> None:
+        self.index = index  # wall-clock window number since the epoch (for window_start)
+        self.deadline = deadline  # clock.monotonic() time at which the window closes
         self.entries: dict[str, _Entry] = {}
         self.adds = 0
         self.removes = 0
@@ -201,26 +230,27 @@ class Windower:
         return self._index(now) * self._window_seconds
 
     def next_deadline(self) -> float | None:
-        """Wall time at which the earliest pending window closes; ``None`` if nothing pends."""
+        """``clock.monotonic()`` time at which the earliest pending window closes; ``None`` if
+        nothing pends."""
         if not self._pending:
             return None
-        return (min(p.index for p in self._pending.values()) + 1) * self._window_seconds
+        return min(p.deadline for p in self._pending.values())
 
     # --- records in ------------------------------------------------------------------------
 
     def add(self, transition: Transition, ref: RecordRef) -> list[Batch]:
         """Buffer one record; return the batches this emits (usually none)."""
-        index = self._index(self._clock.time())
+        now = self._clock.monotonic()
         key = (transition.connector_id, transition.address_book_id)
         emitted: list[Batch] = []
         pending = self._pending.get(key)
-        if pending is not None and pending.index < index:
+        if pending is not None and pending.deadline <= now:
             # Its window closed and due() has not run yet: close it now rather than let a record
             # of the new window ride in an old batch.
             emitted.append(self._emit_all(key, pending, Trigger.WINDOW))
             pending = None
         if pending is None:
-            pending = self._pending[key] = _Pending(index)
+            pending = self._pending[key] = self._open(now)
 
         entry = pending.entries.get(transition.email)
         if entry is None:
@@ -242,9 +272,11 @@ class Windower:
     # --- batches out -----------------------------------------------------------------------
 
     def due(self, now: float | None = None) -> list[Batch]:
-        """Emit every pending batch whose window has closed by ``now`` (default: the clock)."""
-        index = self._index(self._clock.time() if now is None else now)
-        closed = [(key, p) for key, p in self._pending.items() if p.index < index]
+        """Emit every pending batch whose window has closed by ``now`` (``clock.monotonic()``
+        time; default: the clock's)."""
+        if now is None:
+            now = self._clock.monotonic()
+        closed = [(key, p) for key, p in self._pending.items() if p.deadline <= now]
         return [self._emit_all(key, pending, Trigger.WINDOW) for key, pending in closed]
 
     def drain(self, trigger: Trigger = Trigger.SHUTDOWN) -> list[Batch]:
@@ -283,8 +315,9 @@ class Windower:
 
         A contact whose winning record is in ``partitions`` is removed whole; its records from
         other partitions come back as ``superseded`` (see :class:`Dropped`). A contact whose
-        winner stays keeps it and loses only the revoked superseded records. (One profile's
-        records share a partition, so mixed contacts need two profiles with one email.)
+        winner stays keeps it and loses only the revoked superseded records (a clean revoke
+        finished them first, see :func:`handover`). (One profile's records share a partition,
+        so mixed contacts need two profiles with one email.)
         """
         dropped: list[RecordRef] = []
         superseded: list[RecordRef] = []
@@ -309,12 +342,24 @@ class Windower:
                 del self._pending[key]
         return Dropped(tuple(dropped), tuple(superseded))
 
+    def pending_contacts(self) -> Iterator[tuple[AddressBookKey, Contact]]:
+        """The contacts waiting in windows, with their address book (newer than every batch
+        already emitted for it)."""
+        for key, pending in self._pending.items():
+            for entry in pending.entries.values():
+                yield key, entry.contact()
+
     # --- internals -------------------------------------------------------------------------
 
     def _index(self, now: float) -> int:
-        # Comparing integer window numbers, not float boundaries, keeps add() and due() agreeing
-        # exactly on which window a moment belongs to.
         return math.floor(now / self._window_seconds)
+
+    def _open(self, monotonic_now: float) -> _Pending:
+        wall = self._clock.time()
+        index = self._index(wall)
+        # In (0, window_seconds]: a batch opened just after a boundary waits a whole window.
+        left = (index + 1) * self._window_seconds - wall
+        return _Pending(index, monotonic_now + left)
 
     def _remove_entry(self, pending: _Pending, entry: _Entry) -> None:
         del pending.entries[entry.transition.email]
@@ -349,3 +394,44 @@ class Windower:
             removes=tuple(removes),
             trigger=trigger,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Records made final by a revoke, beyond its own partitions' (see :func:`handover`).
+
+    ``overtaken``: open records of the revoked partitions whose contact's newest open record is
+    on a partition kept. ``yielded``: open records of partitions kept whose contact's newest open
+    record is on a revoked partition; their operations must not send them any more.
+    """
+
+    overtaken: tuple[RecordRef, ...]
+    yielded: tuple[RecordRef, ...]
+
+
+def handover(
+    contacts: Iterable[tuple[AddressBookKey, Contact]],
+    partitions: Collection[TopicPartitionKey],
+    is_open: Callable[[RecordRef], bool],
+) -> Handover:
+    """Split the contacts whose open records span revoked and kept partitions; see "Across
+    partitions" above.
+
+    ``contacts`` in arrival order per address book: the batches not yet done in the order they
+    were emitted, then :meth:`Windower.pending_contacts`. Records of one address book and email
+    are one contact's, newest last.
+    """
+    records: dict[tuple[str, int, str], list[RecordRef]] = {}
+    for (connector_id, address_book_id), contact in contacts:
+        key = (connector_id, address_book_id, contact.email)
+        for ref in contact.refs:
+            if is_open(ref):
+                records.setdefault(key, []).append(ref)
+    overtaken: list[RecordRef] = []
+    yielded: list[RecordRef] = []
+    for refs in records.values():
+        newest_revoked = refs[-1].tp in partitions
+        for ref in refs[:-1]:
+            if (ref.tp in partitions) != newest_revoked:
+                (yielded if newest_revoked else overtaken).append(ref)
+    return Handover(tuple(overtaken), tuple(yielded))

@@ -50,9 +50,17 @@ JOB_SECONDS = 60.0  # sandbox time an import takes: until the test advances the 
 class Record:
     """A consumed record as confluent-kafka hands it over (the methods the pipeline reads)."""
 
-    def __init__(self, topic: str, partition: int, offset: int, email: str, action: str):
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        email: str,
+        action: str,
+        profile: str | None = None,
+    ):
         self._where = (topic, partition, offset)
-        profile = email.split("@")[0]
+        profile = profile or email.split("@")[0]
         self._key = profile.encode()
         self._value = orjson.dumps(
             transition(
@@ -319,3 +327,133 @@ async def test_a_lost_partition_is_not_sent_for_any_more(
     assert old.pipeline.tracker.open_records == 0
     assert old.pipeline.dead_letters is not None
     assert old.pipeline.dead_letters.pending == 0
+
+
+@pytest.mark.parametrize("batches", [1, 2], ids=["one contact", "two batches"])
+async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_revoke(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], batches: int
+) -> None:
+    """One email under two profiles on two partitions: the newer transition, on the partition
+    kept, must stay the last one applied when the older one's partition changes hands."""
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    # A slow flush ahead keeps x's batch queued past the revoke bound.
+    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
+    partition_0 = [Record(topic, 0, 0, "x@example.com", "add", profile="a")]
+    # x enters as profile a (partition 0), then leaves as profile b (partition 1): one contact
+    # (its winner the removal, the entry superseded) or two batches, the removal's queued behind.
+    leaves = Record(topic, 1, 1, "x@example.com", "remove", profile="b")
+    if batches == 1:
+        old.read(*partition_0, leaves)
+    else:
+        old.read(*partition_0)
+        old.read(leaves)
+    assert old.pipeline.dispatcher.in_flight == 1 + batches
+    positions = await old.revoke(0)
+    # The old owner applies the newer transition (x leaves) after the revoke.
+    clock.advance(JOB_SECONDS + 1)
+    await old.idle()
+    assert old.pipeline.tracker.open_records == 0
+
+    # The new owner of partition 0 reads from the committed position; what it re-reads there
+    # would be applied after the old owner's removal.
+    new = owner()
+    new.assign(0)
+    new.read(*[r for r in partition_0 if r.offset() >= positions[(topic, 0)]])
+    await eventually(
+        lambda: new.pipeline.dispatcher.in_flight == 0 or "x@example.com" in imported(sandbox),
+        "the new owner idle or its import accepted",
+    )
+    clock.advance(JOB_SECONDS + 1)
+    await new.idle()
+    assert sandbox.members(USER, BOOK) == {"y@example.com"}, "x's older entry applied last"
+    assert positions == {(topic, 0): 1}, "x's entry is superseded by a record still ours"
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["revoked", "lost"])
+async def test_an_older_record_kept_is_not_sent_after_a_newer_one_revoked(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], lost: bool
+) -> None:
+    """The other way round: the newer transition is on the revoked partition, so its new owner
+    applies it; the older one, on the partition kept and queued, must not be sent after it."""
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
+    # x enters as profile b (partition 1), then leaves as profile a (partition 0): two batches
+    # queued behind y's slow import, the entry's first.
+    old.read(Record(topic, 1, 1, "x@example.com", "add", profile="b"))
+    partition_0 = [Record(topic, 0, 0, "x@example.com", "remove", profile="a")]
+    old.read(*partition_0)
+    if lost:
+        old.pipeline._lose([(topic, 0)])
+    else:
+        positions = await old.revoke(0)
+        assert positions == {(topic, 0): 0}, "x's exit is for the new owner to apply"
+
+    new = owner()
+    new.assign(0)
+    new.read(*partition_0)
+    await new.idle()  # a removal: no job to wait for
+    # The old owner's queue moves on; nothing it sends may bring x back.
+    deadline = time.monotonic() + 30
+    while old.pipeline.dispatcher.in_flight:
+        assert time.monotonic() < deadline, "the old owner's flushes still running after 30 s"
+        clock.advance(JOB_SECONDS + 1)
+        await asyncio.sleep(0.05)
+    assert sandbox.members(USER, BOOK) == {"y@example.com"}, "x's older entry applied last"
+    assert old.pipeline.tracker.committable() == {(topic, 1): 2}
+
+
+async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]],
+) -> None:
+    sandbox, clock, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    # x enters as profile b (partition 1): its import is accepted and runs until the clock moves.
+    old.read(Record(topic, 1, 0, "x@example.com", "add", profile="b"))
+    await eventually(lambda: imported(sandbox) == ["x@example.com"], "x's import accepted")
+    # x leaves as profile a (partition 0), queued behind; then partition 0 changes hands.
+    partition_0 = [Record(topic, 0, 0, "x@example.com", "remove", profile="a")]
+    old.read(*partition_0)
+    revoking = asyncio.create_task(old.revoke(0))
+    guards = old.pipeline.dispatcher._guards
+    await eventually(lambda: bool(guards) and all(g.revoked for g in guards), "guards revoked")
+    # The entry's job would land after the new owner's removal: the revoke waits for it.
+    assert not revoking.done()
+    clock.advance(JOB_SECONDS + 1)
+    assert await asyncio.wait_for(revoking, 30) == {(topic, 0): 0}
+    new = owner()
+    new.assign(0)
+    new.read(*partition_0)
+    await new.idle()
+    await old.idle()
+    assert sandbox.members(USER, BOOK) == set()
+    assert old.pipeline.tracker.committable() == {(topic, 1): 1}
+
+
+async def test_a_superseded_record_below_an_open_one_is_reread_and_says_so(
+    world: tuple[Sandbox, FakeClock, Callable[[], Owner]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the handover cannot help: the revoked partition's commit stays below the superseded
+    record, so its new owner reads it again. The revoke says so."""
+    sandbox, _, owner = world
+    old = owner()
+    old.assign(0, 1)
+    topic = old.topic
+    sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
+    old.read(Record(topic, 0, 0, "z@example.com", "add"))
+    old.read(
+        Record(topic, 0, 1, "x@example.com", "add", profile="a"),
+        Record(topic, 1, 0, "x@example.com", "remove", profile="b"),
+    )
+    await eventually(lambda: len(sandbox.journal) >= 2, "z's import retried")
+    assert await old.revoke(0) == {(topic, 0): 0}
+    assert any("1 records superseded" in r.getMessage() for r in caplog.records)

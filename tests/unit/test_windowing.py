@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +12,7 @@ from stream.clock import FakeClock
 from stream.config import BatchingSettings
 from stream.events import Action, Kind, Transition
 from stream.offsets import RecordRef
-from stream.windowing import Batch, Trigger, Windower
+from stream.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 
 WINDOW = 1200.0
 # 1_700_000_000 is 800 s into the window that starts at 1_699_999_200.
@@ -82,11 +83,70 @@ def test_windows_are_aligned_to_the_epoch_whatever_the_first_record_time() -> No
     assert batch.window_start == WINDOW_START
 
 
-def test_due_takes_an_explicit_time() -> None:
-    w = windower(FakeClock(START))
+def test_due_takes_an_explicit_monotonic_time() -> None:
+    clock = FakeClock(START)
+    w = windower(clock)
     w.add(transition("a@x"), ref(0))
+    clock.step_wall(-5 * WINDOW)  # placed the window; plays no part in closing it
     assert w.due(WINDOW_END - 1) == []
     assert len(w.due(WINDOW_END)) == 1
+
+
+def test_a_wall_clock_stepping_back_does_not_hold_a_window_open() -> None:
+    clock = FakeClock(START)
+    w = windower(clock)
+    w.add(transition("a@x"), ref(0))
+    clock.step_wall(-3 * WINDOW)  # an NTP correction, or an operator's `date -s`
+    clock.advance(WINDOW_END - START - 1)
+    # Still inside the window measured on the monotonic clock: the record joins it.
+    assert w.add(transition("b@x"), ref(1)) == []
+    assert w.due() == []
+    clock.advance(1)
+    [batch] = w.due()
+    assert batch.trigger is Trigger.WINDOW
+    assert batch.window_start == WINDOW_START  # the wall window the first record arrived in
+    assert emails(batch) == (["a@x", "b@x"], [])
+    # The next window is aligned to the wall clock as it reads now, and lasts no longer.
+    w.add(transition("c@x"), ref(2))
+    deadline = w.next_deadline()
+    assert deadline is not None
+    assert 0 < deadline - clock.monotonic() <= WINDOW
+
+
+def test_a_record_after_the_monotonic_deadline_closes_the_old_batch_despite_the_wall_clock() -> (
+    None
+):
+    clock = FakeClock(START)
+    w = windower(clock)
+    w.add(transition("a@x"), ref(0))
+    clock.step_wall(-3 * WINDOW)
+    clock.advance(WINDOW)
+    [old, *rest] = w.add(transition("b@x"), ref(1))
+    assert rest == []
+    assert (old.trigger, emails(old)) == (Trigger.WINDOW, (["a@x"], []))
+    assert w.buffered_records == 1
+
+
+def test_a_wall_clock_stepping_forward_flushes_nothing_early() -> None:
+    clock = FakeClock(START)
+    w = windower(clock)
+    w.add(transition("a@x"), ref(0))
+    w.add(transition("z@x", book=2), ref(1))
+    clock.step_wall(+3 * WINDOW)
+    # The pending windows keep their deadline: nothing leaves early, new records still join.
+    assert w.due() == []
+    assert w.add(transition("b@x"), ref(2)) == []
+    clock.advance(WINDOW_END - START - 0.001)
+    assert w.due() == []
+    clock.advance(0.001)
+    assert sorted(len(b.adds) for b in w.due()) == [1, 2]
+    # Later windows are aligned to the stepped wall clock, one window long each.
+    w.add(transition("c@x"), ref(3))
+    clock.advance(WINDOW - 0.001)
+    assert w.due() == []
+    clock.advance(0.001)
+    [batch] = w.due()
+    assert batch.window_start == WINDOW_END + 3 * WINDOW
 
 
 def test_latest_transition_of_a_contact_wins_and_carries_the_superseded() -> None:
@@ -250,6 +310,55 @@ def test_drop_partitions_when_only_a_superseded_record_is_revoked_keeps_the_winn
     assert w.buffered_records == 0
 
 
+P0, P1 = ("t", 0), ("t", 1)
+Contacts = list[tuple[tuple[str, int], Contact]]
+
+
+def in_order(*batches: Batch, pending: Windower | None = None) -> Contacts:
+    contacts = [(b.key, c) for b in batches for c in b.contacts()]
+    return contacts + ([] if pending is None else list(pending.pending_contacts()))
+
+
+def split(contacts: Contacts, is_open: Callable[[RecordRef], bool] = lambda r: True) -> Handover:
+    return handover(contacts, {P0}, is_open)
+
+
+def test_a_revoked_record_superseded_by_one_kept_is_overtaken() -> None:
+    # One email under two profiles: the entry on partition 0, the exit on partition 1.
+    w = windower(FakeClock(START))
+    w.add(transition("a@x", Action.ADD), ref(9, partition=0))
+    w.add(transition("a@x", Action.REMOVE), ref(5, partition=1))
+    w.add(transition("b@x", Action.ADD), ref(10, partition=0))
+    w.add(transition("c@x", Action.ADD), ref(11, partition=1))
+    assert split(in_order(pending=w)) == Handover(overtaken=(ref(9, 0),), yielded=())
+    [batch] = w.drain()
+    assert split(in_order(batch)) == Handover(overtaken=(ref(9, 0),), yielded=())
+    # Only what is still open counts, on both sides.
+    assert split(in_order(batch), lambda r: r != ref(5, 1)) == Handover((), ())
+    assert split(in_order(batch), lambda r: r != ref(9, 0)) == Handover((), ())
+
+
+def test_records_kept_older_than_a_revoked_one_are_yielded() -> None:
+    w = windower(FakeClock(START))
+    w.add(transition("a@x", Action.ADD), ref(5, partition=1))
+    w.add(transition("a@x", Action.ADD), ref(6, partition=0))
+    w.add(transition("a@x", Action.REMOVE), ref(9, partition=0))
+    assert split(in_order(pending=w)) == Handover(overtaken=(), yielded=(ref(5, 1),))
+
+
+def test_contacts_in_later_batches_are_newer() -> None:
+    w = windower(FakeClock(START), max_contacts=1)
+    [first] = w.add(transition("a@x", Action.ADD), ref(9, partition=0))
+    [other_book] = w.add(transition("a@x", Action.REMOVE, book=2), ref(5, partition=1))
+    assert split(in_order(first, other_book)) == Handover((), ())
+    [other_email] = w.add(transition("b@x", Action.REMOVE), ref(6, partition=1))
+    assert split(in_order(first, other_email)) == Handover((), ())
+    [later] = w.add(transition("a@x", Action.REMOVE), ref(7, partition=1))
+    assert split(in_order(first, later)) == Handover(overtaken=(ref(9, 0),), yielded=())
+    # Arrival order decides: the same records the other way round.
+    assert split(in_order(later, first)) == Handover(overtaken=(), yielded=(ref(7, 1),))
+
+
 def test_nothing_to_do_for_no_partitions() -> None:
     w = windower(FakeClock(START))
     w.add(transition("a@x"), ref(0))
@@ -295,6 +404,7 @@ OPS = st.lists(
             st.integers(0, 2),  # partition
         ),
         st.tuples(st.just("advance"), st.floats(0, 2 * WINDOW)),
+        st.tuples(st.just("step_wall"), st.floats(-3 * WINDOW, 3 * WINDOW)),
         st.tuples(st.just("due")),
         st.tuples(st.just("drain_partitions"), st.integers(0, 2)),
         st.tuples(st.just("drop_partitions"), st.integers(0, 2)),
@@ -311,6 +421,7 @@ def run(ops: list[tuple[object, ...]], max_contacts: int, allow_drop: bool) -> N
     out_refs: list[RecordRef] = []
     last_action: dict[tuple[int, str], Action] = {}
     offsets = itertools.count()
+    stepped_back = False
     for op in ops:
         if op[0] == "add":
             _, email, action, book, partition = op
@@ -325,6 +436,10 @@ def run(ops: list[tuple[object, ...]], max_contacts: int, allow_drop: bool) -> N
         elif op[0] == "advance":
             assert isinstance(op[1], float)
             clock.advance(op[1])
+        elif op[0] == "step_wall":
+            assert isinstance(op[1], float)
+            clock.step_wall(op[1])
+            stepped_back = stepped_back or op[1] < 0
         elif op[0] == "due":
             batches += w.due()
         elif op[0] == "drain_partitions":
@@ -337,6 +452,9 @@ def run(ops: list[tuple[object, ...]], max_contacts: int, allow_drop: bool) -> N
         assert w.buffered_records == len(given_refs) - len(out_refs) - sum(
             b.record_count for b in batches
         )
+        # Whatever the wall clock did, no window pends more than one window of real time.
+        deadline = w.next_deadline()
+        assert deadline is None or deadline - clock.monotonic() <= WINDOW
     batches += w.drain()
     out_refs += [r for b in batches for r in b.refs()]
 
@@ -354,7 +472,10 @@ def run(ops: list[tuple[object, ...]], max_contacts: int, allow_drop: bool) -> N
     for key, book_batches in by_book.items():
         # sequences 0, 1, 2... in emission order
         assert [b.sequence for b in book_batches] == list(range(len(book_batches)))
-        assert all(a.window_start <= b.window_start for a, b in itertools.pairwise(book_batches))
+        if not stepped_back:
+            assert all(
+                a.window_start <= b.window_start for a, b in itertools.pairwise(book_batches)
+            )
         if not allow_drop:
             # applying the batches in order leaves each contact in its latest state
             final: dict[str, Action] = {}
