@@ -24,6 +24,7 @@ out by as much.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,7 +74,10 @@ class RetryPolicy:
 
     def _reset(self, error: ThrottledError) -> float:
         """When the server lets us in again, before jitter."""
-        wait = error.retry_after if error.retry_after is not None else self.throttle_delay
+        wait = error.retry_after
+        if wait is None or math.isnan(wait):
+            wait = self.throttle_delay
+        # An infinite reset stays infinite: beyond any deadline, so run() gives up at once.
         return max(0.0, wait)
 
     def deadline(self, clock: Clock) -> float:
