@@ -15,14 +15,24 @@ take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the 
 call, after which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised. Without one,
 each step retries for up to the policy's ``total_seconds`` from its own first attempt. Waiting
 for the rate limiter is not failing: time a request spends queued for it moves its step's
-deadline out by as much. A job DotDigital accepted is polled for up to ``total_seconds`` from
-its acceptance.
+deadline out by as much, unless a 429 blocks the limiter past that deadline: then the step
+gives up at once. A successful answer whose body is not what the step needs (no job id, no
+contact id, not JSON), a malformed HTTP answer, a timeout or a dropped connection is transient:
+retried like a 5xx. Rate-limit headers only tune pacing; no value of theirs makes a call fail.
+A job DotDigital accepted is polled for up to ``total_seconds`` from its acceptance.
 
 A job given up on (still running at the deadline, its polls failing, or the call cancelled) may
 yet take effect. The client remembers it, and the next import or removal of that address book
 first waits for it to end, for up to one more budget, so that within this process a later
 change of a contact is not overtaken by an earlier one. Past that the book goes on without it
-(an error is logged): one stuck job must not stall its book for good.
+(an error is logged): one stuck job must not stall its book for good. An import or removal
+request that failed in a way DotDigital may have accepted it anyway (sent, then a timeout, a
+dropped connection, a malformed answer or an accepted answer without a job id) is remembered too
+when its call fails; its id is unknown, so it cannot be polled: the book's next call of the
+other kind waits out one budget from then (two imports, or two removals, commute). When a later
+attempt of the same call is accepted and ends, the call succeeded and an earlier unanswered
+attempt is not waited for: it carried the same contacts, and DotDigital is assumed to run a
+book's jobs in the order it accepted them.
 """
 
 from __future__ import annotations
@@ -441,7 +451,7 @@ class DotDigitalClient:
             f"/v2/address-books/{book_id}",
             policy=policy,
             deadline=deadline,
-            expect=_is_mapping,
+            expect=_is_book,
         )
         return AddressBook.from_json(response.data)
 
@@ -1373,6 +1383,17 @@ def _failure_of(item: Mapping[str, Any]) -> tuple[str, str]:
 
 def _is_mapping(data: object) -> bool:
     return isinstance(data, Mapping)
+
+
+def _is_book(data: object) -> bool:
+    """Whether ``data`` reads as an address book (its size is what removals weigh)."""
+    if not isinstance(data, Mapping):
+        return False
+    try:
+        AddressBook.from_json(data)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _is_id(value: object) -> bool:

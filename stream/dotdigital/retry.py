@@ -16,7 +16,8 @@ injected clock:
 A time budget bounds the whole. A backoff that would pass the deadline is cut short, so the
 last attempt is made at the deadline: a failing call is retried for its whole budget, not given
 up on up to ``max_delay`` early. A reset announced beyond the deadline is not waited for (the
-server said no until then). Past the deadline :class:`RetriesExhausted` is raised with the last
+server said no until then), nor is one that is not a number (NaN: ``throttle_delay``
+instead). Past the deadline :class:`RetriesExhausted` is raised with the last
 error. Time the operation reports as
 ``not_counted`` (a request queued for its rate limiter: waiting, not failing) moves the deadline
 out by as much.

@@ -101,7 +101,7 @@ class Raw:
                 writer.write(reply)
                 await writer.drain()
             else:
-                await asyncio.sleep(3600)  # no answer at all: the client's timeout fires
+                await reader.read()  # no answer at all, until the client gives up
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -307,3 +307,130 @@ async def test_a_malformed_answer_to_an_import_is_retried(reply: bytes) -> None:
             outcome = await client.import_contacts(BOOK, ["a@example.com", "b@example.com"])
     assert outcome.imported == {"a@example.com": 1, "b@example.com": 2}
     assert raw.count("PUT", "/contacts/v3/import") <= 2
+
+
+# -- 4. a job perhaps accepted without an answer fences the book -----------------------------
+
+
+def removable(request: Request, number: int) -> bytes:
+    """A book with a@example.com (contact 1) in it, for a removal."""
+    if request.path.startswith("/contacts/v3/email/"):
+        return http(200, {"contactId": 1, "lists": [{"id": BOOK}]})
+    if request.method == "POST" and request.path.endswith("/contacts/delete"):
+        return http(202, {"id": "del-1", "status": "Started"})
+    if request.path.startswith("/v2/contacts/deletion/"):
+        return http(200, {"id": "del-1", "status": "Completed"})
+    if request.path.startswith("/v2/address-books/"):
+        return BOOK_BODY
+    if request.path.startswith("/contacts/v3?"):
+        return http(200, {"_items": [{"contactId": 1, "identifiers": {"email": "a@example.com"}}]})
+    return http(404, {"errorCode": "x:unexpected", "description": request.path})
+
+
+async def test_an_import_timed_out_on_its_last_attempt_holds_the_books_next_removal() -> None:
+    def answer(request: Request, number: int) -> bytes:
+        if request.method == "PUT":
+            return b""  # DotDigital may have taken it on; no answer comes back
+        return removable(request, number)
+
+    async with serving(answer) as raw:
+        clock = FakeClock()
+        client = DotDigitalClient(
+            settings(raw.url, request_timeout_seconds=0.2), clock=clock, retry=policy()
+        )
+        async with client:
+            with pytest.raises(RetriesExhausted) as caught:
+                await client.import_contacts(BOOK, ["a@example.com"])
+            assert "no response within" in caught.value.message
+            given_up = clock.monotonic()
+            removal = await client.remove_contacts(BOOK, ["a@example.com"])
+            # Not before the import it may overtake had a whole budget to end.
+            assert clock.monotonic() - given_up >= BUDGET - 1
+            assert removal.removed == {"a@example.com"}
+            # The fence lapsed: the next removal goes at once.
+            again = clock.monotonic()
+            await client.remove_contacts(BOOK, ["a@example.com"])
+            assert clock.monotonic() - again < 5
+
+
+async def test_a_dropped_import_holds_a_removal_but_not_another_import(
+    sandbox: tuple[Sandbox, FakeClock],
+) -> None:
+    sb, clock = sandbox
+    async with await DotDigitalClient.connect(
+        sandbox_settings(sb), clock=clock, retry=policy()
+    ) as client:
+        await client.import_contacts(BOOK, ["a@example.com"])
+        sb.faults.update({"drop_rate": 1.0})
+        with pytest.raises(RetriesExhausted):
+            await client.import_contacts(BOOK, ["b@example.com"])
+        sb.faults.update({"drop_rate": 0.0})
+        given_up = clock.monotonic()
+        # Adds commute: another import need not wait.
+        await client.import_contacts(BOOK, ["c@example.com"])
+        assert clock.monotonic() - given_up < 5
+        await client.remove_contacts(BOOK, ["a@example.com", "b@example.com"])
+        assert clock.monotonic() - given_up >= BUDGET - 1
+    assert sb.members(USER, BOOK) == {"c@example.com"}
+
+
+async def test_a_removal_answered_malformed_on_every_attempt_holds_the_next_import() -> None:
+    def answer(request: Request, number: int) -> bytes:
+        if request.method == "POST":
+            return b"HTTP/1.1 202 Accepted\r\nBad Header\r\n\r\n"
+        if request.method == "PUT":
+            return ACCEPTED
+        if request.path.startswith("/contacts/v3/import/"):
+            return finished([made("a@example.com", 1)])
+        return removable(request, number)
+
+    async with serving(answer) as raw:
+        clock = FakeClock()
+        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+            with pytest.raises(RetriesExhausted) as caught:
+                await client.remove_contacts(BOOK, ["a@example.com"])
+            assert "malformed response" in caught.value.message
+            assert PASSWORD not in caught.value.message
+            given_up = clock.monotonic()
+            await client.import_contacts(BOOK, ["a@example.com"])
+            assert clock.monotonic() - given_up >= BUDGET - 1
+
+
+# -- 9. bodies of the wrong shape are retried like any transient failure ---------------------
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "/contacts/v3/email/",  # a look-up without a contactId
+        "/v2/address-books/801/contacts/delete",  # a removal accepted without an id
+        "/v2/contacts/deletion/",  # a poll answered with a list
+    ],
+)
+async def test_a_removal_retries_a_body_of_the_wrong_shape(wrong: str) -> None:
+    def answer(request: Request, number: int) -> bytes:
+        if request.path.startswith(wrong) and number == 0:
+            return http(200, [] if "deletion/" in wrong else {"status": "odd"})
+        return removable(request, number)
+
+    async with serving(answer) as raw:
+        clock = FakeClock()
+        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+            removal = await client.remove_contacts(BOOK, ["a@example.com"])
+    assert removal.removed == {"a@example.com"}
+    assert sum(1 for r in raw.seen if r.path.startswith(wrong)) == 2
+
+
+@pytest.mark.parametrize("size", ['"many"', "[1]", '{"n": 1}'])
+async def test_an_address_book_read_that_does_not_parse_is_retried(size: str) -> None:
+    odd = f'{{"id": {BOOK}, "name": "Hostile", "contacts": {size}}}'.encode()
+
+    def answer(request: Request, number: int) -> bytes:
+        return http(200, odd) if number == 0 else BOOK_BODY
+
+    async with serving(answer) as raw:
+        clock = FakeClock()
+        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+            book = await client.get_address_book(BOOK)
+    assert book.contacts == 1
+    assert len(raw.seen) == 2
