@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.clock import FakeClock
 from stream.dotdigital.ratelimit import (
@@ -330,3 +332,27 @@ def test_observe_survives_any_rate_limit_header_value(value: str) -> None:
     # A budget is never blocked for longer than a window by these headers.
     assert limiter.delay() <= 60.0
     assert status.reset_in is None or status.reset_in <= 60.0
+
+
+HEADER_VALUES = st.one_of(
+    st.text(),
+    st.floats().map(repr),
+    st.integers().map(str),
+    st.sampled_from(
+        ["inf", "-Infinity", "NaN", "1e400", "9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"]
+    ),
+)
+
+
+@given(HEADER_VALUES, st.floats(min_value=0, max_value=4e9))
+@settings(max_examples=300, deadline=None)
+def test_no_header_value_raises_or_escapes_its_bound(value: str, now_epoch: float) -> None:
+    seconds = parse_retry_after(value, now_epoch)
+    assert seconds is None or 0 <= seconds <= MAX_RETRY_AFTER_SECONDS
+    reset = parse_reset(value, now_epoch)
+    assert reset is None or 0 < reset <= 60.0
+    limiter = RateLimiter(75, FakeClock())
+    limiter.observe(
+        {"X-RateLimit-Limit": value, "X-RateLimit-Remaining": value, "X-RateLimit-Reset": value}
+    )
+    assert limiter.delay() <= 60.0
