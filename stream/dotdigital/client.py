@@ -1244,6 +1244,9 @@ class DotDigitalClient:
             if not isinstance(exc, aiohttp.ClientConnectorError):
                 tally.unanswered += method != "GET"
             raise TransientError(f"{what}: {self._describe(exc)}") from None
+        except asyncio.CancelledError:
+            tally.unanswered += method != "GET"  # cancelled in the air: it may have arrived
+            raise
         finally:
             if guard is not None:
                 guard.answered()

@@ -434,3 +434,25 @@ async def test_an_address_book_read_that_does_not_parse_is_retried(size: str) ->
             book = await client.get_address_book(BOOK)
     assert book.contacts == 1
     assert len(raw.seen) == 2
+
+
+async def test_an_import_cancelled_in_the_air_holds_the_books_next_removal() -> None:
+    arrived = asyncio.Event()
+
+    def answer(request: Request, number: int) -> bytes:
+        if request.method == "PUT":
+            arrived.set()
+            return b""  # DotDigital has it; the caller will not wait for the answer
+        return removable(request, number)
+
+    async with serving(answer) as raw:
+        clock = FakeClock()
+        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+            task = asyncio.create_task(client.import_contacts(BOOK, ["a@example.com"]))
+            await arrived.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            given_up = clock.monotonic()
+            await client.remove_contacts(BOOK, ["a@example.com"])
+            assert clock.monotonic() - given_up >= BUDGET - 1
