@@ -429,7 +429,10 @@ class DotDigitalClient:
                     "GET",
                     f"/v2/address-books?{query}",
                     deadline=deadline,
-                    expect=lambda data: isinstance(data, list),
+                    expect=lambda data: (
+                        isinstance(data, list)
+                        and all(_is_book(item) for item in data if isinstance(item, Mapping))
+                    ),
                 )
             ).data
             books.extend(AddressBook.from_json(item) for item in page if isinstance(item, Mapping))
