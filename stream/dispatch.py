@@ -61,6 +61,8 @@ from stream.dotdigital import (
     RemovalFailedError,
     RetriesExhausted,
     RetryPolicy,
+    ThrottledError,
+    TransientError,
     WrongRegionError,
 )
 from stream.dotdigital.guard import Abandoned, SendGuard, guarded
@@ -356,7 +358,7 @@ class Dispatcher:
         except Abandoned:
             raise
         except Exception as exc:  # every contact must get an outcome, whatever went wrong
-            failure = _failure_of(exc)
+            failure = _failure_of(exc, operation)
             log.warning(
                 "%s of %d contacts to address book %s (connector %s) failed: %s %s",
                 operation,
@@ -454,7 +456,10 @@ def _when(wall_seconds: float) -> str:
     return datetime.fromtimestamp(wall_seconds, UTC).isoformat(timespec="seconds")
 
 
-def _failure_of(exc: BaseException) -> Failure:
+def _failure_of(exc: BaseException, operation: Operation) -> Failure:
+    """Why ``operation`` failed, for each of its contacts' dead letters."""
+    # A job DotDigital refused or that ended badly: named after the operation that sent it.
+    refused = Reason.IMPORT_FAILED if operation == "add" else Reason.REMOVAL_FAILED
     if isinstance(exc, RetriesExhausted):
         last = exc.last_error
         reason = (
@@ -465,12 +470,17 @@ def _failure_of(exc: BaseException) -> Failure:
         return Failure(reason, last.code, str(last), exc.attempts)
     if isinstance(exc, AddressBookNotFoundError):
         return Failure(Reason.ADDRESS_BOOK_NOT_FOUND, exc.code, str(exc))
+    if isinstance(exc, ImportFailedError):
+        return Failure(Reason.IMPORT_FAILED, exc.code, str(exc))
     if isinstance(exc, RemovalFailedError):
         return Failure(Reason.REMOVAL_FAILED, exc.code, str(exc))
     if isinstance(exc, AuthenticationError):
         return Failure(Reason.AUTH_FAILED, exc.code, str(exc))
-    if isinstance(exc, ImportFailedError | PermanentError | DotDigitalError):
-        # Not retryable (4xx other than auth, a failed import): the same request fails again.
-        return Failure(Reason.IMPORT_FAILED, exc.code, str(exc))
+    if isinstance(exc, TransientError | ThrottledError):
+        # Retryable, yet raised past the retry loop (a nested call's): the budget is spent.
+        return Failure(Reason.RETRIES_EXHAUSTED, exc.code, str(exc))
+    if isinstance(exc, PermanentError | DotDigitalError):
+        # Not retryable (4xx other than auth, wrong region): the same request fails again.
+        return Failure(refused, exc.code, str(exc))
     log.error("unexpected error while dispatching", exc_info=exc)
     return Failure(Reason.INTERNAL_ERROR, type(exc).__name__, "internal error while dispatching")

@@ -15,14 +15,24 @@ take an optional ``deadline`` (a ``clock.monotonic()`` value) shared by all the 
 call, after which :class:`~stream.dotdigital.errors.RetriesExhausted` is raised. Without one,
 each step retries for up to the policy's ``total_seconds`` from its own first attempt. Waiting
 for the rate limiter is not failing: time a request spends queued for it moves its step's
-deadline out by as much. A job DotDigital accepted is polled for up to ``total_seconds`` from
-its acceptance.
+deadline out by as much, unless a 429 blocks the limiter past that deadline: then the step
+gives up at once. A successful answer whose body is not what the step needs (no job id, no
+contact id, not JSON), a malformed HTTP answer, a timeout or a dropped connection is transient:
+retried like a 5xx. Rate-limit headers only tune pacing; no value of theirs makes a call fail.
+A job DotDigital accepted is polled for up to ``total_seconds`` from its acceptance.
 
 A job given up on (still running at the deadline, its polls failing, or the call cancelled) may
 yet take effect. The client remembers it, and the next import or removal of that address book
 first waits for it to end, for up to one more budget, so that within this process a later
 change of a contact is not overtaken by an earlier one. Past that the book goes on without it
-(an error is logged): one stuck job must not stall its book for good.
+(an error is logged): one stuck job must not stall its book for good. An import or removal
+request that failed in a way DotDigital may have accepted it anyway (sent, then a timeout, a
+dropped connection, a malformed answer or an accepted answer without a job id) is remembered too
+when its call fails; its id is unknown, so it cannot be polled: the book's next call of the
+other kind waits out one budget from then (two imports, or two removals, commute). When a later
+attempt of the same call is accepted and ends, the call succeeded and an earlier unanswered
+attempt is not waited for: it carried the same contacts, and DotDigital is assumed to run a
+book's jobs in the order it accepted them.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -78,7 +88,12 @@ from stream.dotdigital.observe import (
     operation_of,
     status_class,
 )
-from stream.dotdigital.ratelimit import RateLimiter, RateLimitStatus, parse_reset
+from stream.dotdigital.ratelimit import (
+    RateLimiter,
+    RateLimitStatus,
+    parse_reset,
+    parse_retry_after,
+)
 from stream.dotdigital.retry import RetryPolicy
 
 __all__ = ["DotDigitalClient", "Operation", "PollSchedule"]
@@ -136,25 +151,38 @@ class PollSchedule:
 
 @dataclass(frozen=True)
 class _Job:
-    """An import or bulk removal DotDigital accepted, polled at ``path`` until it ends."""
+    """An import or bulk removal DotDigital accepted, polled at ``path`` until it ends.
+
+    ``path`` is None for a job DotDigital may have accepted without our learning its id (the
+    request timed out, lost its connection or got a malformed answer): it cannot be polled.
+    """
 
     book_id: int
     name: str  # "import <id>", "removal <id>"
-    path: str
+    path: str | None
     done: str  # the status of success
     failed: frozenset[str]
+    kind: Operation = "add"
 
     @property
     def ended(self) -> frozenset[str]:
         return self.failed | {self.done}
 
+    @property
+    def key(self) -> str:
+        """Unique among the book's remembered jobs: the poll path, else the name."""
+        return self.path if self.path is not None else self.name
+
 
 class _Tally:
-    """One call's attempts, and the seconds they spent waiting for their rate limiter."""
+    """One call's attempts, the seconds they spent waiting for their rate limiter, and the
+    attempts DotDigital may have acted on without our knowing its answer (``unanswered``: a
+    request that was sent and timed out, lost its connection, or got a malformed answer)."""
 
     def __init__(self) -> None:
         self.attempts = 0
         self.queued_seconds = 0.0
+        self.unanswered = 0
 
     def queued(self) -> float:
         return self.queued_seconds
@@ -274,6 +302,7 @@ class DotDigitalClient:
         # next import or removal of the book waits for them (one waiter per book at a time).
         self._unfinished: dict[int, dict[str, tuple[_Job, float]]] = {}  # -> given up at
         self._fences: dict[int, asyncio.Lock] = {}
+        self._unknown_jobs = 0
 
     @classmethod
     async def connect(
@@ -373,9 +402,9 @@ class DotDigitalClient:
         return await self._account_info(self.endpoint, deadline)
 
     async def _account_info(self, base: str, deadline: float | None) -> AccountInfo:
-        response = await self._call("GET", "/v2/account-info", base=base, deadline=deadline)
-        if not isinstance(response.data, Mapping):
-            raise TransientError("GET /v2/account-info answered with an unexpected body")
+        response = await self._call(
+            "GET", "/v2/account-info", base=base, deadline=deadline, expect=_is_mapping
+        )
         rate_limit = {
             key.lower(): value
             for key, value in response.headers.items()
@@ -395,9 +424,17 @@ class DotDigitalClient:
         skip = 0
         while True:
             query = urlencode({"select": page_size, "skip": skip})
-            page = (await self._call("GET", f"/v2/address-books?{query}", deadline=deadline)).data
-            if not isinstance(page, list):
-                raise TransientError("GET /v2/address-books answered with an unexpected body")
+            page = (
+                await self._call(
+                    "GET",
+                    f"/v2/address-books?{query}",
+                    deadline=deadline,
+                    expect=lambda data: (
+                        isinstance(data, list)
+                        and all(_is_book(item) for item in data if isinstance(item, Mapping))
+                    ),
+                )
+            ).data
             books.extend(AddressBook.from_json(item) for item in page if isinstance(item, Mapping))
             if len(page) < page_size:
                 return books
@@ -413,10 +450,12 @@ class DotDigitalClient:
         self, book_id: int, policy: RetryPolicy, deadline: float | None
     ) -> AddressBook:
         response = await self._call(
-            "GET", f"/v2/address-books/{book_id}", policy=policy, deadline=deadline
+            "GET",
+            f"/v2/address-books/{book_id}",
+            policy=policy,
+            deadline=deadline,
+            expect=_is_book,
         )
-        if not isinstance(response.data, Mapping):
-            raise TransientError("GET /v2/address-books/{id} answered with an unexpected body")
         return AddressBook.from_json(response.data)
 
     async def create_address_book(
@@ -444,6 +483,8 @@ class DotDigitalClient:
                 body={"name": name, "visibility": visibility},
                 deadline=deadline,
                 tally=tally,
+                # A retry after an unreadable answer finds the name taken: handled below.
+                expect=_is_mapping,
             )
         except DuplicateAddressBookError as error:
             if not exist_ok and tally.attempts <= 1:
@@ -461,8 +502,6 @@ class DotDigitalClient:
                     code=error.code,
                 ) from None
             return existing
-        if not isinstance(response.data, Mapping):
-            raise TransientError("POST /v2/address-books answered with an unexpected body")
         return AddressBook.from_json(response.data)
 
     async def _book_exists(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
@@ -493,7 +532,9 @@ class DotDigitalClient:
         Returns every input email (the caller's spelling) as imported (with its contact id,
         also remembered for :meth:`remove_contacts`) or rejected (DotDigital's failure code;
         ``missingFromResult`` when the result does not mention it; ``invalidEmail`` for an
-        empty string, not sent). Emails compare case-insensitively; one contact is sent per
+        empty string, not sent). A contact the result lists as created or updated *and* as
+        failed is rejected: ddsync sends only its email and the list, so what failed is its
+        membership of the book. Emails compare case-insensitively; one contact is sent per
         distinct email. Raises :class:`ImportFailedError` when the import as a whole ends
         badly, :class:`AddressBookNotFoundError` when contacts failed for an unknown list id and
         ``GET /v2/address-books/{id}`` confirms the book is gone (as a removal from it would),
@@ -505,7 +546,7 @@ class DotDigitalClient:
         rejected = names.empty_rejections()
         if not names.sent:
             return ImportOutcome(import_id=None, imported={}, rejected=rejected)
-        await self._settle(int(address_book_id), policy, deadline)
+        await self._settle(int(address_book_id), "add", policy, deadline)
         body = {
             "mergeOption": "overwrite",
             "contacts": [
@@ -518,18 +559,23 @@ class DotDigitalClient:
             ],
         }
         async with self._imports:
-            accepted = (
-                await self._call(
-                    "PUT",
-                    "/contacts/v3/import",
-                    body=body,
-                    policy=policy,
-                    deadline=deadline,
-                )
-            ).data
-            import_id = accepted.get("importId") if isinstance(accepted, Mapping) else None
-            if not isinstance(import_id, str) or not import_id:
-                raise TransientError("PUT /contacts/v3/import answered without an importId")
+            tally = _Tally()
+            try:
+                accepted = (
+                    await self._call(
+                        "PUT",
+                        "/contacts/v3/import",
+                        body=body,
+                        policy=policy,
+                        deadline=deadline,
+                        tally=tally,
+                        expect=lambda data: bool(_job_id(data, "importId")),
+                    )
+                ).data
+            except BaseException:
+                self._fence_unanswered(int(address_book_id), "add", tally)
+                raise
+            import_id = _job_id(accepted, "importId")
             job = _Job(
                 int(address_book_id),
                 f"import {import_id}",
@@ -562,8 +608,10 @@ class DotDigitalClient:
         failed: dict[str, tuple[str, str]] = {}
         for item in result.get("failures") or ():
             key = _email_of(item)
-            # A contact both imported and failed (e.g. its consent records) is imported.
-            if key in names.spellings and key not in imported_ids and key not in failed:
+            # DotDigital reports a contact both imported and failed when a data set of it failed.
+            # ddsync sends nothing but the email and the list, so the failure is the list
+            # membership's (invalidAddressBookIds): the contact is not in the book, a rejection.
+            if key in names.spellings and key not in failed:
                 failed[key] = _failure_of(item)
         if any(code.casefold() == INVALID_LIST_FAILURE for code, _ in failed.values()):
             # One cause, one reason: a book deleted meanwhile is address_book_not_found for adds
@@ -576,7 +624,9 @@ class DotDigitalClient:
         for key, spellings in names.spellings.items():
             contact_id = imported_ids.get(key)
             if contact_id is not None:
+                # The contact exists, even when its membership failed: its id is good.
                 self._contact_ids.learn(key, contact_id)
+            if contact_id is not None and key not in failed:
                 for email in spellings:
                     imported[email] = contact_id
                 continue
@@ -628,9 +678,12 @@ class DotDigitalClient:
                         elapsed=0.0,
                     )
                 await self._clock.sleep(min(next(delays), job_deadline - now))
-                data = (await self._call("GET", job.path, policy=policy, deadline=deadline)).data
-                if not isinstance(data, Mapping):
-                    raise TransientError(f"GET {job.path} answered with an unexpected body")
+                assert job.path is not None  # jobs of unknown id are never polled
+                data = (
+                    await self._call(
+                        "GET", job.path, policy=policy, deadline=deadline, expect=_is_mapping
+                    )
+                ).data
                 body = data
                 status = str(data.get("status", ""))
                 if status not in job.ended and status not in ("NotFinished", "Started"):
@@ -641,7 +694,7 @@ class DotDigitalClient:
             # Keep the first time it was given up on: the book's wait is measured from there,
             # however many calls ask after it.
             self._unfinished.setdefault(job.book_id, {}).setdefault(
-                job.path, (job, self._clock.monotonic())
+                job.key, (job, self._clock.monotonic())
             )
             raise
         finally:
@@ -650,23 +703,51 @@ class DotDigitalClient:
         self._forget(job)
         return status, body
 
+    def _fence_unanswered(self, book_id: int, kind: Operation, tally: _Tally) -> None:
+        """After a job-starting call failed: if one of its attempts may have been accepted
+        (``tally.unanswered``), hold the book's next call of the other kind (see
+        :meth:`_settle`). Two imports (or two removals) of a book commute; an import and a
+        removal do not."""
+        if not tally.unanswered:
+            return
+        self._unknown_jobs += 1
+        name = "import" if kind == "add" else "removal"
+        job = _Job(
+            book_id, f"{name} #{self._unknown_jobs} of unknown id", None, "", frozenset(), kind
+        )
+        self._unfinished.setdefault(book_id, {})[job.key] = (job, self._clock.monotonic())
+        log.warning(
+            "address book %s: an %s may have been accepted without an answer; its next %s "
+            "waits for it",
+            book_id,
+            name,
+            "removal" if kind == "add" else "import",
+        )
+
     def _forget(self, job: _Job) -> None:
         unfinished = self._unfinished.get(job.book_id)
         if unfinished is not None:
-            unfinished.pop(job.path, None)
+            unfinished.pop(job.key, None)
             if not unfinished:
                 del self._unfinished[job.book_id]
 
-    async def _settle(self, book_id: int, policy: RetryPolicy, deadline: float | None) -> None:
+    async def _settle(
+        self, book_id: int, kind: Operation, policy: RetryPolicy, deadline: float | None
+    ) -> None:
         """Wait for the jobs of this address book given up on earlier to end, so that this
-        call does not overtake them: each for up to this call's budget from when it was given
-        up on, then go on without it (logged as an error). :class:`RetriesExhausted` when this
-        call's own deadline comes first."""
+        call (of ``kind``) does not overtake them: each for up to this call's budget from when
+        it was given up on, then go on without it (logged as an error). A job of unknown id
+        cannot be polled: a call of the other kind waits out that budget. :class:`RetriesExhausted`
+        when this call's own deadline comes first."""
         if book_id not in self._unfinished:
             return
         async with self._fences.setdefault(book_id, asyncio.Lock()):
             for job, given_up_at in list(self._unfinished.get(book_id, {}).values()):
                 until = given_up_at + policy.total_seconds
+                if job.path is None:
+                    if job.kind != kind:
+                        await self._outwait(job, until, policy, deadline)
+                    continue
                 log.info("address book %s: waiting for the earlier %s first", book_id, job.name)
                 try:
                     await self._await_job(
@@ -688,6 +769,32 @@ class DotDigitalClient:
                         book_id,
                     )
                     self._forget(job)
+
+    async def _outwait(
+        self, job: _Job, until: float, policy: RetryPolicy, deadline: float | None
+    ) -> None:
+        """Wait until ``until`` for ``job``, whose id we never learnt; :class:`RetriesExhausted`
+        (at the call's deadline) when the deadline comes first."""
+        ends = self._job_deadline(policy, deadline)
+        now = self._clock.monotonic()
+        log.info("address book %s: waiting for the earlier %s first", job.book_id, job.name)
+        if ends < until:
+            await self._clock.sleep(max(0.0, ends - now))
+            raise RetriesExhausted(
+                TransientError(
+                    f"the earlier {job.name} of address book {job.book_id} may still be "
+                    "running at the deadline; not overtaking it"
+                ),
+                attempts=1,
+                elapsed=0.0,
+            )
+        await self._clock.sleep(max(0.0, until - now))
+        log.warning(
+            "address book %s: no longer waiting for the earlier %s (a retry budget passed)",
+            job.book_id,
+            job.name,
+        )
+        self._forget(job)
 
     def _job_deadline(self, policy: RetryPolicy, deadline: float | None) -> float:
         """How long to wait for an accepted job: the call's deadline, else a budget from now."""
@@ -722,7 +829,7 @@ class DotDigitalClient:
         policy = retry or self._retry
         book_id = int(address_book_id)
         # Before resolving: an earlier import still running may yet add these contacts.
-        await self._settle(book_id, policy, deadline)
+        await self._settle(book_id, "remove", policy, deadline)
         names = _Names(emails)
         rejected = names.empty_rejections()
         remembered: dict[str, Learnt] = {}
@@ -856,10 +963,18 @@ class DotDigitalClient:
             path = "/contacts/v3?" + urlencode(
                 query if marker is None else {**query, "marker": marker}
             )
-            data = (await self._call("GET", path, policy=policy, deadline=deadline)).data
-            items = data.get("_items") if isinstance(data, Mapping) else None
-            if not isinstance(items, list):
-                raise TransientError("GET /contacts/v3 answered with an unexpected body")
+            data = (
+                await self._call(
+                    "GET",
+                    path,
+                    policy=policy,
+                    deadline=deadline,
+                    expect=lambda data: (
+                        isinstance(data, Mapping) and isinstance(data.get("_items"), list)
+                    ),
+                )
+            ).data
+            items = data["_items"]
             page: list[tuple[str, int]] = []
             for item in items:
                 key = _email_of(item)
@@ -955,7 +1070,17 @@ class DotDigitalClient:
             path = f"{EMAIL_LOOKUP_PREFIX}{quote(email, safe='@')}"
             async with self._lookups:
                 try:
-                    contact = (await self._call("GET", path, policy=policy, deadline=deadline)).data
+                    contact = (
+                        await self._call(
+                            "GET",
+                            path,
+                            policy=policy,
+                            deadline=deadline,
+                            expect=lambda data: (
+                                isinstance(data, Mapping) and _is_id(data.get("contactId"))
+                            ),
+                        )
+                    ).data
                 except PermanentError as error:
                     # Only DotDigital's own "contact not found" means already removed; a bare
                     # 404 (a proxy's) is UnrecognizedNotFoundError, retried and never success.
@@ -966,9 +1091,7 @@ class DotDigitalClient:
                         email, error.code or "invalidEmail", error.message
                     )
                     return
-            contact_id = contact.get("contactId") if isinstance(contact, Mapping) else None
-            if not isinstance(contact_id, int):
-                raise TransientError(f"GET {path} answered without a contactId")
+            contact_id = contact["contactId"]
             self._contact_ids.learn(key, contact_id)
             lists = contact.get("lists")
             if isinstance(lists, list) and not any(
@@ -989,23 +1112,29 @@ class DotDigitalClient:
     async def _delete_members(
         self, book_id: int, contact_ids: list[int], policy: RetryPolicy, deadline: float | None
     ) -> str:
-        response = await self._call(
-            "POST",
-            f"/v2/address-books/{book_id}/contacts/delete",
-            body=contact_ids,
-            policy=policy,
-            deadline=deadline,
-        )
+        tally = _Tally()
+        try:
+            response = await self._call(
+                "POST",
+                f"/v2/address-books/{book_id}/contacts/delete",
+                body=contact_ids,
+                policy=policy,
+                deadline=deadline,
+                tally=tally,
+                expect=lambda data: bool(_job_id(data, "id")),
+            )
+        except BaseException:
+            self._fence_unanswered(book_id, "remove", tally)
+            raise
         accepted = response.data
-        deletion_id = accepted.get("id") if isinstance(accepted, Mapping) else None
-        if not isinstance(deletion_id, str) or not deletion_id:
-            raise TransientError("POST /v2/address-books/{id}/contacts/delete answered without id")
+        deletion_id = _job_id(accepted, "id")
         job = _Job(
             book_id,
             f"removal {deletion_id}",
             f"/v2/contacts/deletion/{quote(deletion_id, safe='')}",
             "Completed",
             DELETION_FAILED_STATUSES,
+            "remove",
         )
         status = str(accepted.get("status", "Started"))
         status, _ = await self._await_job(job, status, policy, deadline)
@@ -1029,24 +1158,29 @@ class DotDigitalClient:
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
         tally: _Tally | None = None,
+        expect: Callable[[Any], bool] | None = None,
     ) -> _Response:
         """One HTTP step under the retry policy (its ``.data`` is the decoded JSON body).
-        Time queued for the rate limiter is waiting, not failing: it does not use the budget.
-        ``tally`` lets the caller see how many attempts were made."""
+        Time queued for the rate limiter is waiting, not failing: it does not use the budget,
+        unless a 429 blocks the limiter past the step's deadline (then the step gives up at
+        once: see :meth:`_send`). ``expect`` checks a successful answer's body: one it refuses
+        is a :class:`TransientError` retried like any other. ``tally`` lets the caller see how
+        many attempts were made."""
         tally = tally if tally is not None else _Tally()
+        policy = policy or self._retry
+        ends = deadline if deadline is not None else policy.deadline(self._clock)
 
-        def attempt() -> Awaitable[_Response]:
-            return self._send(
-                method,
-                path,
-                base=base,
-                body=body,
-                tally=tally,
-            )
+        async def attempt() -> _Response:
+            response = await self._send(method, path, base=base, body=body, tally=tally, ends=ends)
+            if expect is not None and not expect(response.data):
+                if method != "GET":
+                    tally.unanswered += 1  # a 2xx: DotDigital took it on, we cannot tell what
+                raise TransientError(
+                    f"{method} {_path_for_messages(path)} answered with an unexpected body"
+                )
+            return response
 
-        return await (policy or self._retry).run(
-            attempt, self._clock, deadline=deadline, not_counted=tally.queued
-        )
+        return await policy.run(attempt, self._clock, deadline=deadline, not_counted=tally.queued)
 
     async def _send(
         self,
@@ -1056,10 +1190,13 @@ class DotDigitalClient:
         base: str | None = None,
         body: Any = None,
         tally: _Tally,
+        ends: float | None = None,
     ) -> _Response:
         """One HTTP request: pace it, send it, feed the limiter, return the JSON or raise a
         classified :class:`DotDigitalError`. ``path`` is already URL-encoded; the attempt and
-        its wait for the limiter are added to ``tally``."""
+        its wait for the limiter are added to ``tally``. When a 429 blocks the limiter past
+        ``ends`` (the step's deadline, moved out by its queued time), nothing is sent: a
+        :class:`ThrottledError` for the block says so, and the retry policy gives up on it."""
         what = f"{method} {_path_for_messages(path)}"
         url = URL(f"{base or self.endpoint}{path}", encoded=True)
         operation = operation_of(method, path)
@@ -1070,6 +1207,16 @@ class DotDigitalClient:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         queued_at = self._clock.monotonic()
+        blocked = pacer.blocked_for()
+        if ends is not None and blocked > 0 and queued_at + blocked > ends + tally.queued_seconds:
+            # Waiting for the limiter is not failing, but waiting past the deadline would hang
+            # the step silently: fail it in time instead.
+            raise ThrottledError(
+                f"{what}: not sent; a 429 blocks the {self._budgets.name_of(operation)} budget "
+                f"for {blocked:.0f}s more, past this call's deadline",
+                status=429,
+                retry_after=blocked,
+            )
         sent_at = await pacer.acquire()
         guard = current_guard()
         if guard is not None:
@@ -1088,25 +1235,39 @@ class DotDigitalClient:
                 response_headers = response.headers
         except TimeoutError:
             self._observer.request(operation, "network")
+            tally.unanswered += method != "GET"
             raise TransientError(
                 f"{what}: no response within {self.settings.request_timeout_seconds:g}s"
             ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except aiohttp.ClientError as exc:
+            # A malformed answer (ClientResponseError: bad status line, headers or length), a
+            # dropped connection or a truncated body: worth trying again. Only a connection that
+            # was never made surely left DotDigital untouched.
             self._observer.request(operation, "network")
-            raise TransientError(f"{what}: {_describe(exc)}") from None
+            if not isinstance(exc, aiohttp.ClientConnectorError):
+                tally.unanswered += method != "GET"
+            raise TransientError(f"{what}: {self._describe(exc)}") from None
+        except asyncio.CancelledError:
+            tally.unanswered += method != "GET"  # cancelled in the air: it may have arrived
+            raise
         finally:
             if guard is not None:
                 guard.answered()
         self._observer.request(operation, status_class(status))
         log.debug("%s -> %d", what, status)
-        pacer = self._budgets.learn(operation, response_headers)
-        pacer.observe(response_headers, sent_at=sent_at)
+        try:
+            pacer = self._budgets.learn(operation, response_headers)
+            pacer.observe(response_headers, sent_at=sent_at)
+        except (ValueError, ArithmeticError) as exc:
+            # The headers only tune pacing: a value nobody foresaw must not fail the request.
+            log.warning("%s: rate-limit headers ignored (%s)", what, type(exc).__name__)
         if 200 <= status < 300:
             if not payload.strip():
                 return _Response(None, response_headers)
             try:
                 return _Response(orjson.loads(payload), response_headers)
             except orjson.JSONDecodeError:
+                tally.unanswered += method != "GET"
                 raise TransientError(
                     f"{what}: HTTP {status} with a body that is not JSON"
                 ) from None
@@ -1127,6 +1288,13 @@ class DotDigitalClient:
                 self._observer.throttled("apiusage_exceeded" if apiusage else "http_429")
                 error.retry_after = pacer.throttled(error.retry_after)
         raise error
+
+    def _describe(self, exc: aiohttp.ClientError) -> str:
+        if isinstance(exc, aiohttp.ClientResponseError):
+            # aiohttp quotes the offending response bytes: scrubbed like a body, and trimmed.
+            text = self._scrub(str(exc.message).encode(errors="replace")).decode(errors="replace")
+            return f"malformed response: {' '.join(text.split())[:200]}"
+        return _describe(exc)
 
     def _scrub(self, payload: bytes) -> bytes:
         # A server echoing credentials back must not put them into our messages and logs.
@@ -1174,10 +1342,9 @@ def _path_for_messages(path: str) -> str:
 def _retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:
     value = headers.get("Retry-After")
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+        seconds = parse_retry_after(value, now_epoch)
+        if seconds is not None:
+            return seconds
     reset = headers.get("X-RateLimit-Reset")
     return parse_reset(reset, now_epoch) if reset is not None else None
 
@@ -1218,6 +1385,31 @@ def _failure_of(item: Mapping[str, Any]) -> tuple[str, str]:
     code = str(failures[0].get("failureCode") or "unknown")
     description = "; ".join(str(f.get("description") or f.get("failureCode")) for f in failures)
     return code, description
+
+
+def _is_mapping(data: object) -> bool:
+    return isinstance(data, Mapping)
+
+
+def _is_book(data: object) -> bool:
+    """Whether ``data`` reads as an address book (its size is what removals weigh)."""
+    if not isinstance(data, Mapping):
+        return False
+    try:
+        AddressBook.from_json(data)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _job_id(accepted: object, name: str) -> str:
+    """The job id under ``name`` in an answer accepting a job, "" when there is none."""
+    job_id = accepted.get(name) if isinstance(accepted, Mapping) else None
+    return job_id if isinstance(job_id, str) else ""
 
 
 def _count(report: Mapping[str, Any], section: str) -> int:

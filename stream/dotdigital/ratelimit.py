@@ -9,7 +9,12 @@ and a request may be sent only when all three allow it:
 2. The server's view, from ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``: the budget left
    in the account's current window, which includes what other instances sharing the account
    have spent. This is what makes several instances converge on the account's real budget.
-3. A block after HTTP 429 (``throttled``): nothing is sent until the reset.
+3. A block after HTTP 429 (``throttled``): nothing is sent until the reset, never longer than
+   :data:`MAX_RETRY_AFTER_SECONDS`.
+
+Header values are the server's (or a proxy's) and may be anything: parsing them never raises,
+and no value blocks a limiter for longer than a window (``X-RateLimit-*``) or
+:data:`MAX_RETRY_AFTER_SECONDS` (``Retry-After``).
 
 Pure logic: time comes from an injected :class:`~stream.clock.Clock` (``monotonic`` for spans,
 ``time`` only to read an epoch ``X-RateLimit-Reset``). ``acquire`` is the only coroutine.
@@ -18,13 +23,22 @@ Pure logic: time comes from an injected :class:`~stream.clock.Clock` (``monotoni
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 from stream.clock import Clock
 
-__all__ = ["RateLimitStatus", "RateLimiter", "header", "parse_reset"]
+__all__ = [
+    "MAX_RETRY_AFTER_SECONDS",
+    "RateLimitStatus",
+    "RateLimiter",
+    "header",
+    "parse_reset",
+    "parse_retry_after",
+]
 
 WINDOW_SECONDS = 60.0
 # Values of X-RateLimit-Reset at or above this are Unix epoch seconds, below it seconds-to-wait:
@@ -33,6 +47,12 @@ EPOCH_THRESHOLD = 1e9
 # A reset "now" or slightly in the past still leaves the window closed until the server rolls
 # it; waiting a moment avoids a 429 ping-pong.
 MIN_RESET_SECONDS = 1.0
+# The longest a 429 may block a limiter. DotDigital's longest rate window is the flat scheme's
+# hour (ERROR_APIUSAGE_EXCEEDED, "calls in a one hour period"), so no reset it announces is
+# further away than that; a larger Retry-After is a wrong clock, an epoch read as seconds or a
+# broken proxy. Callers whose retry budget ends sooner give up at once (retry.py) rather than
+# wait it out.
+MAX_RETRY_AFTER_SECONDS = 3600.0
 # Responses to requests we sent within this much of each other belong to the same server window.
 _SAME_WINDOW_SLACK = 2.0
 
@@ -44,16 +64,38 @@ def parse_reset(value: str, now_epoch: float, window: float = WINDOW_SECONDS) ->
     a reset beyond one window either way means one of the clocks is wrong: the whole window is
     assumed then, which is always safe. Returns None when ``value`` is not a number.
     """
-    try:
-        raw = float(value.strip())
-    except ValueError:
-        return None
-    if raw != raw:  # NaN
+    raw = _float(value)
+    if raw is None or math.isnan(raw):
         return None
     seconds = raw - now_epoch if raw >= EPOCH_THRESHOLD else raw
     if seconds > window or seconds < -window:
         return window
     return min(max(seconds, MIN_RESET_SECONDS), window)
+
+
+def parse_retry_after(value: str, now_epoch: float) -> float | None:
+    """Seconds to wait that ``Retry-After: value`` asks for, in [0, MAX_RETRY_AFTER_SECONDS].
+
+    RFC 9110 allows delta-seconds and an HTTP-date; the date is compared with the local wall
+    clock (``now_epoch``). A number at or above :data:`EPOCH_THRESHOLD` is read as Unix epoch
+    seconds, as ``X-RateLimit-Reset`` is. A date in the past is 0. Returns None when the value
+    means nothing (negative, NaN, not a number nor a date): the caller then uses the reset it
+    knows.
+    """
+    raw = _float(value)
+    if raw is None:
+        try:
+            when = parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        raw = max(0.0, when.timestamp() - now_epoch)
+    elif raw >= EPOCH_THRESHOLD:
+        raw = max(0.0, raw - now_epoch)
+    if math.isnan(raw) or raw < 0:
+        return None
+    return min(raw, MAX_RETRY_AFTER_SECONDS)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -70,13 +112,21 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def _int(value: str | None) -> int | None:
+def _float(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return int(float(value.strip()))
+        return float(value.strip())
     except ValueError:
         return None
+
+
+def _int(value: str | None) -> int | None:
+    """A count from a header: None unless it is a finite number (``inf`` would overflow)."""
+    number = _float(value)
+    if number is None or not math.isfinite(number):
+        return None
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -209,20 +259,25 @@ class RateLimiter:
     def throttled(self, retry_after: float | None = None) -> float:
         """Record a 429: block every request until the reset; returns the seconds blocked.
 
-        ``retry_after`` (seconds) comes from the response; without it, the server's last
-        announced reset is used, else a whole window.
+        ``retry_after`` (seconds) comes from the response; without it (or when it is not a
+        positive number), the server's last announced reset is used, else a whole window. The
+        block never exceeds :data:`MAX_RETRY_AFTER_SECONDS`.
         """
         now = self._clock.monotonic()
-        if retry_after is None or retry_after <= 0:
+        if retry_after is None or math.isnan(retry_after) or retry_after <= 0:
             if self._server_reset_at is not None and self._server_reset_at > now:
                 retry_after = self._server_reset_at - now
             else:
                 retry_after = self._window
-        retry_after = max(retry_after, MIN_RESET_SECONDS)
+        retry_after = min(max(retry_after, MIN_RESET_SECONDS), MAX_RETRY_AFTER_SECONDS)
         self._blocked_until = max(self._blocked_until, now + retry_after)
         self._server_remaining = 0
         self._server_reset_at = self._blocked_until
         return self._blocked_until - now
+
+    def blocked_for(self) -> float:
+        """Seconds for which a 429 still blocks every request; 0.0 when none does."""
+        return max(0.0, self._blocked_until - self._clock.monotonic())
 
     def status(self) -> RateLimitStatus:
         """What the limiter knows now."""

@@ -16,7 +16,8 @@ injected clock:
 A time budget bounds the whole. A backoff that would pass the deadline is cut short, so the
 last attempt is made at the deadline: a failing call is retried for its whole budget, not given
 up on up to ``max_delay`` early. A reset announced beyond the deadline is not waited for (the
-server said no until then). Past the deadline :class:`RetriesExhausted` is raised with the last
+server said no until then), nor is one that is not a number (NaN: ``throttle_delay``
+instead). Past the deadline :class:`RetriesExhausted` is raised with the last
 error. Time the operation reports as
 ``not_counted`` (a request queued for its rate limiter: waiting, not failing) moves the deadline
 out by as much.
@@ -24,6 +25,7 @@ out by as much.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,7 +75,10 @@ class RetryPolicy:
 
     def _reset(self, error: ThrottledError) -> float:
         """When the server lets us in again, before jitter."""
-        wait = error.retry_after if error.retry_after is not None else self.throttle_delay
+        wait = error.retry_after
+        if wait is None or math.isnan(wait):
+            wait = self.throttle_delay
+        # An infinite reset stays infinite: beyond any deadline, so run() gives up at once.
         return max(0.0, wait)
 
     def deadline(self, clock: Clock) -> float:

@@ -983,7 +983,7 @@ async def test_result_mapping_duplicates_partial_failures_and_missing_contacts(
                     "created": [{"contactId": 1, "identifiers": {"email": "a@example.com"}}],
                     "updated": [{"contactId": 2, "identifiers": {"email": "B@EXAMPLE.COM"}}],
                     "failures": [
-                        {  # imported, but its consent failed: counts as imported
+                        {  # imported, but a data set of it failed: not known to be a member
                             "contactId": 2,
                             "matchIdentifier": "email",
                             "identifiers": {"email": "b@example.com"},
@@ -1013,7 +1013,10 @@ async def test_result_mapping_duplicates_partial_failures_and_missing_contacts(
         outcome = await client.import_contacts(
             7, ["A@example.com", "b@example.com", "c@example.com", "d@example.com"]
         )
-    assert outcome.imported == {"A@example.com": 1, "b@example.com": 2}
+    assert outcome.imported == {"A@example.com": 1}
+    # ddsync sends no data set but the list: a contact imported and failed is rejected.
+    assert outcome.rejected["b@example.com"].failure_code == "consentRecordsNotApplied"
+    assert client.known_contact_id("b@example.com") == 2
     assert outcome.rejected["c@example.com"].failure_code == "duplicateIdentifier"
     assert outcome.rejected["d@example.com"].failure_code == "missingFromResult"
     assert holder[0].puts == 2  # the first answer was 429 tooManyActiveImports

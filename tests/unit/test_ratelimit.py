@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.clock import FakeClock
-from stream.dotdigital.ratelimit import RateLimiter, parse_reset
+from stream.dotdigital.ratelimit import (
+    MAX_RETRY_AFTER_SECONDS,
+    RateLimiter,
+    parse_reset,
+    parse_retry_after,
+)
 
 
 def burst(limiter: RateLimiter) -> int:
@@ -255,3 +262,97 @@ def test_status_reports_what_the_limiter_knows() -> None:
 def test_rejects_a_non_positive_limit() -> None:
     with pytest.raises(ValueError, match="positive"):
         RateLimiter(0, FakeClock())
+
+
+# -- hostile headers: bounded, never raising ------------------------------------------------
+
+NOW_EPOCH = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("12", 12.0),
+        (" 7.5 ", 7.5),
+        ("0", 0.0),
+        # Past the cap (one hour: DotDigital's longest window, the flat scheme's): capped.
+        ("99999999", MAX_RETRY_AFTER_SECONDS),
+        ("1e308", MAX_RETRY_AFTER_SECONDS),
+        ("1e400", MAX_RETRY_AFTER_SECONDS),
+        ("inf", MAX_RETRY_AFTER_SECONDS),
+        ("Infinity", MAX_RETRY_AFTER_SECONDS),
+        # An epoch value, like X-RateLimit-Reset's: relative to the clock, then bounded.
+        (str(NOW_EPOCH + 30), 30.0),
+        (str(NOW_EPOCH + 10 * 365 * 86400), MAX_RETRY_AFTER_SECONDS),
+        (str(NOW_EPOCH - 3600), 0.0),
+        # An HTTP-date (RFC 9110 10.2.3), relative to the clock.
+        ("Tue, 14 Nov 2023 22:15:00 GMT", 100.0),
+        ("Tue, 14 Nov 2023 22:00:00 GMT", 0.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_SECONDS),
+        # Meaningless: unknown, so the caller falls back on the reset it knows.
+        ("-5", None),
+        ("-inf", None),
+        ("nan", None),
+        ("", None),
+        ("soon", None),
+        ("Mon, 99 Foo 2023 99:99:99 GMT", None),
+    ],
+)
+def test_parse_retry_after(value: str, expected: float | None) -> None:
+    assert parse_retry_after(value, NOW_EPOCH) == expected
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), 1e300, 1.7e9, float("nan"), -1.0])
+def test_throttled_never_blocks_beyond_the_cap(retry_after: float) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(75, clock)
+    blocked = limiter.throttled(retry_after)
+    assert 0 < blocked <= MAX_RETRY_AFTER_SECONDS
+    assert limiter.blocked_for() == pytest.approx(blocked)
+    clock.advance(MAX_RETRY_AFTER_SECONDS)
+    assert limiter.try_acquire()
+    assert limiter.blocked_for() == 0.0
+
+
+@pytest.mark.parametrize(
+    "value", ["inf", "-inf", "nan", "1e400", "1e308", "9" * 400, "0x10", "", "  "]
+)
+def test_observe_survives_any_rate_limit_header_value(value: str) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(75, clock)
+    limiter.observe(
+        {
+            "X-RateLimit-Limit": value,
+            "X-RateLimit-Remaining": value,
+            "X-RateLimit-Reset": value,
+        }
+    )
+    status = limiter.status()
+    assert status.limit >= 1
+    # A budget is never blocked for longer than a window by these headers.
+    assert limiter.delay() <= 60.0
+    assert status.reset_in is None or status.reset_in <= 60.0
+
+
+HEADER_VALUES = st.one_of(
+    st.text(),
+    st.floats().map(repr),
+    st.integers().map(str),
+    st.sampled_from(
+        ["inf", "-Infinity", "NaN", "1e400", "9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"]
+    ),
+)
+
+
+@given(HEADER_VALUES, st.floats(min_value=0, max_value=4e9))
+@settings(max_examples=300, deadline=None)
+def test_no_header_value_raises_or_escapes_its_bound(value: str, now_epoch: float) -> None:
+    seconds = parse_retry_after(value, now_epoch)
+    assert seconds is None or 0 <= seconds <= MAX_RETRY_AFTER_SECONDS
+    reset = parse_reset(value, now_epoch)
+    assert reset is None or 0 < reset <= 60.0
+    limiter = RateLimiter(75, FakeClock())
+    limiter.observe(
+        {"X-RateLimit-Limit": value, "X-RateLimit-Remaining": value, "X-RateLimit-Reset": value}
+    )
+    assert limiter.delay() <= 60.0

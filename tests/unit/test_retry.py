@@ -180,3 +180,21 @@ async def test_at_least_one_attempt_even_with_a_past_deadline() -> None:
     clock = FakeClock()
     operation = Script()
     assert await RetryPolicy().run(operation, clock, deadline=clock.monotonic() - 5) == "ok"
+
+
+async def test_a_nan_retry_after_waits_the_throttle_delay() -> None:
+    clock = FakeClock()
+    operation = Script(ThrottledError("slow down", status=429, retry_after=float("nan")))
+    policy = RetryPolicy(throttle_delay=9.0, random=fixed(0.0))
+    assert await policy.run(operation, clock) == "ok"
+    assert clock.slept == [9.0]
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), 1e300, 601.0])
+async def test_a_retry_after_beyond_the_budget_gives_up_at_once(retry_after: float) -> None:
+    clock = FakeClock()
+    operation = Script(ThrottledError("slow down", status=429, retry_after=retry_after))
+    with pytest.raises(RetriesExhausted):
+        await RetryPolicy(total_seconds=600.0).run(operation, clock)
+    assert operation.calls == 1
+    assert clock.slept == []

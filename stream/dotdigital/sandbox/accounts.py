@@ -65,6 +65,11 @@ class SandboxAccount:
     ``add_per_minute`` calls (``remove_per_minute`` unused), everything else against
     ``highCallRate``, ``other_per_minute`` (see :mod:`.ratelimits`).
 
+    ``list_failures_keep_contact``: an import item naming a list id the account does not have
+    still creates or updates its contact (with its other lists) and reports it in ``created`` or
+    ``updated`` *and* in ``failures`` (``invalidAddressBookIds``), as DotDigital documents for a
+    data set that fails while its contact is imported. Off: the item fails whole.
+
     ``import_delay_seconds`` is how long an import reports ``NotFinished``;
     ``deletion_delay_seconds`` how long a bulk removal reports ``Started`` (membership changes
     when the job completes, never before).
@@ -83,6 +88,7 @@ class SandboxAccount:
     rate_limits_enabled: bool = True
     import_delay_seconds: float = 0.2
     deletion_delay_seconds: float = 0.0
+    list_failures_keep_contact: bool = False
     address_books: tuple[SandboxAddressBook, ...] = ()
     # Where the password came from, for the start-up banner (never the password itself).
     password_source: str = field(default="given in code", compare=False)

@@ -489,7 +489,16 @@ class AccountState:
                 else:
                     invalid += 1
                 failures.append(_failure(item, code, description))
-                continue
+                lists = item.get("lists")
+                if not (
+                    code == "invalidAddressBookIds"
+                    and self.account.list_failures_keep_contact
+                    and isinstance(lists, list)
+                ):
+                    continue
+                # Only the list membership failed: the contact itself is imported.
+                known = [i for i in lists if type(i) is int and i in self.books]
+                item = {**item, "lists": known}
             contact, is_new = self._upsert(item, at)
             reference = {"contactId": contact.id, "identifiers": contact.identifiers()}
             (created if is_new else updated).append(reference)
