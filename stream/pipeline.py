@@ -363,8 +363,11 @@ class Pipeline:
         if not self._closing:
             for batch in self.windows.drain_partitions(revoked):
                 self.dispatcher.submit(batch)
-            if not await self._unless_shutdown_cuts(
-                self.dispatcher.wait(batching.revoke_flush_seconds, revoked)
+            if (
+                await self._unless_shutdown_cuts(
+                    self.dispatcher.wait(batching.revoke_flush_seconds, revoked)
+                )
+                is False
             ):
                 log.info(
                     "revoke: flushes still in flight after %.0f s; stopping what DotDigital "
@@ -373,8 +376,11 @@ class Pipeline:
                 )
         self._revoking |= revoked
         try:
-            if not await self._unless_shutdown_cuts(
-                self.dispatcher.revoke(revoked, batching.revoke_job_seconds)
+            if (
+                await self._unless_shutdown_cuts(
+                    self.dispatcher.revoke(revoked, batching.revoke_job_seconds)
+                )
+                is False
             ):
                 log.warning(
                     "revoke: DotDigital jobs for revoked partitions still running after %.0f s; "
@@ -393,8 +399,8 @@ class Pipeline:
             self._revoking -= revoked
         return positions
 
-    async def _unless_shutdown_cuts(self, waiting: Awaitable[bool]) -> bool:
-        """``waiting``'s answer, or False once a shutdown's flush deadline passed first: the
+    async def _unless_shutdown_cuts(self, waiting: Awaitable[bool]) -> bool | None:
+        """``waiting``'s answer, or None once a shutdown's flush deadline passed first: the
         consumer thread waits inside the revoke, and the shutdown's bound must hold."""
         wait = asyncio.ensure_future(waiting)
         cut = asyncio.ensure_future(self._flush_deadline_passed())
@@ -409,8 +415,11 @@ class Pipeline:
             return wait.result()
         wait.cancel()
         await asyncio.wait([wait])
-        log.warning("revoke: shutting down; no longer waiting for what is still being sent")
-        return False
+        log.warning(
+            "revoke: shutting down; no longer waiting for what DotDigital may still be doing "
+            "for the revoked partitions (the new owner's changes may be overtaken)"
+        )
+        return None
 
     async def _flush_deadline_passed(self) -> None:
         await self._stopping.wait()
