@@ -27,7 +27,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from stream.config import BatchingSettings
+from stream.config import BatchingSettings, DispatchSettings
 from stream.demo import Target, transition
 from stream.exitcodes import ExitCode
 from tests.conftest import KafkaCluster
@@ -122,6 +122,7 @@ def start_ddsync(
         group=group,
         connectors={"main": (USER, sandbox.discovery_url)},
         window_seconds=1.0,
+        retry_timeout_seconds=DispatchSettings.retry_timeout_seconds,
         **config,  # type: ignore[arg-type]
     )
     return DdsyncProcess(
@@ -218,7 +219,9 @@ def test_sigterm_while_the_broker_does_not_answer(
     frozen = False
     try:
         cluster = KafkaCluster(broker.bootstrap_servers, "a broker of this test's own")
-        sandbox = start_sandbox(tmp_path, "--no-rate-limits", import_delay_seconds=1e9)
+        # Imports finish a few seconds after they were accepted: after the broker froze, so
+        # that the commit of their records waits for it.
+        sandbox = start_sandbox(tmp_path, "--no-rate-limits", import_delay_seconds=4)
         processes.append(sandbox)
         topic = cluster.create_topic(partitions=PARTITIONS)
         dlq, group = cluster.unique_topic("dlq"), f"shutdown-{uuid.uuid4().hex[:8]}"
@@ -232,11 +235,15 @@ def test_sigterm_while_the_broker_does_not_answer(
         # leave wait for it.
         os.kill(broker.pid, signal.SIGSTOP)
         frozen = True
-        time.sleep(2)
+        wait_until(
+            lambda: all(sandbox.members(USER, book) for book in BOOKS), 30, "synced", ddsync.process
+        )
+        time.sleep(2)  # a commit of the synced records is waiting for the broker
         status, seconds = terminate_timed(ddsync)
         print(f"\nSIGTERM with the broker not answering: exit {status} after {seconds:.1f} s")
         assert seconds < BOUND, ddsync.output()[-3000:]
-        assert status in (ExitCode.OK, ExitCode.UNAVAILABLE), ddsync.output()[-3000:]
+        assert status == ExitCode.UNAVAILABLE, ddsync.output()[-3000:]
+        assert "nothing more is committed" in ddsync.output()
         os.kill(broker.pid, signal.SIGCONT)
         frozen = False
         data.assert_only_final_committed(sandbox, cluster.bootstrap_servers, group, topic, dlq)
