@@ -324,6 +324,12 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
             f"{REVOKE_DRAIN_SECONDS:g} s); the consumer thread waits that long inside a revoke "
             "and liveness would fail meanwhile"
         )
+    if metrics_settings.liveness_timeout_seconds <= batching_settings.shutdown_timeout_seconds:
+        raise ConfigError(
+            "metrics.liveness_timeout_seconds must exceed batching.shutdown_timeout_seconds "
+            f"({batching_settings.shutdown_timeout_seconds:g} s); the event loop does not tick "
+            "during a shutdown and liveness would fail meanwhile"
+        )
     connectors_raw = _section(raw, "connectors")
     if not connectors_raw:
         raise ConfigError("no connector configured: add a [connectors.NAME] section")

@@ -305,3 +305,14 @@ def test_the_shutdown_bound_must_hold_the_flush_the_drain_and_the_commit(tmp_pat
     assert load_settings(write(tmp_path, text.replace("= 39", "= 40")), ENV)
     with pytest.raises(ConfigError, match="shutdown_timeout_seconds must be greater than 0"):
         load_settings(write(tmp_path, text.replace("= 39", "= 0")), ENV)
+    # Nor may liveness fail while a shutdown runs (the loop does not tick meanwhile).
+    longer = text.replace("= 39", "= 200")
+    with pytest.raises(ConfigError, match=r"liveness_timeout_seconds must exceed batching\.shut"):
+        load_settings(write(tmp_path, longer), ENV)
+    assert load_settings(
+        write(
+            tmp_path,
+            longer.replace("[connectors", "[metrics]\nliveness_timeout_seconds = 201\n[connectors"),
+        ),
+        ENV,
+    )
