@@ -1,12 +1,13 @@
 """SIGTERM ends ddsync within ``batching.shutdown_timeout_seconds`` in its worst states.
 
 ddsync runs as a process with the production defaults for every bound (revokes wait up to
-10 + 120 + 5 s, the shutdown flush 30 s, the bound 50 s), against the sandbox as a process and a
-real broker, and is sent SIGTERM while it is inside a revoke that waits for a DotDigital that
-never finishes its imports, while every flush is held by the rate limiter, and while its broker
-does not answer (a broker of the test's own, frozen with SIGSTOP: commit and close hang). Each
-test asserts the exit within the bound, and that no committed offset passes a record that was
-not final: every record is an add of its own contact, so a good record is final only when its
+10 + 120 + 5 s, the shutdown flush 30 s, retries 600 s, the bound 50 s), against the sandbox as
+a process and a real broker, and is sent SIGTERM while it is inside a revoke that waits for a
+DotDigital that never finishes its imports, while every flush is held by the rate limiter,
+while DotDigital does not answer (the sandbox frozen with SIGSTOP), and while its broker does
+not answer (a broker of the test's own, frozen with SIGSTOP: commits and close hang). Each test
+asserts the exit within the bound, and that no committed offset passes a record that was not
+final: every record is an add of its own contact, so a good record is final only when its
 contact is in its address book, a bad one once it is on the dead-letter topic.
 
 The seconds from SIGTERM to exit are printed (the figures the README quotes).
@@ -254,3 +255,33 @@ def test_sigterm_while_the_broker_does_not_answer(
             if isinstance(each, DdsyncProcess) and each.alive():
                 each.kill()
         localkafka.stop(state_dir)
+
+
+def test_sigterm_while_dotdigital_does_not_answer(
+    kafka: KafkaCluster, tmp_path: Path, processes: list[DdsyncProcess | SandboxProcess]
+) -> None:
+    sandbox = start_sandbox(tmp_path, "--no-rate-limits", import_delay_seconds=0.1)
+    processes.append(sandbox)
+    topic = kafka.create_topic(partitions=PARTITIONS)
+    dlq, group = kafka.unique_topic("dlq"), f"shutdown-{uuid.uuid4().hex[:8]}"
+    data = Input(kafka.bootstrap_servers, topic)
+    # Frozen before ddsync's first call: connections are accepted, nothing is answered (a
+    # request would wait out DotDigital's 121 s timeout, then be retried for 600 s).
+    os.kill(sandbox.process.pid, signal.SIGSTOP)
+    try:
+        ddsync = start_ddsync(
+            tmp_path, kafka.bootstrap_servers, topic, dlq, group, sandbox, "unreachable"
+        )
+        processes.append(ddsync)
+        wait_until(lambda: "assigned " in ddsync.output(), 60, "assigned", ddsync.process)
+        time.sleep(5)  # windows closed: every flush waits for DotDigital
+        status, seconds = terminate_timed(ddsync)
+    finally:
+        os.kill(sandbox.process.pid, signal.SIGCONT)
+    print(f"\nSIGTERM while DotDigital does not answer: exit {status} after {seconds:.1f} s")
+    assert status == ExitCode.OK, ddsync.output()[-3000:]
+    assert seconds < BOUND, ddsync.output()[-3000:]
+    committed = data.assert_only_final_committed(
+        sandbox, kafka.bootstrap_servers, group, topic, dlq
+    )
+    assert committed == [BAD_PER_PARTITION] * PARTITIONS, ddsync.output()[-3000:]
