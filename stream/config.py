@@ -27,6 +27,10 @@ from stream.kafka_config import DEFAULT_MAX_POLL_INTERVAL_MS, refused_setting
 DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
 # At the end of a revoke, for the dead letters its flushes decided to be acknowledged.
 REVOKE_DRAIN_SECONDS = 5.0
+# At the end of a shutdown, for the dead letters of the last flushes to be acknowledged, and then
+# for the final commit and leaving the group: both come out of batching.shutdown_timeout_seconds.
+SHUTDOWN_DRAIN_SECONDS = 5.0
+SHUTDOWN_COMMIT_SECONDS = 5.0
 ENV_PREFIX = "DDSYNC__"
 
 T = TypeVar("T")
@@ -88,6 +92,10 @@ class BatchingSettings:
     # rebalance callback meanwhile: both bounds together must stay below max.poll.interval.ms.
     revoke_job_seconds: float = 120.0
     shutdown_flush_seconds: float = 30.0
+    # From SIGTERM to the process's end, whatever state it is in (inside a revoke, throttled,
+    # DotDigital or the broker unreachable): must stay below the pod's
+    # terminationGracePeriodSeconds, or Kubernetes kills the process mid-commit.
+    shutdown_timeout_seconds: float = 50.0
 
     @property
     def revoke_bound_seconds(self) -> float:
@@ -252,7 +260,20 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
         revoke_flush_seconds=_positive(batching, "batching.revoke_flush_seconds", float, 10.0),
         revoke_job_seconds=_positive(batching, "batching.revoke_job_seconds", float, 120.0),
         shutdown_flush_seconds=_positive(batching, "batching.shutdown_flush_seconds", float, 30.0),
+        shutdown_timeout_seconds=_positive(
+            batching, "batching.shutdown_timeout_seconds", float, 50.0
+        ),
     )
+    shutdown_needs = (
+        batching_settings.shutdown_flush_seconds + SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_COMMIT_SECONDS
+    )
+    if shutdown_needs > batching_settings.shutdown_timeout_seconds:
+        raise ConfigError(
+            f"batching.shutdown_flush_seconds + {SHUTDOWN_DRAIN_SECONDS:g} s for dead-letter "
+            f"acknowledgements + {SHUTDOWN_COMMIT_SECONDS:g} s for the final commit "
+            f"({shutdown_needs:g} s) must fit in batching.shutdown_timeout_seconds "
+            f"({batching_settings.shutdown_timeout_seconds:g} s), the bound on a shutdown"
+        )
     poll_interval = _milliseconds(
         kafka_settings.consumer.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS),
         'kafka.consumer."max.poll.interval.ms"',
@@ -310,6 +331,12 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
             "batching.revoke_flush_seconds + batching.revoke_job_seconds + "
             f"{REVOKE_DRAIN_SECONDS:g} s); the consumer thread waits that long inside a revoke "
             "and liveness would fail meanwhile"
+        )
+    if metrics_settings.liveness_timeout_seconds <= batching_settings.shutdown_timeout_seconds:
+        raise ConfigError(
+            "metrics.liveness_timeout_seconds must exceed batching.shutdown_timeout_seconds "
+            f"({batching_settings.shutdown_timeout_seconds:g} s); the event loop does not tick "
+            "during a shutdown and liveness would fail meanwhile"
         )
     connectors_raw = _section(raw, "connectors")
     if not connectors_raw:

@@ -175,9 +175,12 @@ class Dispatcher:
         busy = [asyncio.ensure_future(guard.settled()) for guard in guards if guard.busy]
         if not busy:
             return True
-        _, pending = await asyncio.wait(busy, timeout=seconds)
-        for waiter in pending:
-            waiter.cancel()
+        try:
+            _, pending = await asyncio.wait(busy, timeout=seconds)
+        finally:
+            # Also when the caller stops waiting first (a shutdown cuts the revoke short).
+            for waiter in busy:
+                waiter.cancel()
         return not pending
 
     def stop_sending(self, partitions: Collection[TopicPartitionKey]) -> list[SendGuard]:

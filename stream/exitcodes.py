@@ -6,7 +6,9 @@
 * ``USAGE`` (2): fix the command line or the configuration: a bad flag (argparse's own status),
   a bad configuration file or setting, a port that cannot be opened.
 * ``UNAVAILABLE`` (3): a dependency could not be reached or refused us: Kafka or DotDigital
-  unreachable (after the command's retries), credentials rejected.
+  unreachable (after the command's retries), credentials rejected; for ``run``, a shutdown cut
+  at ``batching.shutdown_timeout_seconds`` because the broker did not take the final commit or
+  the group leave (:mod:`stream.shutdown`).
 * ``128 + N`` (:func:`interrupted`): stopped by signal N (130 for SIGINT, 143 for SIGTERM), as
   a shell reports it, after whatever clean-up the command promises.
 """

@@ -23,7 +23,13 @@ Contract:
   yet sent: once the revoke returned, this instance makes no DotDigital request for a record
   of those partitions (beyond the status polls of a job it stopped waiting for at that bound).
 * Shutdown (:meth:`Pipeline.stop`): stop fetching, flush everything for at most
-  ``batching.shutdown_flush_seconds``, wait for dead-letter acknowledgements, commit, leave.
+  ``batching.shutdown_flush_seconds``, wait for dead-letter acknowledgements, commit, leave;
+  all of it within ``batching.shutdown_timeout_seconds`` of the stop, in any state
+  (:mod:`stream.shutdown`). A revoke under way or starting meanwhile stops waiting at the
+  shutdown's flush deadline and commits what is final of its partitions. A consumer thread or a
+  final commit and group leave that the broker does not let finish in time is abandoned:
+  nothing more is committed (:attr:`Pipeline.abandoned`), and the next owner reads again what
+  was not.
 * The dead-letter circuit breaker opening pauses consumption for good (log line + metric); the
   process stays up so that its metrics can be scraped and an operator can look. It opens when
   most input is bad, when most contacts sent fail, or when every connector is suspended.
@@ -48,7 +54,7 @@ from confluent_kafka import Message
 from stream.breaker import DeadLetterBreaker
 from stream.client_pool import ClientPool
 from stream.clock import Clock, SystemClock
-from stream.config import REVOKE_DRAIN_SECONDS, Settings
+from stream.config import REVOKE_DRAIN_SECONDS, SHUTDOWN_DRAIN_SECONDS, Settings
 from stream.deadletter import DeadLetterPublisher
 from stream.deadletter_headers import DeadLetter, replay_count_of
 from stream.dispatch import Dispatcher, Failure
@@ -59,6 +65,7 @@ from stream.kafka_config import producer_config
 from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
+from stream.shutdown import ShutdownBudget, in_daemon_thread
 from stream.source import KafkaSource
 from stream.suspensions import Suspensions
 from stream.windowing import Batch, Contact, Handover, Trigger, Windower, handover
@@ -67,7 +74,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TICK_SECONDS = 0.2
-DRAIN_SECONDS = 5.0
+DRAIN_SECONDS = SHUTDOWN_DRAIN_SECONDS
 
 # What the dead-letter record needs of the source record: key, value, headers.
 Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
@@ -115,6 +122,9 @@ class Pipeline:
         self._consumed_counters: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
+        self._budget: ShutdownBudget | None = None
+        # The shutdown was cut at its bound before the final commit and group leave ended.
+        self.abandoned = False
         self._closing = False
         self._pause = False
         self._circuit_logged = False
@@ -157,30 +167,68 @@ class Pipeline:
             await self._shutdown()
 
     def stop(self) -> None:
-        """Ask the pipeline to shut down (safe from a signal handler on the loop)."""
+        """Ask the pipeline to shut down (safe from a signal handler on the loop); the bound
+        counts from the first call."""
+        if self._budget is None:
+            self._budget = ShutdownBudget.starting(self.clock, self.settings.batching)
         self._stopping.set()
 
     async def _shutdown(self) -> None:
         assert self.source is not None
         assert self.dead_letters is not None
-        log.info("shutting down: flushing buffered batches")
+        self.stop()  # the bound counts from here when the consumer failed on its own
+        assert self._budget is not None
+        budget = self._budget
+        log.info("shutting down within %g s: flushing buffered batches", budget.timeout_seconds)
         await self.dispatcher.stop_probes()
         self.source.stop()
-        await asyncio.to_thread(self.source.join)
+        # Flushes start while the consumer thread ends: it may be inside a revoke, which now
+        # waits no longer than the shutdown's flush deadline.
+        self._submit_all()
+        # A bounded join: the thread may be stuck in a commit to a broker that does not answer.
+        await asyncio.to_thread(self.source.join, self._left(budget.commit_deadline))
+        joined = not self.source.running
         self._closing = True
-        for batch in self.windows.drain():
-            self.dispatcher.submit(batch)
-        deadline = self.clock.monotonic() + self.settings.batching.shutdown_flush_seconds
-        if not await self.dispatcher.wait(self.settings.batching.shutdown_flush_seconds):
+        self._submit_all()
+        if not await self.dispatcher.wait(self._left(budget.flush_deadline)):
             log.warning("shutdown deadline passed with flushes in flight; they stay uncommitted")
-            await self.dispatcher.cancel()
+            cancelling = asyncio.ensure_future(self.dispatcher.cancel())
+            await asyncio.wait([cancelling], timeout=self._left(budget.commit_deadline))
         # The dead letters of the last flushes get a moment of their own even when the flushes
         # used up the deadline: acknowledged now, they need not be redone after the restart.
-        await self._drain_dead_letters(max(deadline, self.clock.monotonic() + DRAIN_SECONDS))
-        offsets = self.tracker.committable()
-        await asyncio.to_thread(self.source.commit_and_close, offsets)
-        log.info("committed %s and left the group", _describe(offsets))
-        await self.clients.close()
+        await self._drain_dead_letters(budget.drain_deadline(self.clock.monotonic()))
+        if joined:
+            offsets = self.tracker.committable()
+            source = self.source
+            closing = in_daemon_thread(lambda: source.commit_and_close(offsets))
+            await asyncio.wait([closing], timeout=self._left(budget.commit_deadline))
+            if closing.done():
+                closing.result()
+                log.info("committed %s and left the group", _describe(offsets))
+            else:
+                self.abandoned = True
+                log.error(
+                    "the final commit and group leave did not end within "
+                    "batching.shutdown_timeout_seconds (%g s); abandoned: the next owner reads "
+                    "again what was not committed",
+                    budget.timeout_seconds,
+                )
+        else:
+            self.abandoned = True
+            log.error(
+                "the Kafka consumer thread did not end within batching.shutdown_timeout_seconds "
+                "(%g s; the broker may be unreachable); nothing more is committed",
+                budget.timeout_seconds,
+            )
+        closing_clients = asyncio.ensure_future(self.clients.close())
+        await asyncio.wait([closing_clients], timeout=max(self._left(budget.deadline), 0.1))
+
+    def _submit_all(self) -> None:
+        for batch in self.windows.drain():
+            self.dispatcher.submit(batch)
+
+    def _left(self, deadline: float) -> float:
+        return max(0.0, deadline - self.clock.monotonic())
 
     async def _drain_dead_letters(self, deadline: float) -> None:
         assert self.dead_letters is not None
@@ -331,7 +379,12 @@ class Pipeline:
         if not self._closing:
             for batch in self.windows.drain_partitions(revoked):
                 self.dispatcher.submit(batch)
-            if not await self.dispatcher.wait(batching.revoke_flush_seconds, revoked):
+            if (
+                await self._unless_shutdown_cuts(
+                    self.dispatcher.wait(batching.revoke_flush_seconds, revoked)
+                )
+                is False
+            ):
                 log.info(
                     "revoke: flushes still in flight after %.0f s; stopping what DotDigital "
                     "has not taken on yet",
@@ -345,7 +398,12 @@ class Pipeline:
             split = self._handover(revoked)
             for ref in split.overtaken + split.yielded:
                 self._finish(ref)
-            if not await self.dispatcher.revoke(revoked, batching.revoke_job_seconds):
+            if (
+                await self._unless_shutdown_cuts(
+                    self.dispatcher.revoke(revoked, batching.revoke_job_seconds)
+                )
+                is False
+            ):
                 log.warning(
                     "revoke: DotDigital jobs for revoked partitions still running after %.0f s; "
                     "no longer waiting for them (the new owner's changes may be overtaken)",
@@ -353,7 +411,10 @@ class Pipeline:
                 )
             # Dead letters decided by the flushes and jobs above, acknowledged now, are final and
             # committed with the revoke instead of being redone by the new owner.
-            await self._drain_dead_letters(self.clock.monotonic() + REVOKE_DRAIN_SECONDS)
+            drained = self.clock.monotonic() + REVOKE_DRAIN_SECONDS
+            if self._budget is not None:
+                drained = min(drained, self._budget.drain_deadline(self.clock.monotonic()))
+            await self._drain_dead_letters(drained)
             positions = self.tracker.committable(revoked)
             self._warn_if_reread(split.overtaken)
             self._forget(partitions)
@@ -381,6 +442,33 @@ class Pipeline:
         contacts = [(b.key, c) for b in self.dispatcher.batches for c in b.contacts()]
         contacts += self.windows.pending_contacts()
         return handover(contacts, revoked, self.tracker.is_open)
+
+    async def _unless_shutdown_cuts(self, waiting: Awaitable[bool]) -> bool | None:
+        """``waiting``'s answer, or None once a shutdown's flush deadline passed first: the
+        consumer thread waits inside the revoke, and the shutdown's bound must hold."""
+        wait = asyncio.ensure_future(waiting)
+        cut = asyncio.ensure_future(self._flush_deadline_passed())
+        try:
+            await asyncio.wait([wait, cut], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            wait.cancel()
+            raise
+        finally:
+            cut.cancel()
+        if wait.done():
+            return wait.result()
+        wait.cancel()
+        await asyncio.wait([wait])
+        log.warning(
+            "revoke: shutting down; no longer waiting for what DotDigital may still be doing "
+            "for the revoked partitions (the new owner's changes may be overtaken)"
+        )
+        return None
+
+    async def _flush_deadline_passed(self) -> None:
+        await self._stopping.wait()
+        assert self._budget is not None
+        await self.clock.sleep(self._budget.flush_deadline - self.clock.monotonic())
 
     def _lose(self, partitions: Sequence[TopicPartitionKey]) -> None:
         """Partitions taken without a clean revoke: another member may own them already, so

@@ -113,7 +113,9 @@ class KafkaSource:
         return self._thread.is_alive()
 
     def commit_and_close(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
-        """Final commit and leave the group. Call after the thread ended."""
+        """Final commit and leave the group. Call after the thread ended. Either may block for
+        as long as the broker does not answer: the pipeline calls it in a thread it can abandon
+        at the shutdown's bound."""
         try:
             self._commit(offsets)
         finally:

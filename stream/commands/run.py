@@ -1,4 +1,10 @@
-"""``ddsync run --config FILE``: consume and sync until SIGTERM or SIGINT."""
+"""``ddsync run --config FILE``: consume and sync until SIGTERM or SIGINT.
+
+The first signal starts the shutdown and its bound (``batching.shutdown_timeout_seconds``,
+:mod:`stream.shutdown`): exit 0 after the final commit, or ``ABANDONED`` (3) when the broker did
+not take the final commit or the group leave within the bound, or when anything else still
+blocked the process at it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,7 @@ from stream.health import Health
 from stream.http_server import HttpServer
 from stream.kafka_config import consumer_config, producer_config
 from stream.pipeline import Pipeline
+from stream.shutdown import ABANDONED, Watchdog
 from stream.topics import TopicError, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -37,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "run",
         help="consume transitions and keep DotDigital address books in step",
         description="Consume transitions and keep DotDigital address books in step. "
-        "SIGTERM or SIGINT flushes what is buffered, commits and exits 0.",
+        "SIGTERM or SIGINT flushes what is buffered, commits and exits 0, within "
+        "batching.shutdown_timeout_seconds (else exits 3, committing only what is final).",
     )
     parser.add_argument("--config", type=Path, required=True, help="the TOML configuration file")
     parser.set_defaults(handler=handle)
@@ -62,7 +72,16 @@ def check_kafka_settings(settings: Settings) -> str | None:
     return None
 
 
-async def run(settings: Settings) -> int:
+def exit_now(status: int) -> None:
+    """End the process at once: a thread blocked on an unreachable broker would hold up the
+    interpreter's own exit."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+async def run(settings: Settings, *, hard_exit: Callable[[int], object] = exit_now) -> int:
     problem = check_kafka_settings(settings)
     if problem is not None:
         print(f"ddsync: {problem}", file=sys.stderr)
@@ -99,12 +118,21 @@ async def run(settings: Settings) -> int:
             metrics.host,
             metrics.port,
         )
+    watchdog = Watchdog(settings.batching.shutdown_timeout_seconds, hard_exit)
+
+    def shut_down() -> None:
+        watchdog.arm()
+        pipeline.stop()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, pipeline.stop)
+        loop.add_signal_handler(signum, shut_down)
     try:
         await pipeline.run()
     finally:
         if server is not None:
             server.stop()
+    if pipeline.abandoned:
+        hard_exit(ABANDONED)
+        return ABANDONED
     return ExitCode.OK

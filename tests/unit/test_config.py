@@ -286,3 +286,33 @@ def test_liveness_must_outlast_a_revoke(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"liveness_timeout_seconds must exceed a revoke's bound"):
         load_settings(write(tmp_path, text), ENV)
+
+
+def test_the_shutdown_bound_must_hold_the_flush_the_drain_and_the_commit(tmp_path: Path) -> None:
+    batching = load_settings(write(tmp_path, MINIMAL), ENV).batching
+    assert (batching.shutdown_flush_seconds, batching.shutdown_timeout_seconds) == (30.0, 50.0)
+    text = MINIMAL.replace(
+        "[connectors.eu_main]",
+        "[batching]\nshutdown_flush_seconds = 30\nshutdown_timeout_seconds = 39\n"
+        "[connectors.eu_main]",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text), ENV)
+    assert str(error.value).startswith(
+        "batching.shutdown_flush_seconds + 5 s for dead-letter acknowledgements + 5 s for the "
+        "final commit (40 s) must fit in batching.shutdown_timeout_seconds (39 s)"
+    )
+    assert load_settings(write(tmp_path, text.replace("= 39", "= 40")), ENV)
+    with pytest.raises(ConfigError, match="shutdown_timeout_seconds must be greater than 0"):
+        load_settings(write(tmp_path, text.replace("= 39", "= 0")), ENV)
+    # Nor may liveness fail while a shutdown runs (the loop does not tick meanwhile).
+    longer = text.replace("= 39", "= 200")
+    with pytest.raises(ConfigError, match=r"liveness_timeout_seconds must exceed batching\.shut"):
+        load_settings(write(tmp_path, longer), ENV)
+    assert load_settings(
+        write(
+            tmp_path,
+            longer.replace("[connectors", "[metrics]\nliveness_timeout_seconds = 201\n[connectors"),
+        ),
+        ENV,
+    )
