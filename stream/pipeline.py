@@ -217,6 +217,9 @@ class Pipeline:
             # buffer is spread over many address books; send what is buffered now instead.
             for batch in self.windows.drain(Trigger.PRESSURE):
                 self.dispatcher.submit(batch)
+        elif self.dead_letters is not None and self.dead_letters.congested:
+            # librdkafka's queue is full: more records would only lengthen the letters' backlog.
+            self._pause = True
         elif open_records <= cap // 2:
             self._pause = False
 
