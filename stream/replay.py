@@ -62,6 +62,7 @@ from stream.clock import Clock
 from stream.config import Settings
 from stream.deadletter_headers import H_VALUE_OMITTED, DeadLetter, Reason, replay_headers
 from stream.kafka_config import consumer_config, producer_config
+from stream.source import readable_headers
 
 log = logging.getLogger(__name__)
 
@@ -779,8 +780,8 @@ class Replayer:
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None:
             return None
-        raw = message.headers() or ()
-        pairs = raw.items() if isinstance(raw, Mapping) else raw
+        # None when a header name is not UTF-8: no ddsync.* headers read, so it counts as malformed.
+        pairs = readable_headers(message) or ()
         return DeadLetterRecord(
             partition=partition,
             offset=offset,
