@@ -15,6 +15,7 @@ Contract:
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -492,6 +493,10 @@ def _get(
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if not isinstance(value, kind):
         raise ConfigError(f"{name} must be {_kind_name(kind)}, got {value!r}")
+    # TOML has nan and inf. nan passes every comparison-based check (nan <= 0 is false), and no
+    # duration, ratio or timeout of ddsync means anything infinite.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return value
 
 

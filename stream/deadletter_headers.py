@@ -68,6 +68,9 @@ H_EVENT_ID: Final = "ddsync.event_id"
 H_ATTEMPTS: Final = "ddsync.attempts"
 H_FAILED_AT: Final = "ddsync.failed_at"
 H_REPLAY_COUNT: Final = "ddsync.replay_count"
+# Only on a record too large for the dead-letter topic, written without its value: says what was
+# left out. Not a DeadLetter field: the replay tool refuses such a record (nothing to replay).
+H_VALUE_OMITTED: Final = "ddsync.value_omitted"
 
 HEADER_NAMES: Final = (
     H_REASON,

@@ -11,10 +11,12 @@ Contract:
 
   1. :attr:`Reason.INVALID_EVENT` -- no value (a tombstone), not JSON, not an object, a field
      missing or of the wrong type, an unknown ``kind``/``action``, an ``occurred_at`` that is not
-     an RFC 3339 date-time with an offset, an ``address_book_id`` that is not a positive integer
-     (``true`` is not an integer; ``12.0`` is, as in JSON Schema).
+     an RFC 3339 date-time with an offset (or one that is out of range in UTC), an
+     ``address_book_id`` that is not an integer from 1 to 2^31-1 (DotDigital's list ids are
+     int32; ``true`` is not an integer; ``12.0`` is, as in JSON Schema).
   2. :attr:`Reason.MISSING_IDENTIFIER` -- ``profile.partner_ids."34"`` missing, not a string,
-     blank, or not shaped like an email address (``local@domain``, no whitespace inside).
+     blank, longer than 254 characters (SMTP's limit on an address), or not shaped like an email
+     address (``local@domain``, no whitespace inside).
   3. :attr:`Reason.UNKNOWN_CONNECTOR` -- ``connector_id`` is not in the configured connectors.
 
   ``InvalidRecord.detail`` is one human-readable sentence naming the field. ``event_id``,
@@ -29,7 +31,8 @@ Where the JSON Schema and this decoder differ, by necessity: the schema cannot k
 connectors are configured; it cannot say *which* reason a rejection gets; and its ``pattern``
 keywords follow ECMA-262 regular expressions, whose ``\\s`` differs from Python's ``str.strip``
 in a few exotic code points. Day-of-month validity is checked by the schema only when a
-validator asserts ``format: date-time`` (the ``pattern`` alone accepts ``2024-02-30``).
+validator asserts ``format: date-time`` (the ``pattern`` alone accepts ``2024-02-30``), and
+the schema cannot say that a date-time at the edge of year 1 or 9999 must still be one in UTC.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
@@ -73,6 +76,11 @@ _RFC3339: Final = re.compile(
 # Deliberately loose: DotDigital is the authority on addresses and rejects per contact; this only
 # keeps values that cannot be an address (blank, no "@", inner spaces) out of a batch.
 _EMAIL: Final = re.compile(r"\S+@[^\s@]+")
+# SMTP's limit on a path (RFC 5321 4.5.3.1.3); counted on the value as written, as the schema's
+# maxLength does.
+MAX_EMAIL_LENGTH: Final = 254
+# DotDigital's list (address book) ids are int32 in its API ("Immutable unique list ID").
+MAX_ADDRESS_BOOK_ID: Final = 2**31 - 1
 
 
 class Action(StrEnum):
@@ -188,7 +196,7 @@ def _parse_valid(document: dict[str, Any]) -> Transition | None:
         and type(connector_id) is str
         and connector_id
         and type(address_book_id) is int
-        and address_book_id > 0
+        and 0 < address_book_id <= MAX_ADDRESS_BOOK_ID
         and type(kind) is str
         and type(action) is str
         and type(occurred) is str
@@ -208,7 +216,7 @@ def _parse_valid(document: dict[str, Any]) -> Transition | None:
     ):
         return None
     raw_email = partner_ids.get(DOTDIGITAL_PARTNER_ID)
-    if type(raw_email) is not str:
+    if type(raw_email) is not str or len(raw_email) > MAX_EMAIL_LENGTH:
         return None
     email = raw_email.strip()
     if not email or not _EMAIL.fullmatch(email) or not _RFC3339.fullmatch(occurred):
@@ -216,6 +224,8 @@ def _parse_valid(document: dict[str, Any]) -> Transition | None:
     try:
         occurred_at = datetime.fromisoformat(occurred.upper())
     except ValueError:
+        return None
+    if occurred_at.year in _EDGE_YEARS:
         return None
     return Transition(
         event_id=event_id,
@@ -260,6 +270,8 @@ def _parse(document: Mapping[str, Any]) -> Transition:
 
 
 _MISSING: Final[Any] = object()
+# A date-time in these years may not exist in UTC (9999-12-31T23:59-01:00): checked slowly.
+_EDGE_YEARS: Final = frozenset({1, 9999})
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -293,8 +305,11 @@ def _timestamp(value: Any) -> datetime:
     if isinstance(value, str) and _RFC3339.fullmatch(value):
         try:
             # fromisoformat takes "Z" but not a lower-case "t"/"z", which RFC 3339 allows.
-            return datetime.fromisoformat(value.upper())
-        except ValueError:
+            parsed = datetime.fromisoformat(value.upper())
+            if parsed.year in _EDGE_YEARS:
+                parsed.astimezone(UTC)  # any comparison or conversion would overflow later
+            return parsed
+        except (ValueError, OverflowError):
             pass  # e.g. 2024-02-30 or year 0: the pattern cannot know
     raise _Reject(
         Reason.INVALID_EVENT,
@@ -306,13 +321,15 @@ def _address_book_id(value: Any) -> int:
     if value is _MISSING:
         raise _Reject(Reason.INVALID_EVENT, "address_book_id is missing")
     # bool is an int subclass in Python but not an integer in JSON.
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ADDRESS_BOOK_ID:
         return value
     # JSON Schema counts 12.0 as an integer; so do we, to agree with the published schema.
-    if isinstance(value, float) and value.is_integer() and value > 0:
+    if isinstance(value, float) and value.is_integer() and 0 < value <= MAX_ADDRESS_BOOK_ID:
         return int(value)
     raise _Reject(
-        Reason.INVALID_EVENT, f"address_book_id must be a positive integer, got {_show(value)}"
+        Reason.INVALID_EVENT,
+        f"address_book_id must be an integer from 1 to {MAX_ADDRESS_BOOK_ID} (a DotDigital "
+        f"list id), got {_show(value)}",
     )
 
 
@@ -332,6 +349,11 @@ def _email(partner_ids: Any) -> str:
     if not isinstance(value, str):
         raise _Reject(
             Reason.MISSING_IDENTIFIER, f"{name} must be an email string, got {_show(value)}"
+        )
+    if len(value) > MAX_EMAIL_LENGTH:
+        raise _Reject(
+            Reason.MISSING_IDENTIFIER,
+            f"{name} is not an email address: longer than {MAX_EMAIL_LENGTH} characters",
         )
     email = value.strip()
     if not email:
@@ -353,7 +375,7 @@ def _readable(document: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(connector_id, str) and connector_id:
         readable["connector_id"] = connector_id
     address_book_id = document.get("address_book_id")
-    if type(address_book_id) is int and address_book_id > 0:
+    if type(address_book_id) is int and 0 < address_book_id <= MAX_ADDRESS_BOOK_ID:
         readable["address_book_id"] = address_book_id
     return readable
 

@@ -10,7 +10,8 @@ Contract:
   ``ddsync demo``) starts from it, so a secured cluster works for all of them or none.
 * The settings ddsync's guarantees rest on (:data:`GUARANTEED_CONSUMER`,
   :data:`GUARANTEED_PRODUCER`) are applied last and cannot be overridden; ``stream.config``
-  refuses a configuration that tries, naming the setting.
+  refuses a configuration that tries, naming the setting; so it does an ``auto.offset.reset``
+  other than earliest (:data:`RESTRICTED_CONSUMER`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ GUARANTEED_PRODUCER: Mapping[str, Any] = {"acks": "all", "enable.idempotence": T
 # Aliases librdkafka accepts for the same settings: an override by another name is one too.
 GUARANTEED_ALIASES: Mapping[str, str] = {
     "request.required.acks": "acks",
+}
+# Settings that may be written, but only with one of these values. auto.offset.reset applies
+# when a partition has no committed offset (a new group, offsets expired or out of range):
+# latest/largest/end would skip every record before the current end, unsynced and never
+# dead-lettered; error makes librdkafka report an error that the consumer logs and passes over
+# while the partition stays unconsumed. Reading from the beginning again only re-sends what
+# DotDigital already has, which the last transition winning makes harmless.
+RESTRICTED_CONSUMER: Mapping[str, frozenset[str]] = {
+    "auto.offset.reset": frozenset({"earliest", "smallest", "beginning"}),
 }
 
 
@@ -97,7 +107,7 @@ OWN_SETTINGS: Mapping[str, str] = {
 
 def refused_setting(table: str, settings: Mapping[str, Any]) -> str | None:
     """Why ``[kafka.<table>]`` may not hold one of its keys (the first such), if any: it would
-    override a guarantee, or it has a ddsync setting of its own."""
+    override a guarantee, it has a ddsync setting of its own, or its value could lose records."""
     guaranteed = GUARANTEED_CONSUMER if table == "consumer" else GUARANTEED_PRODUCER
     for key in settings:
         name = GUARANTEED_ALIASES.get(key, key)
@@ -108,6 +118,13 @@ def refused_setting(table: str, settings: Mapping[str, Any]) -> str | None:
             )
         if key in OWN_SETTINGS:
             return f'kafka.{table}."{key}" cannot be set here: use {OWN_SETTINGS[key]}'
+        allowed = RESTRICTED_CONSUMER.get(key) if table == "consumer" else None
+        if allowed is not None and str(settings[key]).lower() not in allowed:
+            return (
+                f'kafka.{table}."{key}" cannot be {_toml(settings[key])}: ddsync requires '
+                f'"earliest" (any other value can skip records or stop a partition without '
+                f"an error when it has no committed offset)"
+            )
     return None
 
 

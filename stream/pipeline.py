@@ -56,7 +56,7 @@ from stream.client_pool import ClientPool
 from stream.clock import Clock, SystemClock
 from stream.config import REVOKE_DRAIN_SECONDS, SHUTDOWN_DRAIN_SECONDS, Settings
 from stream.deadletter import DeadLetterPublisher
-from stream.deadletter_headers import DeadLetter, replay_count_of
+from stream.deadletter_headers import DeadLetter, Reason, replay_count_of
 from stream.dispatch import Dispatcher, Failure
 from stream.dotdigital import Operation
 from stream.events import InvalidRecord, decode_transition
@@ -66,7 +66,7 @@ from stream.lag import PartitionProgress, progress_of
 from stream.metrics import Metrics
 from stream.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.shutdown import ShutdownBudget, in_daemon_thread
-from stream.source import KafkaSource
+from stream.source import KafkaSource, readable_headers
 from stream.suspensions import Suspensions
 from stream.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 
@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TICK_SECONDS = 0.2
 DRAIN_SECONDS = SHUTDOWN_DRAIN_SECONDS
+UNREADABLE_HEADERS = "the record's headers cannot be read (a header name is not UTF-8)"
 
 # What the dead-letter record needs of the source record: key, value, headers.
 Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
@@ -265,6 +266,9 @@ class Pipeline:
             # buffer is spread over many address books; send what is buffered now instead.
             for batch in self.windows.drain(Trigger.PRESSURE):
                 self.dispatcher.submit(batch)
+        elif self.dead_letters is not None and self.dead_letters.congested:
+            # librdkafka's queue is full: more records would only lengthen the letters' backlog.
+            self._pause = True
         elif open_records <= cap // 2:
             self._pause = False
 
@@ -337,15 +341,11 @@ class Pipeline:
                     # Not ours any more, or already being processed (a re-delivery after seek).
                     continue
                 counts[topic] = counts.get(topic, 0) + 1
-                headers = message.headers()
-                original: Original = (
-                    message.key(),
-                    message.value(),
-                    []
-                    if headers is None
-                    else list(headers.items() if isinstance(headers, dict) else headers),
-                )
+                headers = readable_headers(message)
+                original: Original = (message.key(), message.value(), headers or [])
                 try:
+                    if headers is None:
+                        raise InvalidRecord(Reason.INVALID_EVENT, UNREADABLE_HEADERS)
                     transition = decode_transition(original[1], connectors)
                 except InvalidRecord as invalid:
                     breaker.decoded(True)

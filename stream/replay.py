@@ -60,8 +60,9 @@ from confluent_kafka import (
 
 from stream.clock import Clock
 from stream.config import Settings
-from stream.deadletter_headers import DeadLetter, Reason, replay_headers
+from stream.deadletter_headers import H_VALUE_OMITTED, DeadLetter, Reason, replay_headers
 from stream.kafka_config import consumer_config, producer_config
+from stream.source import readable_headers
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,9 @@ def decide(
     Order: malformed, then the filter, then the max-replays guard, so "refused" only counts
     records the operator actually chose.
     """
+    pairs = list(headers or ())
     try:
-        letter = DeadLetter.from_headers(list(headers or ()))
+        letter = DeadLetter.from_headers(pairs)
     except ValueError as exc:  # MalformedDeadLetter, or a value DeadLetter itself rejects
         return Decision(Verdict.MALFORMED, problem=str(exc))
     if not letter.source_topic:
@@ -163,6 +165,14 @@ def decide(
     if letter.source_topic == dead_letter_topic:
         # Producing it would put the record straight back where it is: a loop, not a replay.
         return Decision(Verdict.MALFORMED, letter, "its source topic is the dead-letter topic")
+    if any(name == H_VALUE_OMITTED for name, _ in pairs):
+        # Too large for the dead-letter topic: replaying it would produce an empty record.
+        return Decision(
+            Verdict.MALFORMED,
+            letter,
+            "it was written without its value (too large); replay the original from "
+            f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}",
+        )
     if not record_filter.matches(letter):
         return Decision(Verdict.FILTERED, letter)
     if letter.replay_count >= max_replays:
@@ -770,8 +780,8 @@ class Replayer:
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None:
             return None
-        raw = message.headers() or ()
-        pairs = raw.items() if isinstance(raw, Mapping) else raw
+        # None when a header name is not UTF-8: no ddsync.* headers read, so it counts as malformed.
+        pairs = readable_headers(message) or ()
         return DeadLetterRecord(
             partition=partition,
             offset=offset,

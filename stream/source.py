@@ -7,7 +7,8 @@ commit is made inside its revoke callback, and afterwards the tracker no longer 
 Contract with the :class:`SourceHandler` (the pipeline), whose methods are called from this
 thread and must be thread-safe:
 
-* ``on_records`` receives records in partition order; the handler opens each one.
+* ``on_records`` receives records in partition order; the handler opens each one. Their
+  headers are read with :func:`readable_headers`, which never raises.
 * ``on_assign`` / ``on_revoke`` bracket ownership; ``on_revoke`` returns the offsets to commit for
   the revoked partitions after it flushed what it could within its time bound. ``on_lost``
   (partitions taken without a clean revoke) commits nothing.
@@ -22,7 +23,9 @@ thread and must be thread-safe:
 
 from __future__ import annotations
 
+import gc
 import logging
+import operator
 import threading
 import time
 from collections.abc import Mapping
@@ -41,6 +44,7 @@ from stream.offsets import TopicPartitionKey
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+_HEADERS = operator.methodcaller("headers")
 
 
 class SourceHandler(Protocol):
@@ -59,6 +63,33 @@ class SourceHandler(Protocol):
     def should_pause(self) -> bool: ...
 
     def progress(self) -> Mapping[TopicPartitionKey, PartitionProgress]: ...
+
+
+def readable_headers(message: Message) -> list[tuple[str, str | bytes | None]] | None:
+    """A consumed record's headers, or None when confluent-kafka cannot decode them (a header
+    name that is not UTF-8 makes ``headers()`` raise SystemError): such a record is bad input,
+    to be dead-lettered, not a reason for the consumer thread to die and read it again.
+
+    Call it once per message: after a failure the binding keeps a list holding a NULL name,
+    which a second ``headers()`` returns without error (and touching it crashes the process).
+    """
+    # The binding returns the list with the UnicodeDecodeError still pending. A plain
+    # message.headers() call site, once CPython 3.11 has specialised it, does not check for
+    # that: the broken list comes back as if nothing happened and the process crashes later.
+    # methodcaller calls through the generic path, which turns the pending error into a
+    # SystemError here; no garbage collection meanwhile, which could swallow the error.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        headers = _HEADERS(message)
+    except Exception:  # whatever the binding raises, the record is unreadable
+        return None
+    finally:
+        if collecting:
+            gc.enable()
+    if headers is None:
+        return []
+    return list(headers.items() if isinstance(headers, dict) else headers)
 
 
 def pipeline_consumer_config(settings: KafkaSettings) -> dict[str, Any]:

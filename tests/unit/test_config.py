@@ -316,3 +316,60 @@ def test_the_shutdown_bound_must_hold_the_flush_the_drain_and_the_commit(tmp_pat
         ),
         ENV,
     )
+
+
+@pytest.mark.parametrize("value", ["nan", "+nan", "-nan", "inf", "+inf", "-inf"])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("batching", "window_seconds"),
+        ("batching", "revoke_flush_seconds"),
+        ("dispatch", "retry_timeout_seconds"),
+        ("dispatch", "commit_interval_seconds"),
+        ("metrics", "liveness_timeout_seconds"),
+        ("dead_letter", "breaker_ratio"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused_naming_the_setting(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    # TOML has nan and inf; nan compares false with everything, so "> 0" alone lets it through
+    # (a nan window crashes on the first record, a nan retry timeout never gives up).
+    text = MINIMAL.replace(
+        "[connectors.eu_main]", f"[{section}]\n{key} = {value}\n[connectors.eu_main]"
+    )
+    with pytest.raises(ConfigError, match=rf"^{section}\.{key} must be a finite number"):
+        load_settings(write(tmp_path, text), ENV)
+
+
+def test_a_connectors_number_that_is_not_finite_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + "request_timeout_seconds = nan\n"
+    with pytest.raises(ConfigError, match=r"^connectors\.eu_main\.request_timeout_seconds must"):
+        load_settings(write(tmp_path, text), ENV)
+    env = {**ENV, "DDSYNC__BATCHING__WINDOW_SECONDS": "nan"}
+    with pytest.raises(ConfigError, match=r"^batching\.window_seconds must be a finite number"):
+        load_settings(write(tmp_path, MINIMAL), env)
+
+
+@pytest.mark.parametrize("value", ["latest", "largest", "end", "error"])
+def test_an_offset_reset_that_could_skip_or_stall_records_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    line = f'"auto.offset.reset" = "{value}"'
+    text = MINIMAL.replace(
+        "[connectors.eu_main]", f"[kafka.consumer]\n{line}\n[connectors.eu_main]"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text), ENV)
+    assert str(error.value).startswith('kafka.consumer."auto.offset.reset" cannot be')
+    assert "earliest" in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["earliest", "smallest", "beginning"])
+def test_an_offset_reset_to_the_beginning_may_be_written(tmp_path: Path, value: str) -> None:
+    line = f'"auto.offset.reset" = "{value}"'
+    text = MINIMAL.replace(
+        "[connectors.eu_main]", f"[kafka.consumer]\n{line}\n[connectors.eu_main]"
+    )
+    settings = load_settings(write(tmp_path, text), ENV)
+    assert consumer_config(settings.kafka)["auto.offset.reset"] == value

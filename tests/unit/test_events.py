@@ -25,6 +25,7 @@ from stream.events import (
 )
 
 CONNECTORS = frozenset({"eu-main", "us-main"})
+BOOK_ID_RULE = "address_book_id must be an integer from 1 to 2147483647 (a DotDigital list id),"
 
 
 def record(**overrides: Any) -> dict[str, Any]:
@@ -166,12 +167,30 @@ def test_missing_address_book_and_profile_id_are_named() -> None:
         ({"kind": "Audience"}, "kind must be 'audience' or 'journey', got 'Audience'"),
         ({"action": "delete"}, "action must be 'add' or 'remove', got 'delete'"),
         ({"action": 1}, "action must be 'add' or 'remove', got 1"),
-        ({"address_book_id": "12"}, "address_book_id must be a positive integer, got '12'"),
-        ({"address_book_id": True}, "address_book_id must be a positive integer, got True"),
-        ({"address_book_id": 0}, "address_book_id must be a positive integer, got 0"),
-        ({"address_book_id": -5}, "address_book_id must be a positive integer, got -5"),
-        ({"address_book_id": 12.5}, "address_book_id must be a positive integer, got 12.5"),
-        ({"address_book_id": None}, "address_book_id must be a positive integer, got null"),
+        (
+            {"address_book_id": "12"},
+            BOOK_ID_RULE + " got '12'",
+        ),
+        (
+            {"address_book_id": True},
+            BOOK_ID_RULE + " got True",
+        ),
+        (
+            {"address_book_id": 0},
+            BOOK_ID_RULE + " got 0",
+        ),
+        (
+            {"address_book_id": -5},
+            BOOK_ID_RULE + " got -5",
+        ),
+        (
+            {"address_book_id": 12.5},
+            BOOK_ID_RULE + " got 12.5",
+        ),
+        (
+            {"address_book_id": None},
+            BOOK_ID_RULE + " got null",
+        ),
         ({"profile": "prof-1"}, "profile must be an object, got a string"),
         ({"profile": {"id": 5, "partner_ids": {"34": "a@b"}}}, "profile.id must be a non-empty"),
     ],
@@ -471,3 +490,124 @@ def test_the_one_pass_check_takes_the_usual_record_and_leaves_rare_forms_to_the_
     # 12.0 is an integer to JSON Schema: the parse accepts it, the one-pass check defers.
     assert events._parse_valid(record(address_book_id=123.0)) is None
     assert decode(record(address_book_id=123.0)).address_book_id == 123
+
+
+# --- hostile values: rejected as invalid records, never passed on to fail later ---------------
+
+INT32_MAX = 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        *(b"1e300", b"18446744073709551615", b"9223372036854775807", b"2147483648"),
+        *(b"2147483648.0", b"12.5", b"-1", b"0", b"-0.0", b"true", b'"12"'),
+    ],
+)
+def test_an_address_book_id_dotdigital_cannot_have_is_an_invalid_event(literal: bytes) -> None:
+    # DotDigital's list ids are int32 (the lists API: "Immutable unique list ID", format int32).
+    raw = orjson.dumps(record()).replace(b'"address_book_id":123', b'"address_book_id":' + literal)
+    with pytest.raises(InvalidRecord) as error:
+        decode_transition(raw, CONNECTORS)
+    assert error.value.reason is Reason.INVALID_EVENT
+    assert "address_book_id must be an integer from 1 to 2147483647" in error.value.detail
+    assert error.value.address_book_id is None
+
+
+def test_the_largest_int32_address_book_id_is_accepted() -> None:
+    assert decode(record(address_book_id=INT32_MAX)).address_book_id == INT32_MAX
+    assert decode(record(address_book_id=float(INT32_MAX))).address_book_id == INT32_MAX
+
+
+@pytest.mark.parametrize("email", ["a" * 250 + "@b.cd", " " + "a" * 251 + "@b.c"])
+def test_an_email_longer_than_an_address_can_be_is_missing_identifier(email: str) -> None:
+    # SMTP caps a path at 254 characters; anything longer is not an address, and would be sent
+    # to DotDigital in a URL (the contact look-up) before being refused there.
+    reason, detail = outcome(orjson.dumps(with_partner_ids({"34": email})), CONNECTORS)
+    assert reason is Reason.MISSING_IDENTIFIER
+    assert "longer than 254 characters" in detail
+    assert (
+        outcome(orjson.dumps(with_partner_ids({"34": "a" * 250 + "@b.c"})), CONNECTORS)[0] is None
+    )
+
+
+@pytest.mark.parametrize("timestamp", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_a_timestamp_outside_the_representable_range_in_utc_is_invalid(timestamp: str) -> None:
+    reason, detail = outcome(orjson.dumps(record(occurred_at=timestamp)), CONNECTORS)
+    assert reason is Reason.INVALID_EVENT
+    assert "occurred_at" in detail
+
+
+def test_deep_and_huge_json_is_an_invalid_event() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert outcome(deep, CONNECTORS)[0] is Reason.INVALID_EVENT
+    nested = record(profile={"id": "p", "partner_ids": {"34": "a@b.c"}, "x": 1})
+    raw = orjson.dumps(nested).replace(b'"x":1', b'"x":' + b"[" * 2000 + b"]" * 2000)
+    assert outcome(raw, CONNECTORS)[0] is Reason.INVALID_EVENT
+    huge_int = orjson.dumps(record()).replace(
+        b'"address_book_id":123', b'"address_book_id":' + b"9" * 5000
+    )
+    assert outcome(huge_int, CONNECTORS)[0] is Reason.INVALID_EVENT
+
+
+# Any JSON: hypothesis builds documents of every shape, mixing in values near the valid ones.
+ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.sampled_from(
+        ["add", "remove", "audience", "journey", "eu-main", "a@b.c", "2024-05-01T12:30:15Z"]
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=5) | st.sampled_from(list(record())), children, max_size=6
+        )
+    ),
+    max_leaves=30,
+)
+
+
+def _as_bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        # nan, inf, integers past 64 bits: orjson will not write them; the standard library does.
+        return json.dumps(value).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=2000),
+        ANY_JSON.map(_as_bytes),
+        st.lists(st.tuples(PATHS, ANY_JSON), max_size=4).map(
+            lambda m: _as_bytes(mutate(record(), m))
+        ),
+    )
+)
+def test_any_value_decodes_to_a_valid_transition_or_raises_invalid_record(raw: bytes) -> None:
+    try:
+        transition = decode_transition(raw, _Everything())
+    except InvalidRecord as invalid:
+        rejected = invalid
+    else:
+        rejected = None
+    if rejected is not None:
+        assert rejected.reason in DECODE_REASONS
+        assert rejected.detail
+        assert rejected.address_book_id is None or 0 < rejected.address_book_id <= INT32_MAX
+        return
+    assert 0 < transition.address_book_id <= INT32_MAX
+    assert type(transition.address_book_id) is int
+    assert 0 < len(transition.email) <= 254
+    transition.occurred_at.astimezone(UTC)
+    for text in (
+        transition.event_id,
+        transition.profile_id,
+        transition.email,
+        transition.connector_id,
+    ):
+        text.encode("utf-8")  # goes into dead-letter headers and HTTP bodies

@@ -139,6 +139,8 @@ def test_the_filter_comes_before_the_guard() -> None:
         ([*headers(), ("ddsync.source_topic", b"\xff")], "is not UTF-8"),
         ([*headers(), (H_SOURCE_TOPIC, b"")], "header ddsync.source_topic is empty"),
         ([*headers(), (H_SOURCE_TOPIC, DLQ.encode())], "source topic is the dead-letter topic"),
+        # Too large for the dead-letter topic, it was written without its value.
+        ([*headers(), ("ddsync.value_omitted", b"too large")], "written without its value"),
     ],
 )
 def test_malformed_records_are_named_never_raised(
