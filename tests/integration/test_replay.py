@@ -22,12 +22,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.config import DeadLetterSettings, KafkaSettings, Settings
 from stream.deadletter_headers import (
+    H_REASON,
     H_REPLAY_COUNT,
     H_SOURCE_TOPIC,
     DeadLetter,
     Reason,
     replay_count_of,
 )
+from stream.demo import DemoRecord, Target, transition
 from stream.replay import (
     Replayer,
     ReplayError,
@@ -38,7 +40,17 @@ from stream.replay import (
     run_replay,
 )
 from tests.conftest import KafkaCluster
-from tests.support.processes import password_env, write_config
+from tests.support.processes import (
+    Account,
+    DdsyncProcess,
+    SandboxProcess,
+    committed_and_end,
+    password_env,
+    produce,
+    read_topic,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -408,16 +420,16 @@ def test_cli_dry_run_then_replay_as_a_real_process(kafka: KafkaCluster, tmp_path
     assert "auth_failed -> " + setup.audience + ": 1" in dry.stdout
     assert f"{setup.audience}[1]@1 reason=auth_failed code=ERROR_X key='profile-1'" in dry.stdout
     assert (
-        "dry run: would replay 1, refused (too many replays) 1, skipped by filter 1, malformed 0"
-        in dry.stdout
+        "dry run: would replay 1, refused (too many replays) 1, skipped by filter 1, malformed 0,"
+        " superseded 0, unverifiable 0" in dry.stdout
     )
     assert setup.committed() == [NO_OFFSET]
 
     real = ddsync("--group", setup.group, "--reason", "auth_failed")
     assert real.returncode == 0, real.stderr
     assert (
-        "replayed 1, refused (too many replays) 1, skipped by filter 1, malformed 0"
-        in real.stdout.splitlines()
+        "replayed 1, refused (too many replays) 1, skipped by filter 1, malformed 0, "
+        "superseded 0, unverifiable 0" in real.stdout.splitlines()
     )
     assert [r.key for r in setup.read(setup.audience)] == [b"profile-1"]
     assert setup.committed() == [3]
@@ -484,3 +496,77 @@ def test_cli_json_prints_one_object_on_stdout(kafka: KafkaCluster, tmp_path: Pat
     ]
     assert "2 record(s) to look at" in result.stderr
     assert "@example.com" not in result.stdout + result.stderr
+
+
+def test_a_replay_never_makes_a_book_older(kafka: KafkaCluster, tmp_path: Path) -> None:
+    """The issue's story: a record fails, a newer transition of the same contact syncs once the
+    cause is fixed, then the operator replays. The book must keep the newer state, while a
+    failed record that nothing superseded is replayed as before."""
+    account = Account("replay@apiconnector.com", "r1", (1,))
+    sandbox = SandboxProcess(tmp_path, [account], "--import-delay", "0.05")
+    topic = kafka.create_topic(partitions=2)
+    dead_letters = kafka.unique_topic("dlq")
+    group = f"ddsync-{uuid.uuid4().hex[:8]}"
+    config = write_config(
+        tmp_path / "ddsync.toml",
+        bootstrap=kafka.bootstrap_servers,
+        topics=[topic],
+        dead_letter_topic=dead_letters,
+        group=group,
+        connectors={"eu": (account.username, sandbox.discovery_url)},
+        window_seconds=1.0,
+        retry_timeout_seconds=4,
+    )
+    wrong = {password_env("eu"): "not-the-password"}
+    right = {password_env("eu"): account.password}
+
+    def record(n: int, profile: str, action: str) -> DemoRecord:
+        event = transition(
+            event_id=f"evt-{n}",
+            profile_id=profile,
+            email=f"{profile.upper()}@Example.com",  # the decoder's normalisation applies
+            target=Target("eu", 1),
+            action=action,
+            occurred_at=datetime(2024, 5, 1, 12, n, tzinfo=UTC),
+        )
+        return DemoRecord(profile.encode(), orjson.dumps(event))
+
+    def caught_up() -> bool:
+        committed, ends = committed_and_end(kafka.bootstrap_servers, group, topic, 2)
+        return all(end == 0 or offset == end for offset, end in zip(committed, ends, strict=True))
+
+    processes: list[DdsyncProcess] = []
+    try:
+        # 1. The password is wrong: both adds are dead-lettered.
+        processes.append(DdsyncProcess(config, tmp_path / "broken.log", wrong))
+        produce(
+            kafka.bootstrap_servers, topic, [record(1, "older", "add"), record(2, "kept", "add")]
+        )
+        wait_until(caught_up, 120, "the failing records were not committed")
+        assert processes[-1].terminate() == 0
+        letters = read_topic(kafka.bootstrap_servers, dead_letters, 2)
+        assert [letter.header(H_REASON) for letter in letters] == ["auth_failed"] * 2
+
+        # 2. The password is fixed; a newer transition of one contact removes it, and syncs.
+        processes.append(DdsyncProcess(config, tmp_path / "fixed.log", right))
+        produce(kafka.bootstrap_servers, topic, [record(3, "older", "remove")])
+        wait_until(caught_up, 120, "the newer transition was not committed")
+        assert sandbox.members(account.username, 1) == set()
+
+        # 3. The operator replays everything.
+        result = subprocess.run(
+            [sys.executable, "-m", "stream", "replay", "--config", str(config), "--json"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **right},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        wait_until(caught_up, 120, "the replayed records were not committed")
+
+        # The removal stays; the add nothing superseded is applied.
+        assert sandbox.members(account.username, 1) == {"kept@example.com"}
+        report = orjson.loads(result.stdout)
+        assert (report["replayed"], report["superseded"]) == (1, 1)
+    finally:
+        for process in processes:
+            if process.alive():
+                process.kill()
+        sandbox.stop()
