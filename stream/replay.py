@@ -13,6 +13,24 @@ Contract:
   (counted and logged, never produced), so a record that keeps failing cannot loop for ever.
 * Malformed records (no or broken ``ddsync.*`` headers, or a source topic that is the dead-letter
   topic itself) are reported and skipped; they never stop the run.
+* Never older (:func:`supersession`): a chosen record whose value is a transition is replayed only
+  when no later transition of the same contact and book (connector, address book, email as
+  :mod:`stream.events` normalises it) follows it in its source partition; otherwise it is
+  *superseded* and skipped, so the last transition of each contact and book in partition order
+  still wins. Of a record and its failed replay, or of two failed transitions, the latest in
+  source order is the one replayed. When the records after it cannot be read (deleted by
+  retention, removed by compaction, transaction markers -- the reader cannot tell them apart --,
+  a partition that ends before it, a topic or partition gone, not authorised) it is
+  *unverifiable* and skipped, unless ``replay_unverifiable``: skipping may leave a book short of
+  that transition, replaying may undo a newer one, and only the first is visible in the report.
+  A value that is not a transition touches no book and is replayed unchecked.
+* Cost: before producing, one read of the chosen dead-letter records (the plan) and one read of
+  each source partition concerned, from its lowest failed offset to the end offset taken then;
+  memory holds one entry per distinct contact to replay, not the source's records.
+* Where: a replayed record goes back to its source partition, after what the check read there
+  (the original producer's partitioner may not be librdkafka's); to the partitioner only when
+  that partition no longer exists. A transition produced to the source partition between the
+  check and the replayed copy is not seen: the copy then overrides it. Replay outside peaks.
 * A replayed record carries the original record's own headers plus ``ddsync.replay_count`` =
   previous + 1 (:func:`stream.deadletter_headers.replay_headers`); no other ``ddsync.*`` header.
 * Offsets: the replay has its own consumer group. It starts at the group's committed offsets (the
@@ -22,18 +40,20 @@ Contract:
   producer); a partition whose record failed to deliver is committed only up to that record.
   An interrupted replay therefore resumes where it stopped: nothing is lost, and nothing is
   replayed twice except what was produced but not yet committed when it died (at-least-once).
-  Skipped, refused and malformed records are committed past like replayed ones: a group's
-  committed offset means "this replay has decided about everything before it".
-* Dry run: the same decisions, nothing produced and nothing committed.
+  Skipped, refused, malformed, superseded and unverifiable records are committed past like
+  replayed ones: a group's committed offset means "this replay has decided about everything
+  before it".
+* Dry run: the same decisions (the source partitions are read too), nothing produced and
+  nothing committed.
 * Reports never hold record values or error messages (either may be personal data); keys
   (profile ids), reasons, error codes and positions are enough to act on.
 * Progress: after each batch consumed the run hands a :class:`ReplayProgress` to its
   ``on_progress`` callback; :class:`ProgressReporter` shows it (a bar on a terminal, a line every
   few seconds otherwise) and :func:`summary_json` is the report as one JSON object.
 
-The pure part (:class:`ReplayFilter`, :func:`decide`, :func:`format_summary`,
-:class:`ProgressReporter`) knows nothing of Kafka; :class:`Replayer` is the thin Kafka edge
-around it.
+The pure part (:class:`ReplayFilter`, :func:`decide`, :class:`ReplayPlan`, :class:`SourceHistory`,
+:func:`supersession`, :func:`format_summary`, :class:`ProgressReporter`) knows nothing of Kafka;
+:class:`Replayer` is the thin Kafka edge around it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -570,3 +570,51 @@ def test_a_replay_never_makes_a_book_older(kafka: KafkaCluster, tmp_path: Path) 
             if process.alive():
                 process.kill()
         sandbox.stop()
+
+
+def test_unverifiable_records_are_skipped_unless_asked_and_land_in_their_source_partition(
+    kafka: KafkaCluster,
+) -> None:
+    setup = Setup(kafka)
+
+    def value(email: str) -> bytes:
+        return orjson.dumps(
+            transition(
+                event_id=f"evt-{email}",
+                profile_id=email,
+                email=email,
+                target=Target("eu-main", 100),
+                action="add",
+                occurred_at=FAILED_AT,
+            )
+        )
+
+    # One original on partition 1 (offset 0); partition 0 stays empty.
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    producer.produce(setup.audience, key=b"k-1", value=value("one@example.com"), partition=1)
+    assert producer.flush(30) == 0
+
+    def at(partition: int, offset: int, email: str) -> Letter:
+        return Letter(
+            key=f"k-{partition}".encode(),
+            value=value(email),
+            letter=replace(
+                setup.letter(partition).letter, source_partition=partition, source_offset=offset
+            ),
+        )
+
+    # Partition 0 ends at 0, before the record at 5: recreated or truncated, nothing to check.
+    setup.put([at(1, 0, "one@example.com"), at(0, 5, "gone@example.com")])
+
+    dry = run_replay(setup.settings, setup.options(dry_run=True))
+    assert (dry.replayed, dry.unverifiable, dry.superseded) == (1, 1, 0)
+    assert dry.unverifiable_samples == (
+        f"dead-letter [0]@1: {setup.audience}[0] ends at offset 0, before the record: the topic "
+        "was recreated or truncated",
+    )
+
+    summary = run_replay(setup.settings, setup.options(replay_unverifiable=True))
+    assert (summary.replayed, summary.unverifiable) == (2, 0)
+    replayed = [r for r in setup.read(setup.audience) if replay_count_of(r.headers)]
+    # Each back in the partition it came from, whatever the partitioner would choose.
+    assert sorted((r.partition, r.key) for r in replayed) == [(0, b"k-0"), (1, b"k-1")]
