@@ -25,12 +25,14 @@ Contract:
   that transition, replaying may undo a newer one, and only the first is visible in the report.
   A value that is not a transition touches no book and is replayed unchecked.
 * Cost: before producing, one read of the chosen dead-letter records (the plan) and one read of
-  each source partition concerned, from its lowest failed offset to the end offset taken then;
-  memory holds one entry per distinct contact to replay, not the source's records.
+  each source partition concerned, from its lowest failed offset to its end; before each batch
+  of dead letters, what reached those partitions since (so a transition produced during the
+  replay still supersedes). Memory holds one entry per distinct contact to replay, not the
+  source's records.
 * Where: a replayed record goes back to its source partition, after what the check read there
   (the original producer's partitioner may not be librdkafka's); to the partitioner only when
-  that partition no longer exists. A transition produced to the source partition between the
-  check and the replayed copy is not seen: the copy then overrides it. Replay outside peaks.
+  that partition no longer exists. A transition produced to the source partition while one
+  batch is being produced is not seen: a copy of that batch may then override it.
 * A replayed record carries the original record's own headers plus ``ddsync.replay_count`` =
   previous + 1 (:func:`stream.deadletter_headers.replay_headers`); no other ``ddsync.*`` header.
 * Offsets: the replay has its own consumer group. It starts at the group's committed offsets (the
@@ -635,6 +637,8 @@ class Replayer:
         self._max_replays = settings.dead_letter.max_replays
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
+        # Reads the source partitions (assign only, never commits).
+        self._source_consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._tally = _Tally(options.sample_size)
         self.start_offsets: dict[int, int] = {}
@@ -713,6 +717,9 @@ class Replayer:
             # Auto commit is off, so closing commits nothing (the dry run's promise).
             self._consumer.close()
             self._consumer = None
+        if self._source_consumer is not None:
+            self._source_consumer.close()
+            self._source_consumer = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -750,6 +757,8 @@ class Replayer:
                 stopped = StopReason.INTERRUPTED
                 break
             messages = consumer.consume(self._options.batch_size, timeout=0.5)
+            if messages:
+                self._catch_up()
             for message in messages:
                 if self._stop.is_set():
                     stopped = StopReason.INTERRUPTED
@@ -921,7 +930,10 @@ class Replayer:
         dead_letters = {
             (self._topic, p): (self.start_offsets[p], self.end_offsets[p]) for p in self.end_offsets
         }
-        if not self._read_ranges(dead_letters, lambda _where, record: plan_letter(record)):
+        assert self._consumer is not None
+        if not self._read_ranges(
+            self._consumer, dead_letters, lambda _where, record: plan_letter(record)
+        ):
             return False
         histories = self._open_histories(plan)
         ranges = {
@@ -933,7 +945,11 @@ class Replayer:
         def unreadable(where: SourcePartition, problem: str) -> None:
             histories[where].unreadable = problem
 
+        self._source_consumer = Consumer(
+            consumer_config(self._settings.kafka, group_id=self._options.group)
+        )
         if not self._read_ranges(
+            self._source_consumer,
             ranges,
             lambda where, record: histories[where].saw(record.offset, record.value),
             on_unreadable=unreadable,
@@ -944,6 +960,32 @@ class Replayer:
         self._histories = histories
         log.debug("read %d source partition(s) for newer transitions", len(histories))
         return True
+
+    def _catch_up(self) -> None:
+        """Read what reached the source partitions since they were last read, before deciding
+        about the next batch: a transition produced during a long replay still supersedes, and
+        the window left open is one batch's production."""
+        consumer = self._source_consumer
+        if not self._histories or consumer is None:
+            return
+        ranges: dict[SourcePartition, tuple[int, int]] = {}
+        for where, history in self._histories.items():
+            if history.unreadable is not None:
+                continue
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(*where), timeout=30, cached=False
+            )
+            if high > history.end:
+                ranges[where] = (history.end, high)
+                history.end = high
+        histories = self._histories
+        self._read_ranges(
+            consumer,
+            ranges,
+            lambda where, record: histories[where].saw(record.offset, record.value),
+        )
+        for where in ranges:
+            histories[where].finish()
 
     def _open_histories(self, plan: ReplayPlan) -> dict[SourcePartition, SourceHistory]:
         """An empty history of each source partition in ``plan``, ending at its current end
@@ -987,6 +1029,7 @@ class Replayer:
 
     def _read_ranges(
         self,
+        consumer: Consumer,
         ranges: Mapping[SourcePartition, tuple[int, int]],
         visit: Callable[[SourcePartition, DeadLetterRecord], None],
         on_unreadable: Callable[[SourcePartition, str], None] | None = None,
@@ -994,8 +1037,6 @@ class Replayer:
         """Read each (topic, partition) from its start up to its end offset (exclusive), in
         offset order, handing each record to ``visit``. False when stopped meanwhile; raises
         :class:`ReplayError` when nothing arrives for ``idle_timeout``."""
-        consumer = self._consumer
-        assert consumer is not None
         pending = {where for where, (start, end) in ranges.items() if start < end}
         if not pending:
             return True

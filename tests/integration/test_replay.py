@@ -618,3 +618,61 @@ def test_unverifiable_records_are_skipped_unless_asked_and_land_in_their_source_
     replayed = [r for r in setup.read(setup.audience) if replay_count_of(r.headers)]
     # Each back in the partition it came from, whatever the partitioner would choose.
     assert sorted((r.partition, r.key) for r in replayed) == [(0, b"k-0"), (1, b"k-1")]
+
+
+def test_a_transition_produced_while_the_replay_runs_still_supersedes(
+    kafka: KafkaCluster,
+) -> None:
+    setup = Setup(kafka)
+
+    def value(email: str, action: str) -> bytes:
+        return orjson.dumps(
+            transition(
+                event_id=f"evt-{email}-{action}",
+                profile_id=email,
+                email=email,
+                target=Target("eu-main", 100),
+                action=action,
+                occurred_at=FAILED_AT,
+            )
+        )
+
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+
+    def put_source(email: str, action: str) -> None:
+        producer.produce(
+            setup.audience, key=email.encode(), value=value(email, action), partition=0
+        )
+        assert producer.flush(30) == 0
+
+    put_source("a@example.com", "add")  # offset 0
+    put_source("b@example.com", "add")  # offset 1
+    setup.put(
+        [
+            Letter(
+                key=email.encode(),
+                value=value(email, "add"),
+                letter=replace(setup.letter(0).letter, source_partition=0, source_offset=offset),
+            )
+            for offset, email in enumerate(["a@example.com", "b@example.com"])
+        ]
+    )
+    arrived: list[int] = []
+
+    def newer_arrives(progress: ReplayProgress) -> None:
+        # After the first letter was decided, before the second: b leaves meanwhile.
+        if progress.looked_at == 1 and not arrived:
+            put_source("b@example.com", "remove")
+            arrived.append(1)
+
+    summary = run_replay(setup.settings, setup.options(batch_size=1), on_progress=newer_arrives)
+
+    assert arrived
+    assert (summary.replayed, summary.superseded) == (1, 1)
+    source = setup.read(setup.audience)
+    assert [(r.key, replay_count_of(r.headers)) for r in source] == [
+        (b"a@example.com", 0),
+        (b"b@example.com", 0),
+        (b"a@example.com", 1),  # replayed in the first batch
+        (b"b@example.com", 0),  # the removal: still the last transition of b
+    ]
