@@ -250,6 +250,9 @@ class SourceHistory:
     ) -> None:
         self.start = start
         self.end = end
+        # The end at the first read: a record at or past it belongs to an earlier incarnation of
+        # the topic, whatever arrives later at that offset.
+        self.first_end = end
         self.unreadable = unreadable
         self.latest: dict[ContactKey, int] = {}
         self.last_missing = -1
@@ -297,10 +300,10 @@ def supersession(
         problem = f"{where} was not read"
     elif history.unreadable is not None:
         problem = f"{where} cannot be read: {history.unreadable}"
-    elif letter.source_offset >= history.end:
+    elif letter.source_offset >= history.first_end:
         problem = (
-            f"{where} ends at offset {history.end}, before the record: the topic was recreated "
-            "or truncated"
+            f"{where} ends at offset {history.first_end}, before the record: the topic was "
+            "recreated or truncated"
         )
     else:
         newer = history.latest.get(contact, -1)

@@ -480,6 +480,15 @@ def test_a_partition_ending_before_the_record_was_recreated_or_truncated() -> No
     )
 
 
+def test_a_recreated_partition_stays_unverifiable_when_it_grows_past_the_record() -> None:
+    history = history_of(start=3, end=0)
+    history.end = 9  # read again before a later batch: the new topic has grown past 3
+    for offset in range(9):
+        history.saw(offset, event("other@example.com"))
+    history.finish()
+    assert supersession(failed(3), contact_of(event()), history).verdict is Verdict.UNVERIFIABLE
+
+
 def test_an_unreadable_or_unread_partition_is_unverifiable() -> None:
     history = history_of(start=3, end=9)
     history.unreadable = "Broker: Topic authorization failed"
