@@ -19,8 +19,9 @@ Contract:
   *superseded* and skipped, so the last transition of each contact and book in partition order
   still wins. Of a record and its failed replay, or of two failed transitions, the latest in
   source order is the one replayed. When the records after it cannot be read (deleted by
-  retention, removed by compaction, transaction markers -- the reader cannot tell them apart --,
-  a partition that ends before it, a topic or partition gone, not authorised) it is
+  retention; in a compacted topic, or one whose ``cleanup.policy`` cannot be read, any offset
+  without a record, as compaction and transaction markers look alike; a partition that ends
+  before it, a topic or partition gone, not authorised) it is
   *unverifiable* and skipped, unless ``replay_unverifiable``: skipping may leave a book short of
   that transition, replaying may undo a newer one, and only the first is visible in the report.
   A value that is not a transition touches no book and is replayed unchecked.
@@ -60,6 +61,7 @@ The pure part (:class:`ReplayFilter`, :func:`decide`, :class:`ReplayPlan`, :clas
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -79,12 +81,17 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 
 from stream.clock import Clock
 from stream.config import Settings
 from stream.deadletter_headers import DeadLetter, Reason, replay_headers
 from stream.events import InvalidRecord, decode_transition
-from stream.kafka_config import consumer_config, producer_config
+from stream.kafka_config import admin_config, consumer_config, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +248,14 @@ class ReplayPlan:
 
 class SourceHistory:
     """What one read of a source partition, from ``start`` up to ``end`` (exclusive), showed:
-    the latest offset of each contact asked about, and the highest offset it could not read
-    (deleted by retention, removed by compaction, or a transaction marker: the reader cannot tell
-    them apart). ``unreadable`` says why the partition could not be read at all."""
+    the latest offset of each contact asked about, and the highest offset whose record may be
+    gone. ``unreadable`` says why the partition could not be read at all.
+
+    A topic that is not ``compacted`` loses records only at its head (retention, DeleteRecords:
+    :meth:`gone_below`), so offsets it skips further on are transaction markers or aborted
+    records. In a compacted one (or one whose policy could not be read) a skipped offset may
+    have been a newer transition removed by compaction: the reader cannot tell, so it counts.
+    """
 
     def __init__(
         self, start: int, end: int, wanted: frozenset[ContactKey], unreadable: str | None = None
@@ -256,12 +268,18 @@ class SourceHistory:
         self.unreadable = unreadable
         self.latest: dict[ContactKey, int] = {}
         self.last_missing = -1
+        self.compacted = True
         self._wanted = wanted
         self._next = start
 
+    def gone_below(self, low: int) -> None:
+        """Records below ``low`` (the partition's low watermark) were deleted."""
+        if low > self.start:
+            self.last_missing = max(self.last_missing, low - 1)
+
     def saw(self, offset: int, value: bytes | None) -> None:
         """A record read at ``offset``, in offset order."""
-        if offset > self._next:
+        if offset > self._next and self.compacted:
             self.last_missing = offset - 1
         self._next = offset + 1
         contact = contact_of(value)
@@ -270,7 +288,7 @@ class SourceHistory:
 
     def finish(self) -> None:
         """The read reached ``end``: offsets after the last record seen were not readable."""
-        if self._next < self.end:
+        if self._next < self.end and self.compacted:
             self.last_missing = self.end - 1
 
 
@@ -642,6 +660,8 @@ class Replayer:
         self._consumer: Consumer | None = None
         # Reads the source partitions (assign only, never commits).
         self._source_consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
+        self._compaction: dict[str, bool] = {}
         self._producer: Producer | None = None
         self._tally = _Tally(options.sample_size)
         self.start_offsets: dict[int, int] = {}
@@ -958,8 +978,14 @@ class Replayer:
             on_unreadable=unreadable,
         ):
             return False
-        for history in histories.values():
+        for where, history in histories.items():
             history.finish()
+            if history.unreadable is None:
+                # After the read: retention may have moved on while it ran.
+                low, _high = self._source_consumer.get_watermark_offsets(
+                    TopicPartition(*where), timeout=30, cached=False
+                )
+                history.gone_below(low)
         self._histories = histories
         log.debug("read %d source partition(s) for newer transitions", len(histories))
         return True
@@ -1028,7 +1054,25 @@ class Replayer:
                 histories[where].unreadable = error.str()
                 continue
             histories[where] = plan.history(where, high)
+            histories[where].compacted = self._compacted(topic)
         return histories
+
+    def _compacted(self, topic: str) -> bool:
+        """Whether ``topic``'s ``cleanup.policy`` includes ``compact``; True when it cannot be
+        read (no DESCRIBE_CONFIGS permission, say): the conservative answer."""
+        if topic not in self._compaction:
+            resource = ConfigResource(ResourceType.TOPIC, topic)
+            try:
+                if self._admin is None:
+                    self._admin = AdminClient(admin_config(self._settings.kafka))
+                configs = self._admin.describe_configs([resource], request_timeout=30)
+                entry = configs[resource].result(timeout=60).get("cleanup.policy")
+                policy = str(entry.value) if entry is not None else "compact"
+            except (KafkaException, concurrent.futures.TimeoutError) as exc:
+                log.info("cleanup.policy of %s unknown (%s): taken as compacted", topic, exc)
+                policy = "compact"
+            self._compaction[topic] = "compact" in policy
+        return self._compaction[topic]
 
     def _read_ranges(
         self,

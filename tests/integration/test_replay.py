@@ -161,12 +161,12 @@ class Setup:
         )
         try:
             partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            marks = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
                 for p in partitions
             }
-            wanted = {p: end for p, end in ends.items() if end > 0}
-            consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
+            wanted = {p: high for p, (low, high) in marks.items() if high > low}
+            consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in wanted])
             found: list[Read] = []
             while wanted:
                 message = consumer.poll(10)
@@ -676,3 +676,43 @@ def test_a_transition_produced_while_the_replay_runs_still_supersedes(
         (b"a@example.com", 1),  # replayed in the first batch
         (b"b@example.com", 0),  # the removal: still the last transition of b
     ]
+
+
+def test_records_deleted_after_the_failed_one_make_it_unverifiable(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    emails = ["old@example.com", "a@example.com", "b@example.com", "c@example.com"]
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for email in emails:  # offsets 0-3 of partition 0
+        event = transition(
+            event_id=f"evt-{email}",
+            profile_id=email,
+            email=email,
+            target=Target("eu-main", 100),
+            action="add",
+            occurred_at=FAILED_AT,
+        )
+        producer.produce(setup.audience, key=email.encode(), value=orjson.dumps(event), partition=0)
+    assert producer.flush(30) == 0
+    letters = [
+        Letter(
+            key=emails[offset].encode(),
+            value=setup.read(setup.audience)[offset].value,
+            letter=replace(setup.letter(0).letter, source_partition=0, source_offset=offset),
+        )
+        for offset in (0, 3)
+    ]
+    setup.put(letters)
+    # As retention would: offsets 0-2 are gone, so whatever followed offset 0 cannot be known.
+    deleted = kafka.admin.delete_records([TopicPartition(setup.audience, 0, 3)])
+    for future in deleted.values():
+        future.result(timeout=30)
+
+    summary = run_replay(setup.settings, setup.options())
+
+    assert (summary.replayed, summary.unverifiable) == (1, 1)
+    assert summary.unverifiable_samples == (
+        f"dead-letter [0]@0: records of {setup.audience}[0] after it are gone (up to offset 2: "
+        "retention, compaction or transaction markers)",
+    )
+    replayed = [r for r in setup.read(setup.audience) if replay_count_of(r.headers)]
+    assert [r.key for r in replayed] == [b"c@example.com"]

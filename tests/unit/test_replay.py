@@ -341,10 +341,12 @@ def verdicts(
     *,
     ends: Mapping[SourcePartition, int] | None = None,
     replay_unverifiable: bool = False,
+    compacted: bool = True,
+    low: int = 0,
 ) -> list[Verdict]:
     """What the replay decides, done as the Kafka edge does it: plan from the letters, read each
     planned source partition once from its start to its end (records as ``source`` holds them,
-    missing offsets unreadable), then decide each letter."""
+    missing offsets unreadable; ``low`` the low watermark), then decide each letter."""
     plan = ReplayPlan()
     for dead, value in letters:
         contact = contact_of(value)
@@ -355,10 +357,12 @@ def verdicts(
         records = source.get(where, {})
         end = (ends or {}).get(where, max(records, default=-1) + 1)
         history = plan.history(where, end)
+        history.compacted = compacted
         for offset in sorted(records):
             if history.start <= offset < end:
                 history.saw(offset, records[offset])
         history.finish()
+        history.gone_below(low)
         histories[where] = history
     return [
         supersession(
@@ -522,3 +526,22 @@ def test_a_history_keeps_only_the_contacts_asked_about() -> None:
 
 def history_of(start: int, end: int) -> SourceHistory:
     return SourceHistory(start, end, frozenset())
+
+
+def test_in_a_topic_that_is_not_compacted_skipped_offsets_are_markers_not_lost_records() -> None:
+    # Offsets 5 and 8-9 have no record: transaction markers, since only compaction removes
+    # records after the head.
+    source = {P0: {3: event(), 4: event("other@example.com"), 6: event("x@example.com")}}
+    letters = [(failed(3), event())]
+    assert verdicts(source, letters, ends={P0: 10}, compacted=False) == [Verdict.REPLAY]
+
+
+def test_records_deleted_at_the_head_count_whether_compacted_or_not() -> None:
+    # Retention deleted everything below 5; the record at 3 may have had newer ones at 4.
+    source = {P0: {5: event("other@example.com")}}
+    letters = [(failed(3), event()), (failed(5), event("other@example.com"))]
+    for compacted in (True, False):
+        assert verdicts(source, letters, compacted=compacted, low=5) == [
+            Verdict.UNVERIFIABLE,
+            Verdict.REPLAY,
+        ]
