@@ -13,6 +13,27 @@ Contract:
   (counted and logged, never produced), so a record that keeps failing cannot loop for ever.
 * Malformed records (no or broken ``ddsync.*`` headers, or a source topic that is the dead-letter
   topic itself) are reported and skipped; they never stop the run.
+* Never older (:func:`supersession`): a chosen record whose value is a transition is replayed only
+  when no later transition of the same contact and book (connector, address book, email as
+  :mod:`stream.events` normalises it) follows it in its source partition; otherwise it is
+  *superseded* and skipped, so the last transition of each contact and book in partition order
+  still wins. Of a record and its failed replay, or of two failed transitions, the latest in
+  source order is the one replayed. When the records after it cannot be read (deleted by
+  retention; in a compacted topic, or one whose ``cleanup.policy`` cannot be read, any offset
+  without a record, as compaction and transaction markers look alike; a partition that ends
+  before it, a topic or partition gone, not authorised) it is
+  *unverifiable* and skipped, unless ``replay_unverifiable``: skipping may leave a book short of
+  that transition, replaying may undo a newer one, and only the first is visible in the report.
+  A value that is not a transition touches no book and is replayed unchecked.
+* Cost: before producing, one read of the chosen dead-letter records (the plan) and one read of
+  each source partition concerned, from its lowest failed offset to its end; before each batch
+  of dead letters, what reached those partitions since (so a transition produced during the
+  replay still supersedes). Memory holds one entry per distinct contact to replay, not the
+  source's records.
+* Where: a replayed record goes back to its source partition, after what the check read there
+  (the original producer's partitioner may not be librdkafka's); to the partitioner only when
+  that partition no longer exists. A transition produced to the source partition while one
+  batch is being produced is not seen: a copy of that batch may then override it.
 * A replayed record carries the original record's own headers plus ``ddsync.replay_count`` =
   previous + 1 (:func:`stream.deadletter_headers.replay_headers`); no other ``ddsync.*`` header.
 * Offsets: the replay has its own consumer group. It starts at the group's committed offsets (the
@@ -22,22 +43,25 @@ Contract:
   producer); a partition whose record failed to deliver is committed only up to that record.
   An interrupted replay therefore resumes where it stopped: nothing is lost, and nothing is
   replayed twice except what was produced but not yet committed when it died (at-least-once).
-  Skipped, refused and malformed records are committed past like replayed ones: a group's
-  committed offset means "this replay has decided about everything before it".
-* Dry run: the same decisions, nothing produced and nothing committed.
+  Skipped, refused, malformed, superseded and unverifiable records are committed past like
+  replayed ones: a group's committed offset means "this replay has decided about everything
+  before it".
+* Dry run: the same decisions (the source partitions are read too), nothing produced and
+  nothing committed.
 * Reports never hold record values or error messages (either may be personal data); keys
   (profile ids), reasons, error codes and positions are enough to act on.
 * Progress: after each batch consumed the run hands a :class:`ReplayProgress` to its
   ``on_progress`` callback; :class:`ProgressReporter` shows it (a bar on a terminal, a line every
   few seconds otherwise) and :func:`summary_json` is the report as one JSON object.
 
-The pure part (:class:`ReplayFilter`, :func:`decide`, :func:`format_summary`,
-:class:`ProgressReporter`) knows nothing of Kafka; :class:`Replayer` is the thin Kafka edge
-around it.
+The pure part (:class:`ReplayFilter`, :func:`decide`, :class:`ReplayPlan`, :class:`SourceHistory`,
+:func:`supersession`, :func:`format_summary`, :class:`ProgressReporter`) knows nothing of Kafka;
+:class:`Replayer` is the thin Kafka edge around it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -46,7 +70,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, TypeAlias
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -57,11 +81,17 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 
 from stream.clock import Clock
 from stream.config import Settings
 from stream.deadletter_headers import H_VALUE_OMITTED, DeadLetter, Reason, replay_headers
-from stream.kafka_config import consumer_config, producer_config
+from stream.events import InvalidRecord, decode_transition
+from stream.kafka_config import admin_config, consumer_config, producer_config
 from stream.source import readable_headers
 
 log = logging.getLogger(__name__)
@@ -132,12 +162,15 @@ class Verdict(StrEnum):
     REFUSED = "refused"  # replayed max_replays times already
     FILTERED = "filtered"
     MALFORMED = "malformed"
+    SUPERSEDED = "superseded"  # a newer transition of its contact and book follows it
+    UNVERIFIABLE = "unverifiable"  # what follows it in its source partition cannot be read
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What to do with one dead-letter record. ``letter`` is None only when MALFORMED, and
-    ``problem`` says why (it names a header, never a record value)."""
+    ``problem`` says why it is malformed, superseded or unverifiable (it names a header or a
+    position, never a record value)."""
 
     verdict: Verdict
     letter: DeadLetter | None = None
@@ -178,6 +211,143 @@ def decide(
     if letter.replay_count >= max_replays:
         return Decision(Verdict.REFUSED, letter)
     return Decision(Verdict.REPLAY, letter)
+
+
+ContactKey: TypeAlias = tuple[str, int, str]
+"""Connector id, address book id, normalised email: what ddsync coalesces on, so what "the same
+contact and book" means."""
+SourcePartition: TypeAlias = tuple[str, int]
+
+
+class _AnyConnector:
+    """Accepts every connector id: ordering transitions does not depend on which connectors this
+    configuration knows (a newer record of an unknown connector still names its contact)."""
+
+    def __contains__(self, _item: object) -> bool:
+        return True
+
+
+def contact_of(value: bytes | None) -> ContactKey | None:
+    """The contact and book a record value is a transition of (the decoder's normalisation), or
+    None when the value is not a valid transition. Never raises."""
+    try:
+        transition = decode_transition(value, _AnyConnector())
+    except InvalidRecord:
+        return None
+    return (transition.connector_id, transition.address_book_id, transition.email)
+
+
+class ReplayPlan:
+    """What to read of the source partitions before replaying: for each, the lowest failed offset
+    among the records to replay and the contacts they are transitions of. Memory: one entry per
+    distinct contact to replay, whatever the size of the source partitions."""
+
+    def __init__(self) -> None:
+        self.starts: dict[SourcePartition, int] = {}
+        self.contacts: dict[SourcePartition, set[ContactKey]] = {}
+
+    def add(self, letter: DeadLetter, contact: ContactKey) -> None:
+        where = (letter.source_topic, letter.source_partition)
+        self.starts[where] = min(self.starts.get(where, letter.source_offset), letter.source_offset)
+        self.contacts.setdefault(where, set()).add(contact)
+
+    def history(self, where: SourcePartition, end: int) -> SourceHistory:
+        """An empty history of ``where`` to fill by reading it from its start up to ``end``."""
+        return SourceHistory(self.starts[where], end, frozenset(self.contacts[where]))
+
+
+class SourceHistory:
+    """What one read of a source partition, from ``start`` up to ``end`` (exclusive), showed:
+    the latest offset of each contact asked about, and the highest offset whose record may be
+    gone. ``unreadable`` says why the partition could not be read at all.
+
+    A topic that is not ``compacted`` loses records only at its head (retention, DeleteRecords:
+    :meth:`gone_below`), so offsets it skips further on are transaction markers or aborted
+    records. In a compacted one (or one whose policy could not be read) a skipped offset may
+    have been a newer transition removed by compaction: the reader cannot tell, so it counts.
+    """
+
+    def __init__(
+        self, start: int, end: int, wanted: frozenset[ContactKey], unreadable: str | None = None
+    ) -> None:
+        self.start = start
+        self.end = end
+        # The end at the first read: a record at or past it belongs to an earlier incarnation of
+        # the topic, whatever arrives later at that offset.
+        self.first_end = end
+        self.unreadable = unreadable
+        self.latest: dict[ContactKey, int] = {}
+        self.last_missing = -1
+        self.compacted = True
+        self._wanted = wanted
+        self._next = start
+
+    def gone_below(self, low: int) -> None:
+        """Records below ``low`` (the partition's low watermark) were deleted."""
+        if low > self.start:
+            self.last_missing = max(self.last_missing, low - 1)
+
+    def saw(self, offset: int, value: bytes | None) -> None:
+        """A record read at ``offset``, in offset order."""
+        if offset > self._next and self.compacted:
+            self.last_missing = offset - 1
+        self._next = offset + 1
+        contact = contact_of(value)
+        if contact is not None and contact in self._wanted:
+            self.latest[contact] = offset
+
+    def finish(self) -> None:
+        """The read reached ``end``: offsets after the last record seen were not readable."""
+        if self._next < self.end and self.compacted:
+            self.last_missing = self.end - 1
+
+
+def supersession(
+    letter: DeadLetter,
+    contact: ContactKey | None,
+    history: SourceHistory | None,
+    *,
+    replay_unverifiable: bool = False,
+) -> Decision:
+    """Whether a record chosen for replay (``contact`` decoded from its value) is replayed, given
+    what its source partition holds after it. Replaying puts it after everything in that
+    partition, so it is replayed only when nothing there is newer for its contact and book:
+
+    * a later transition of the same contact and book -> SUPERSEDED (it is certain, whatever
+      else is missing; when that newer record failed too, its own letter is the one replayed);
+    * the partition cannot be read, ends before the record, or has unreadable offsets after it
+      -> UNVERIFIABLE (conservative: never risk making a book older), unless
+      ``replay_unverifiable``;
+    * a value that is not a transition (``contact`` None) touches no book: REPLAY.
+    """
+    if contact is None:
+        return Decision(Verdict.REPLAY, letter)
+    where = f"{letter.source_topic}[{letter.source_partition}]"
+    problem: str | None
+    if history is None:
+        problem = f"{where} was not read"
+    elif history.unreadable is not None:
+        problem = f"{where} cannot be read: {history.unreadable}"
+    elif letter.source_offset >= history.first_end:
+        problem = (
+            f"{where} ends at offset {history.first_end}, before the record: the topic was "
+            "recreated or truncated"
+        )
+    else:
+        newer = history.latest.get(contact, -1)
+        if newer > letter.source_offset:
+            return Decision(
+                Verdict.SUPERSEDED, letter, f"a newer transition of its contact is at {newer}"
+            )
+        problem = None
+        if history.last_missing > letter.source_offset:
+            problem = (
+                f"records of {where} after it are gone (up to offset {history.last_missing}: "
+                "retention, compaction or transaction markers)"
+            )
+    if problem is None or replay_unverifiable:
+        return Decision(Verdict.REPLAY, letter, problem)
+    return Decision(Verdict.UNVERIFIABLE, letter, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,10 +401,13 @@ class ReplaySummary:
     refused: int = 0
     filtered: int = 0
     malformed: int = 0
+    superseded: int = 0
+    unverifiable: int = 0
     # (reason, source topic) -> records replayed (would be, in a dry run).
     by_reason_and_topic: Mapping[tuple[str, str], int] = field(default_factory=dict)
     samples: tuple[Sample, ...] = ()
     malformed_samples: tuple[str, ...] = ()
+    unverifiable_samples: tuple[str, ...] = ()
 
 
 def format_summary(summary: ReplaySummary) -> list[str]:
@@ -251,9 +424,13 @@ def format_summary(summary: ReplaySummary) -> list[str]:
     if summary.malformed_samples:
         lines.append(f"malformed (skipped), first {len(summary.malformed_samples)}:")
         lines.extend(f"  {text}" for text in summary.malformed_samples)
+    if summary.unverifiable_samples:
+        lines.append(f"unverifiable (skipped), first {len(summary.unverifiable_samples)}:")
+        lines.extend(f"  {text}" for text in summary.unverifiable_samples)
     totals = (
         f"{verb} {summary.replayed}, refused (too many replays) {summary.refused}, "
-        f"skipped by filter {summary.filtered}, malformed {summary.malformed}"
+        f"skipped by filter {summary.filtered}, malformed {summary.malformed}, "
+        f"superseded {summary.superseded}, unverifiable {summary.unverifiable}"
     )
     if summary.dry_run:
         totals = f"dry run: {totals}; nothing produced, no offsets committed"
@@ -279,20 +456,23 @@ def summary_json(summary: ReplaySummary, error: str | None = None) -> dict[str, 
         "refused": summary.refused,
         "filtered": summary.filtered,
         "malformed": summary.malformed,
+        "superseded": summary.superseded,
+        "unverifiable": summary.unverifiable,
         "by_reason_and_topic": [
             {"reason": reason, "source_topic": topic, "count": count}
             for (reason, topic), count in sorted(summary.by_reason_and_topic.items())
         ],
         "samples": [asdict(sample) for sample in summary.samples],
         "malformed_samples": list(summary.malformed_samples),
+        "unverifiable_samples": list(summary.unverifiable_samples),
     }
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayProgress:
     """How far a run is: ``looked_at`` of ``backlog`` records decided about, of which
-    ``replayed`` replayed (would be, in a dry run) and ``skipped`` refused, filtered or
-    malformed. ``backlog`` is the upper bound taken at the start."""
+    ``replayed`` replayed (would be, in a dry run) and ``skipped`` refused, filtered,
+    malformed, superseded or unverifiable. ``backlog`` is the upper bound taken at the start."""
 
     looked_at: int
     backlog: int
@@ -369,6 +549,7 @@ class _Tally:
         self.by_reason_and_topic: Counter[tuple[str, str]] = Counter()
         self.samples: list[Sample] = []
         self.malformed_samples: list[str] = []
+        self.unverifiable_samples: list[str] = []
         self._sample_size = sample_size
 
     def add(self, decision: Decision, record: DeadLetterRecord) -> None:
@@ -377,6 +558,9 @@ class _Tally:
         if decision.verdict is Verdict.MALFORMED:
             if len(self.malformed_samples) < self._sample_size:
                 self.malformed_samples.append(f"{record.where}: {decision.problem}")
+        elif decision.verdict is Verdict.UNVERIFIABLE:
+            if len(self.unverifiable_samples) < self._sample_size:
+                self.unverifiable_samples.append(f"{record.where}: {decision.problem}")
         elif decision.verdict is Verdict.REPLAY and letter is not None:
             self.by_reason_and_topic[(letter.reason.value, letter.source_topic)] += 1
             if len(self.samples) < self._sample_size:
@@ -403,9 +587,12 @@ class _Tally:
             refused=self.counts[Verdict.REFUSED],
             filtered=self.counts[Verdict.FILTERED],
             malformed=self.counts[Verdict.MALFORMED],
+            superseded=self.counts[Verdict.SUPERSEDED],
+            unverifiable=self.counts[Verdict.UNVERIFIABLE],
             by_reason_and_topic=dict(self.by_reason_and_topic),
             samples=tuple(self.samples),
             malformed_samples=tuple(self.malformed_samples),
+            unverifiable_samples=tuple(self.unverifiable_samples),
         )
 
 
@@ -418,6 +605,8 @@ class ReplayOptions:
 
     ``idle_timeout``: give up when no record arrives for this long although some partition has
     not reached its end offset (the broker is gone), instead of waiting for ever.
+    ``replay_unverifiable``: replay records whose source partition cannot show whether a newer
+    transition follows them, instead of skipping them.
     """
 
     group: str
@@ -428,6 +617,7 @@ class ReplayOptions:
     sample_size: int = SAMPLE_SIZE
     idle_timeout: float = 60.0
     flush_timeout: float = 60.0
+    replay_unverifiable: bool = False
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -478,6 +668,10 @@ class Replayer:
         self._max_replays = settings.dead_letter.max_replays
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
+        # Reads the source partitions (assign only, never commits).
+        self._source_consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
+        self._compaction: dict[str, bool] = {}
         self._producer: Producer | None = None
         self._tally = _Tally(options.sample_size)
         self.start_offsets: dict[int, int] = {}
@@ -489,7 +683,10 @@ class Replayer:
         # Lowest dead-letter offset per partition whose replay the broker refused.
         self._failed: dict[int, int] = {}
         self._failure: str | None = None
-        self._known_topics: set[str] = set()
+        # Source topic -> its partitions, once known to exist.
+        self._known_topics: dict[str, frozenset[int]] = {}
+        # What each source partition holds after the records to replay: read once per run.
+        self._histories: dict[SourcePartition, SourceHistory] | None = None
 
     # -- lifecycle
 
@@ -537,13 +734,6 @@ class Replayer:
             self.end_offsets[tp.partition] = high
             self._positions[tp.partition] = start
             self._committed[tp.partition] = start
-        pending = [
-            TopicPartition(self._topic, p, self.start_offsets[p])
-            for p in partitions
-            if self.start_offsets[p] < self.end_offsets[p]
-        ]
-        if pending:
-            self._consumer.assign(pending)
         log.debug(
             "replaying %s as group %s: %d record(s) before the end offsets",
             self._topic,
@@ -560,6 +750,9 @@ class Replayer:
             # Auto commit is off, so closing commits nothing (the dry run's promise).
             self._consumer.close()
             self._consumer = None
+        if self._source_consumer is not None:
+            self._source_consumer.close()
+            self._source_consumer = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -585,7 +778,11 @@ class Replayer:
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("Replayer.run() before open()")
+        if self._histories is None and not self._read_histories():
+            return self._summary(StopReason.INTERRUPTED)
         pending = {p for p in self.end_offsets if self._positions[p] < self.end_offsets[p]}
+        if pending:
+            consumer.assign([TopicPartition(self._topic, p, self._positions[p]) for p in pending])
         stopped = StopReason.END
         last_progress = time.monotonic()
         while pending:
@@ -593,6 +790,8 @@ class Replayer:
                 stopped = StopReason.INTERRUPTED
                 break
             messages = consumer.consume(self._options.batch_size, timeout=0.5)
+            if messages:
+                self._catch_up()
             for message in messages:
                 if self._stop.is_set():
                     stopped = StopReason.INTERRUPTED
@@ -631,8 +830,30 @@ class Replayer:
         decision = decide(
             record.headers, self._options.record_filter, self._max_replays, self._topic
         )
+        if decision.verdict is Verdict.REPLAY and decision.letter is not None:
+            decision = self._check_newer(decision.letter, record)
         where = record.where
         letter = decision.letter
+        if decision.verdict is Verdict.SUPERSEDED and letter is not None:
+            log.info(
+                "%s (from %s[%d]@%d) superseded, skipped: %s",
+                where,
+                letter.source_topic,
+                letter.source_partition,
+                letter.source_offset,
+                decision.problem,
+            )
+        elif decision.verdict is Verdict.UNVERIFIABLE and letter is not None:
+            log.warning(
+                "%s (from %s[%d]@%d) skipped, newer transitions cannot be ruled out: %s",
+                where,
+                letter.source_topic,
+                letter.source_partition,
+                letter.source_offset,
+                decision.problem,
+            )
+        elif decision.verdict is Verdict.REPLAY and letter is not None and decision.problem:
+            log.warning("%s replayed although %s (--replay-unverifiable)", where, decision.problem)
         if decision.verdict is Verdict.MALFORMED:
             log.warning("%s is malformed, skipped: %s", where, decision.problem)
         elif decision.verdict is Verdict.REFUSED and letter is not None:
@@ -672,6 +893,13 @@ class Replayer:
 
         # confluent-kafka's produce() takes str-or-bytes values; the list type must say so.
         headers: list[tuple[str, str | bytes | None]] = list(replay_headers(letter, record.headers))
+        # Back to the partition it came from, after everything the supersession check read
+        # there: the partitioner of the original producer may not be librdkafka's.
+        partition_to = (
+            letter.source_partition
+            if letter.source_partition in self._known_topics[letter.source_topic]
+            else _ANY_PARTITION
+        )
         while True:
             try:
                 producer.produce(
@@ -679,6 +907,7 @@ class Replayer:
                     key=record.key,
                     value=record.value,
                     headers=headers,
+                    partition=partition_to,
                     on_delivery=delivered,
                 )
                 break
@@ -702,7 +931,224 @@ class Replayer:
                 f"with --source-topic; committed what was replayed before it",
                 self._summary(),
             )
-        self._known_topics.add(topic)
+        self._known_topics[topic] = frozenset(found.partitions)
+
+    def _check_newer(self, letter: DeadLetter, record: DeadLetterRecord) -> Decision:
+        if not self._options.dry_run:
+            # A missing source topic stops the run (as for every record), before any verdict.
+            self._require_topic(letter.source_topic)
+        histories = self._histories or {}
+        return supersession(
+            letter,
+            contact_of(record.value),
+            histories.get((letter.source_topic, letter.source_partition)),
+            replay_unverifiable=self._options.replay_unverifiable,
+        )
+
+    def _read_histories(self) -> bool:
+        """Read the dead-letter records to replay once, to learn which contacts of which source
+        partitions they are, then each of those source partitions once, from its lowest failed
+        offset to its current end. False when stopped meanwhile."""
+        plan = ReplayPlan()
+
+        def plan_letter(record: DeadLetterRecord) -> None:
+            decision = decide(
+                record.headers, self._options.record_filter, self._max_replays, self._topic
+            )
+            if decision.verdict is Verdict.REPLAY and decision.letter is not None:
+                contact = contact_of(record.value)
+                if contact is not None:
+                    plan.add(decision.letter, contact)
+
+        dead_letters = {
+            (self._topic, p): (self.start_offsets[p], self.end_offsets[p]) for p in self.end_offsets
+        }
+        assert self._consumer is not None
+        if not self._read_ranges(
+            self._consumer, dead_letters, lambda _where, record: plan_letter(record)
+        ):
+            return False
+        histories = self._open_histories(plan)
+        ranges = {
+            where: (history.start, history.end)
+            for where, history in histories.items()
+            if history.unreadable is None
+        }
+
+        def unreadable(where: SourcePartition, problem: str) -> None:
+            histories[where].unreadable = problem
+
+        self._source_consumer = Consumer(
+            consumer_config(self._settings.kafka, group_id=self._options.group)
+        )
+        if not self._read_ranges(
+            self._source_consumer,
+            ranges,
+            lambda where, record: histories[where].saw(record.offset, record.value),
+            on_unreadable=unreadable,
+        ):
+            return False
+        for where, history in histories.items():
+            history.finish()
+            if history.unreadable is None:
+                # After the read: retention may have moved on while it ran.
+                low, _high = self._source_consumer.get_watermark_offsets(
+                    TopicPartition(*where), timeout=30, cached=False
+                )
+                history.gone_below(low)
+        self._histories = histories
+        log.debug("read %d source partition(s) for newer transitions", len(histories))
+        return True
+
+    def _catch_up(self) -> None:
+        """Read what reached the source partitions since they were last read, before deciding
+        about the next batch: a transition produced during a long replay still supersedes, and
+        the window left open is one batch's production."""
+        consumer = self._source_consumer
+        if not self._histories or consumer is None:
+            return
+        ranges: dict[SourcePartition, tuple[int, int]] = {}
+        for where, history in self._histories.items():
+            if history.unreadable is not None:
+                continue
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(*where), timeout=30, cached=False
+            )
+            if high > history.end:
+                ranges[where] = (history.end, high)
+                history.end = high
+        histories = self._histories
+        self._read_ranges(
+            consumer,
+            ranges,
+            lambda where, record: histories[where].saw(record.offset, record.value),
+        )
+        for where in ranges:
+            histories[where].finish()
+
+    def _open_histories(self, plan: ReplayPlan) -> dict[SourcePartition, SourceHistory]:
+        """An empty history of each source partition in ``plan``, ending at its current end
+        offset, or marked unreadable (no such topic or partition, not authorised)."""
+        assert self._consumer is not None
+        histories: dict[SourcePartition, SourceHistory] = {}
+        partitions: dict[str, frozenset[int] | str] = {}
+        for where in plan.starts:
+            topic, partition = where
+            if topic not in partitions:
+                found = self._consumer.list_topics(topic, timeout=30).topics.get(topic)
+                if found is None or found.error is not None or not found.partitions:
+                    error = found.error if found is not None else None
+                    partitions[topic] = (
+                        error.str() if isinstance(error, KafkaError) else "it does not exist"
+                    )
+                else:
+                    partitions[topic] = frozenset(found.partitions)
+            known = partitions[topic]
+            if isinstance(known, str):
+                histories[where] = plan.history(where, 0)
+                histories[where].unreadable = f"topic {topic}: {known}"
+                continue
+            if partition not in known:
+                histories[where] = plan.history(where, 0)
+                histories[where].unreadable = "the partition does not exist"
+                continue
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=30, cached=False
+                )
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError) or error.code() not in _UNREADABLE:
+                    raise
+                histories[where] = plan.history(where, 0)
+                histories[where].unreadable = error.str()
+                continue
+            histories[where] = plan.history(where, high)
+            histories[where].compacted = self._compacted(topic)
+        return histories
+
+    def _compacted(self, topic: str) -> bool:
+        """Whether ``topic``'s ``cleanup.policy`` includes ``compact``; True when it cannot be
+        read (no DESCRIBE_CONFIGS permission, say): the conservative answer."""
+        if topic not in self._compaction:
+            resource = ConfigResource(ResourceType.TOPIC, topic)
+            try:
+                if self._admin is None:
+                    self._admin = AdminClient(admin_config(self._settings.kafka))
+                configs = self._admin.describe_configs([resource], request_timeout=30)
+                entry = configs[resource].result(timeout=60).get("cleanup.policy")
+                policy = str(entry.value) if entry is not None else "compact"
+            except (KafkaException, concurrent.futures.TimeoutError) as exc:
+                log.info("cleanup.policy of %s unknown (%s): taken as compacted", topic, exc)
+                policy = "compact"
+            self._compaction[topic] = "compact" in policy
+        return self._compaction[topic]
+
+    def _read_ranges(
+        self,
+        consumer: Consumer,
+        ranges: Mapping[SourcePartition, tuple[int, int]],
+        visit: Callable[[SourcePartition, DeadLetterRecord], None],
+        on_unreadable: Callable[[SourcePartition, str], None] | None = None,
+    ) -> bool:
+        """Read each (topic, partition) from its start up to its end offset (exclusive), in
+        offset order, handing each record to ``visit``. False when stopped meanwhile; raises
+        :class:`ReplayError` when nothing arrives for ``idle_timeout``."""
+        pending = {where for where, (start, end) in ranges.items() if start < end}
+        if not pending:
+            return True
+        assigned = [TopicPartition(t, p, ranges[(t, p)][0]) for t, p in pending]
+        consumer.assign(assigned)
+        last_progress = time.monotonic()
+
+        def finish(where: SourcePartition) -> None:
+            pending.discard(where)
+            consumer.pause([TopicPartition(*where)])
+
+        while pending:
+            if self._stop.is_set():
+                return False
+            messages = consumer.consume(self._options.batch_size, timeout=0.5)
+            for message in messages:
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    if error.code() in _UNREADABLE and on_unreadable is not None:
+                        for where in [w for w in pending if w[0] == topic]:
+                            if partition is None or partition < 0 or where[1] == partition:
+                                on_unreadable(where, error.str())
+                                finish(where)
+                    elif error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", topic, error.str())
+                    continue
+                if topic is None or partition is None or offset is None:
+                    continue
+                where = (topic, partition)
+                if where not in pending:
+                    continue
+                end = ranges[where][1]
+                if offset < end:
+                    visit(where, _to_record(message, partition, offset))
+                    last_progress = time.monotonic()
+                if offset + 1 >= end:
+                    finish(where)
+            if not messages and pending:
+                # Offsets with no record up to the end (compaction, transaction markers).
+                for tp in consumer.position([TopicPartition(*where) for where in pending]):
+                    if tp.offset >= ranges[(tp.topic, tp.partition)][1]:
+                        finish((tp.topic, tp.partition))
+                if pending and time.monotonic() - last_progress > self._options.idle_timeout:
+                    raise ReplayError(
+                        f"no record arrived for {self._options.idle_timeout:.0f} s while "
+                        "reading before the replay; nothing was replayed",
+                        self._summary(),
+                    )
+        # librdkafka keeps a partition paused through a later assign(): undo it.
+        consumer.resume(assigned)
+        consumer.unassign()
+        return True
 
     def _checkpoint(self) -> None:
         """Wait until every produced record is acknowledged, then commit the positions.
@@ -780,21 +1226,40 @@ class Replayer:
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None:
             return None
-        # None when a header name is not UTF-8: no ddsync.* headers read, so it counts as malformed.
-        pairs = readable_headers(message) or ()
-        return DeadLetterRecord(
-            partition=partition,
-            offset=offset,
-            key=message.key(),
-            value=message.value(),
-            headers=tuple(
-                (name, value.encode("utf-8") if isinstance(value, str) else value)
-                for name, value in pairs
-            ),
-        )
+        return _to_record(message, partition, offset)
 
     def _summary(self, stopped: StopReason = StopReason.FAILED) -> ReplaySummary:
         return self._tally.summary(self._options.dry_run, self._options.group, stopped)
+
+
+# librdkafka's RD_KAFKA_PARTITION_UA: the partitioner chooses.
+_ANY_PARTITION: Final = -1
+
+# Errors that say a source partition cannot be read by this client, as opposed to a broker that
+# is away for a while (those stop the run: a rerun decides once it is back).
+_UNREADABLE: Final = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+def _to_record(message: Message, partition: int, offset: int) -> DeadLetterRecord:
+    # None when a header name is not UTF-8: no ddsync.* headers read, so it counts as malformed.
+    pairs = readable_headers(message) or ()
+    return DeadLetterRecord(
+        partition=partition,
+        offset=offset,
+        key=message.key(),
+        value=message.value(),
+        headers=tuple(
+            (name, value.encode("utf-8") if isinstance(value, str) else value)
+            for name, value in pairs
+        ),
+    )
 
 
 def run_replay(

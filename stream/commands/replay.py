@@ -48,7 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="re-produce dead-letter records to their source topics",
         description="Re-produce chosen dead-letter records, key and value unchanged, to their "
         "source topics. Commits as it goes, so an interrupted replay resumes; stops at the end "
-        "offsets it saw when it started; refuses records replayed dead_letter.max_replays times. "
+        "offsets it saw when it started; refuses records replayed dead_letter.max_replays times; "
+        "skips records a newer transition of the same contact and address book follows in "
+        "their source partition (superseded), or whose source partition cannot show it "
+        "(unverifiable). "
         "Repeat a filter to accept several values; different filters must all match.",
     )
     parser.add_argument("--config", type=Path, required=True, help="the TOML configuration file")
@@ -73,6 +76,12 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--limit", type=_positive_int, metavar="N", help="stop after replaying N records"
+    )
+    parser.add_argument(
+        "--replay-unverifiable",
+        action="store_true",
+        help="also replay records whose source partition cannot be read after them (records "
+        "deleted or compacted, no such partition): a newer transition may be undone",
     )
     parser.add_argument(
         "--group",
@@ -109,6 +118,7 @@ def build_options(settings: Settings, args: argparse.Namespace) -> ReplayOptions
         ),
         dry_run=args.dry_run,
         limit=args.limit,
+        replay_unverifiable=args.replay_unverifiable,
     )
 
 

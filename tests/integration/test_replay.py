@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,12 +22,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.config import DeadLetterSettings, KafkaSettings, Settings
 from stream.deadletter_headers import (
+    H_REASON,
     H_REPLAY_COUNT,
     H_SOURCE_TOPIC,
     DeadLetter,
     Reason,
     replay_count_of,
 )
+from stream.demo import DemoRecord, Target, transition
 from stream.replay import (
     Replayer,
     ReplayError,
@@ -38,7 +40,17 @@ from stream.replay import (
     run_replay,
 )
 from tests.conftest import KafkaCluster
-from tests.support.processes import password_env, write_config
+from tests.support.processes import (
+    Account,
+    DdsyncProcess,
+    SandboxProcess,
+    committed_and_end,
+    password_env,
+    produce,
+    read_topic,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -149,12 +161,12 @@ class Setup:
         )
         try:
             partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            marks = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
                 for p in partitions
             }
-            wanted = {p: end for p, end in ends.items() if end > 0}
-            consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
+            wanted = {p: high for p, (low, high) in marks.items() if high > low}
+            consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in wanted])
             found: list[Read] = []
             while wanted:
                 message = consumer.poll(10)
@@ -408,16 +420,16 @@ def test_cli_dry_run_then_replay_as_a_real_process(kafka: KafkaCluster, tmp_path
     assert "auth_failed -> " + setup.audience + ": 1" in dry.stdout
     assert f"{setup.audience}[1]@1 reason=auth_failed code=ERROR_X key='profile-1'" in dry.stdout
     assert (
-        "dry run: would replay 1, refused (too many replays) 1, skipped by filter 1, malformed 0"
-        in dry.stdout
+        "dry run: would replay 1, refused (too many replays) 1, skipped by filter 1, malformed 0,"
+        " superseded 0, unverifiable 0" in dry.stdout
     )
     assert setup.committed() == [NO_OFFSET]
 
     real = ddsync("--group", setup.group, "--reason", "auth_failed")
     assert real.returncode == 0, real.stderr
     assert (
-        "replayed 1, refused (too many replays) 1, skipped by filter 1, malformed 0"
-        in real.stdout.splitlines()
+        "replayed 1, refused (too many replays) 1, skipped by filter 1, malformed 0, "
+        "superseded 0, unverifiable 0" in real.stdout.splitlines()
     )
     assert [r.key for r in setup.read(setup.audience)] == [b"profile-1"]
     assert setup.committed() == [3]
@@ -484,3 +496,235 @@ def test_cli_json_prints_one_object_on_stdout(kafka: KafkaCluster, tmp_path: Pat
     ]
     assert "2 record(s) to look at" in result.stderr
     assert "@example.com" not in result.stdout + result.stderr
+
+
+def test_a_replay_never_makes_a_book_older(kafka: KafkaCluster, tmp_path: Path) -> None:
+    """The issue's story: a record fails, a newer transition of the same contact syncs once the
+    cause is fixed, then the operator replays. The book must keep the newer state, while a
+    failed record that nothing superseded is replayed as before."""
+    account = Account("replay@apiconnector.com", "r1", (1,))
+    # A second, healthy connector: with only one, a wrong password would stop consumption
+    # (every connector suspended opens the breaker) instead of dead-lettering.
+    spare = Account("spare@apiconnector.com", "r1", (2,))
+    sandbox = SandboxProcess(tmp_path, [account, spare], "--import-delay", "0.05")
+    topic = kafka.create_topic(partitions=2)
+    dead_letters = kafka.unique_topic("dlq")
+    group = f"ddsync-{uuid.uuid4().hex[:8]}"
+    config = write_config(
+        tmp_path / "ddsync.toml",
+        bootstrap=kafka.bootstrap_servers,
+        topics=[topic],
+        dead_letter_topic=dead_letters,
+        group=group,
+        connectors={
+            "eu": (account.username, sandbox.discovery_url),
+            "spare": (spare.username, sandbox.discovery_url),
+        },
+        window_seconds=1.0,
+        retry_timeout_seconds=4,
+    )
+    wrong = {password_env("eu"): "not-the-password", password_env("spare"): spare.password}
+    right = {password_env("eu"): account.password, password_env("spare"): spare.password}
+
+    def record(n: int, profile: str, action: str) -> DemoRecord:
+        event = transition(
+            event_id=f"evt-{n}",
+            profile_id=profile,
+            email=f"{profile.upper()}@Example.com",  # the decoder's normalisation applies
+            target=Target("eu", 1),
+            action=action,
+            occurred_at=datetime(2024, 5, 1, 12, n, tzinfo=UTC),
+        )
+        return DemoRecord(profile.encode(), orjson.dumps(event))
+
+    def caught_up() -> bool:
+        committed, ends = committed_and_end(kafka.bootstrap_servers, group, topic, 2)
+        return all(end == 0 or offset == end for offset, end in zip(committed, ends, strict=True))
+
+    processes: list[DdsyncProcess] = []
+    try:
+        # 1. The password is wrong: the connector is suspended, both adds are dead-lettered.
+        processes.append(DdsyncProcess(config, tmp_path / "broken.log", wrong))
+        produce(
+            kafka.bootstrap_servers, topic, [record(1, "older", "add"), record(2, "kept", "add")]
+        )
+        wait_until(caught_up, 120, "the failing records were not committed")
+        assert processes[-1].terminate() == 0
+        letters = read_topic(kafka.bootstrap_servers, dead_letters, 2)
+        reasons = {letter.header(H_REASON) for letter in letters}
+        assert len(letters) == 2
+        assert "auth_failed" in reasons
+        assert reasons <= {"auth_failed", "connector_suspended"}
+
+        # 2. The password is fixed; a newer transition of one contact removes it, and syncs.
+        processes.append(DdsyncProcess(config, tmp_path / "fixed.log", right))
+        produce(kafka.bootstrap_servers, topic, [record(3, "older", "remove")])
+        wait_until(caught_up, 120, "the newer transition was not committed")
+        assert sandbox.members(account.username, 1) == set()
+
+        # 3. The operator replays everything.
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "stream", "replay", "--config", str(config), "--json",
+                "--reason", "auth_failed", "--reason", "connector_suspended",
+            ],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **right},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        wait_until(caught_up, 120, "the replayed records were not committed")
+
+        # The removal stays; the add nothing superseded is applied.
+        assert sandbox.members(account.username, 1) == {"kept@example.com"}
+        report = orjson.loads(result.stdout)
+        assert (report["replayed"], report["superseded"]) == (1, 1)
+    finally:
+        for process in processes:
+            if process.alive():
+                process.kill()
+        sandbox.stop()
+
+
+def test_unverifiable_records_are_skipped_unless_asked_and_land_in_their_source_partition(
+    kafka: KafkaCluster,
+) -> None:
+    setup = Setup(kafka)
+
+    def value(email: str) -> bytes:
+        return orjson.dumps(
+            transition(
+                event_id=f"evt-{email}",
+                profile_id=email,
+                email=email,
+                target=Target("eu-main", 100),
+                action="add",
+                occurred_at=FAILED_AT,
+            )
+        )
+
+    # One original on partition 1 (offset 0); partition 0 stays empty.
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    producer.produce(setup.audience, key=b"k-1", value=value("one@example.com"), partition=1)
+    assert producer.flush(30) == 0
+
+    def at(partition: int, offset: int, email: str) -> Letter:
+        return Letter(
+            key=f"k-{partition}".encode(),
+            value=value(email),
+            letter=replace(
+                setup.letter(partition).letter, source_partition=partition, source_offset=offset
+            ),
+        )
+
+    # Partition 0 ends at 0, before the record at 5: recreated or truncated, nothing to check.
+    setup.put([at(1, 0, "one@example.com"), at(0, 5, "gone@example.com")])
+
+    dry = run_replay(setup.settings, setup.options(dry_run=True))
+    assert (dry.replayed, dry.unverifiable, dry.superseded) == (1, 1, 0)
+    assert dry.unverifiable_samples == (
+        f"dead-letter [0]@1: {setup.audience}[0] ends at offset 0, before the record: the topic "
+        "was recreated or truncated",
+    )
+
+    summary = run_replay(setup.settings, setup.options(replay_unverifiable=True))
+    assert (summary.replayed, summary.unverifiable) == (2, 0)
+    replayed = [r for r in setup.read(setup.audience) if replay_count_of(r.headers)]
+    # Each back in the partition it came from, whatever the partitioner would choose.
+    assert sorted((r.partition, r.key) for r in replayed) == [(0, b"k-0"), (1, b"k-1")]
+
+
+def test_a_transition_produced_while_the_replay_runs_still_supersedes(
+    kafka: KafkaCluster,
+) -> None:
+    setup = Setup(kafka)
+
+    def value(email: str, action: str) -> bytes:
+        return orjson.dumps(
+            transition(
+                event_id=f"evt-{email}-{action}",
+                profile_id=email,
+                email=email,
+                target=Target("eu-main", 100),
+                action=action,
+                occurred_at=FAILED_AT,
+            )
+        )
+
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+
+    def put_source(email: str, action: str) -> None:
+        producer.produce(
+            setup.audience, key=email.encode(), value=value(email, action), partition=0
+        )
+        assert producer.flush(30) == 0
+
+    put_source("a@example.com", "add")  # offset 0
+    put_source("b@example.com", "add")  # offset 1
+    setup.put(
+        [
+            Letter(
+                key=email.encode(),
+                value=value(email, "add"),
+                letter=replace(setup.letter(0).letter, source_partition=0, source_offset=offset),
+            )
+            for offset, email in enumerate(["a@example.com", "b@example.com"])
+        ]
+    )
+    arrived: list[int] = []
+
+    def newer_arrives(progress: ReplayProgress) -> None:
+        # After the first letter was decided, before the second: b leaves meanwhile.
+        if progress.looked_at == 1 and not arrived:
+            put_source("b@example.com", "remove")
+            arrived.append(1)
+
+    summary = run_replay(setup.settings, setup.options(batch_size=1), on_progress=newer_arrives)
+
+    assert arrived
+    assert (summary.replayed, summary.superseded) == (1, 1)
+    source = setup.read(setup.audience)
+    assert [(r.key, replay_count_of(r.headers)) for r in source] == [
+        (b"a@example.com", 0),
+        (b"b@example.com", 0),
+        (b"a@example.com", 1),  # replayed in the first batch
+        (b"b@example.com", 0),  # the removal: still the last transition of b
+    ]
+
+
+def test_records_deleted_after_the_failed_one_make_it_unverifiable(kafka: KafkaCluster) -> None:
+    setup = Setup(kafka)
+    emails = ["old@example.com", "a@example.com", "b@example.com", "c@example.com"]
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for email in emails:  # offsets 0-3 of partition 0
+        event = transition(
+            event_id=f"evt-{email}",
+            profile_id=email,
+            email=email,
+            target=Target("eu-main", 100),
+            action="add",
+            occurred_at=FAILED_AT,
+        )
+        producer.produce(setup.audience, key=email.encode(), value=orjson.dumps(event), partition=0)
+    assert producer.flush(30) == 0
+    letters = [
+        Letter(
+            key=emails[offset].encode(),
+            value=setup.read(setup.audience)[offset].value,
+            letter=replace(setup.letter(0).letter, source_partition=0, source_offset=offset),
+        )
+        for offset in (0, 3)
+    ]
+    setup.put(letters)
+    # As retention would: offsets 0-2 are gone, so whatever followed offset 0 cannot be known.
+    deleted = kafka.admin.delete_records([TopicPartition(setup.audience, 0, 3)])
+    for future in deleted.values():
+        future.result(timeout=30)
+
+    summary = run_replay(setup.settings, setup.options())
+
+    assert (summary.replayed, summary.unverifiable) == (1, 1)
+    assert summary.unverifiable_samples == (
+        f"dead-letter [0]@0: records of {setup.audience}[0] after it are gone (up to offset 2: "
+        "retention, compaction or transaction markers)",
+    )
+    replayed = [r for r in setup.read(setup.audience) if replay_count_of(r.headers)]
+    assert [r.key for r in replayed] == [b"c@example.com"]

@@ -81,6 +81,8 @@ def test_summary_json_is_one_object_with_counts_groups_and_samples() -> None:
         refused=1,
         filtered=3,
         malformed=0,
+        superseded=5,
+        unverifiable=4,
         by_reason_and_topic={("auth_failed", "journey"): 1, ("auth_failed", "audience"): 1},
         samples=(sample,),
     )
@@ -94,6 +96,8 @@ def test_summary_json_is_one_object_with_counts_groups_and_samples() -> None:
         "refused": 1,
         "filtered": 3,
         "malformed": 0,
+        "superseded": 5,
+        "unverifiable": 4,
         "by_reason_and_topic": [
             {"reason": "auth_failed", "source_topic": "audience", "count": 1},
             {"reason": "auth_failed", "source_topic": "journey", "count": 1},
@@ -112,5 +116,6 @@ def test_summary_json_is_one_object_with_counts_groups_and_samples() -> None:
             }
         ],
         "malformed_samples": [],
+        "unverifiable_samples": [],
     }
     assert summary_json(summary, "it broke")["error"] == "it broke"
