@@ -10,10 +10,11 @@ Contract:
   different contacts, so they run concurrently.
 * Transient failures are retried by the client until a step has kept failing for
   ``retry_timeout`` seconds; then every contact of that operation fails with
-  ``retries_exhausted`` (``auth_failed`` when the last error was a 401). Authentication errors
-  are retried too: a password may be being rotated. Waiting for the connector's rate limiter
-  is not failing and does not count; a job DotDigital accepted is awaited (up to
-  ``retry_timeout`` from its acceptance). One still running then is failed, but the client
+  ``retries_exhausted`` (``auth_failed`` when an attempt was refused with a 401, whatever the
+  last one met). Authentication errors are retried too: a password may be being rotated.
+  Waiting for the connector's rate limiter is not failing and does not count; a job DotDigital
+  accepted is awaited (up to ``retry_timeout`` from its acceptance). One still running then is
+  failed, but the client
   holds the address book's next import or removal until that job ends, so a later flush never
   overtakes it.
 * Every contact submitted is reported exactly once to the listener: ``synced``, ``failed``, or
@@ -441,8 +442,9 @@ class Dispatcher:
 def _account_level(exc: BaseException) -> bool:
     """Whether ``exc`` fails the whole account, not this batch: credentials refused or access
     denied, through the retry budget or at once."""
-    last = exc.last_error if isinstance(exc, RetriesExhausted) else exc
-    return isinstance(last, AuthenticationError | WrongRegionError)
+    if isinstance(exc, RetriesExhausted):
+        return exc.refused is not None or isinstance(exc.last_error, WrongRegionError)
+    return isinstance(exc, AuthenticationError | WrongRegionError)
 
 
 async def _any_exists(client: DotDigitalClient, books: Collection[int], deadline: float) -> bool:
@@ -464,12 +466,9 @@ def _failure_of(exc: BaseException, operation: Operation) -> Failure:
     # A job DotDigital refused or that ended badly: named after the operation that sent it.
     refused = Reason.IMPORT_FAILED if operation == "add" else Reason.REMOVAL_FAILED
     if isinstance(exc, RetriesExhausted):
-        last = exc.last_error
-        reason = (
-            Reason.AUTH_FAILED
-            if isinstance(last, AuthenticationError)
-            else Reason.RETRIES_EXHAUSTED
-        )
+        # Credentials refused on any attempt are the cause, whatever the last attempt met.
+        last = exc.refused or exc.last_error
+        reason = Reason.AUTH_FAILED if exc.refused is not None else Reason.RETRIES_EXHAUSTED
         return Failure(reason, last.code, str(last), exc.attempts)
     if isinstance(exc, AddressBookNotFoundError):
         return Failure(Reason.ADDRESS_BOOK_NOT_FOUND, exc.code, str(exc))

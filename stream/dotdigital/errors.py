@@ -162,9 +162,18 @@ class RemovalFailedError(PermanentError):
 
 
 class RetriesExhausted(DotDigitalError):
-    """The retry budget was spent; ``last_error`` is the failure of the last attempt."""
+    """The retry budget was spent; ``last_error`` is the failure of the last attempt, and
+    ``refused`` the last :class:`AuthenticationError` among the attempts (credentials refused
+    once are refused: a 5xx after it does not make the call's failure transient)."""
 
-    def __init__(self, last_error: DotDigitalError, *, attempts: int, elapsed: float):
+    def __init__(
+        self,
+        last_error: DotDigitalError,
+        *,
+        attempts: int,
+        elapsed: float,
+        refused: AuthenticationError | None = None,
+    ):
         super().__init__(
             f"gave up after {attempts} attempt{'s' if attempts != 1 else ''} "
             f"in {elapsed:.1f}s: {last_error.message}",
@@ -174,6 +183,7 @@ class RetriesExhausted(DotDigitalError):
         self.last_error = last_error
         self.attempts = attempts
         self.elapsed = elapsed
+        self.refused = last_error if isinstance(last_error, AuthenticationError) else refused
 
 
 def parse_error_body(body: bytes) -> tuple[str | None, str]:

@@ -104,12 +104,15 @@ class RetryPolicy:
         if deadline is None:
             deadline = started + self.total_seconds
         attempt = 0
+        refused: AuthenticationError | None = None
         while True:
             try:
                 return await operation()
             except RetriesExhausted:
                 raise
             except DotDigitalError as error:
+                if isinstance(error, AuthenticationError):
+                    refused = error
                 wait = self.delay(error, attempt)
                 if wait is None:
                     raise
@@ -120,7 +123,7 @@ class RetryPolicy:
                     isinstance(error, ThrottledError) and self._reset(error) > remaining
                 ):
                     raise RetriesExhausted(
-                        error, attempts=attempt + 1, elapsed=now - started
+                        error, attempts=attempt + 1, elapsed=now - started, refused=refused
                     ) from error
                 attempt += 1
                 await clock.sleep(min(wait, remaining))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stream.deadletter_headers import Reason
-from stream.dispatch import _failure_of
+from stream.dispatch import _account_level, _failure_of
 from stream.dotdigital import (
     AddressBookNotFoundError,
     AuthenticationError,
@@ -54,6 +54,13 @@ REFUSED = PermanentError(
             "add",
             Reason.AUTH_FAILED,
         ),
+        (
+            RetriesExhausted(
+                TransientError("503"), attempts=9, elapsed=1.0, refused=AuthenticationError("401")
+            ),
+            "add",
+            Reason.AUTH_FAILED,
+        ),
         # Retryable errors are never a refusal of the operation, whoever raised them.
         (TransientError("no answer"), "remove", Reason.RETRIES_EXHAUSTED),
         (ThrottledError("429", status=429), "add", Reason.RETRIES_EXHAUSTED),
@@ -62,3 +69,13 @@ REFUSED = PermanentError(
 )
 def test_failure_reason(error: BaseException, operation: Operation, reason: Reason) -> None:
     assert _failure_of(error, operation).reason is reason
+
+
+def test_credentials_refused_on_any_attempt_fail_the_account() -> None:
+    refused = AuthenticationError("401", status=401)
+    flaky = RetriesExhausted(TransientError("503"), attempts=9, elapsed=1.0, refused=refused)
+    assert _account_level(flaky)
+    assert _account_level(refused)
+    assert _account_level(WrongRegionError("403", status=403))
+    assert not _account_level(RetriesExhausted(TransientError("503"), attempts=9, elapsed=1.0))
+    assert not _account_level(AddressBookNotFoundError("gone"))

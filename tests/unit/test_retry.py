@@ -150,6 +150,27 @@ async def test_run_retries_authentication_until_the_deadline_when_asked() -> Non
     assert operation.calls > 3
 
 
+async def test_credentials_refused_once_among_5xx_are_remembered_when_it_gives_up() -> None:
+    # A wrong password behind a flaky DotDigital: the last attempt may be a 5xx, yet the
+    # credentials were refused; that decides the dead letters' reason and the suspension.
+    clock = FakeClock()
+    refused = AuthenticationError("denied", status=401)
+    operation = Script(refused, *[TransientError("503", status=503) for _ in range(1000)])
+    policy = RetryPolicy(retry_authentication=True, random=fixed(1.0))
+    with pytest.raises(RetriesExhausted) as caught:
+        await policy.run(operation, clock, deadline=clock.monotonic() + 100.0)
+    assert isinstance(caught.value.last_error, TransientError)
+    assert caught.value.refused is refused
+
+
+async def test_no_refusal_among_the_attempts_is_none() -> None:
+    clock = FakeClock()
+    operation = Script(*[TransientError("503", status=503) for _ in range(1000)])
+    with pytest.raises(RetriesExhausted) as caught:
+        await RetryPolicy(random=fixed(1.0)).run(operation, clock, deadline=clock.monotonic() + 9)
+    assert caught.value.refused is None
+
+
 async def test_run_does_not_wait_for_a_reset_beyond_the_deadline() -> None:
     clock = FakeClock()
     operation = Script(ThrottledError("429", status=429, retry_after=50.0))
