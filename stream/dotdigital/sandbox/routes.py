@@ -43,7 +43,9 @@ them without credentials):
   deletes the contact and creates it again with a new id in those books (a contact deleted in
   DotDigital and come back) -> ``{"previousContactId": old, "contactId": new}``; 404 for an
   unknown account, contact or book.
-* ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served.
+* ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served, and
+  ``no_op_sends`` per account: imports of a contact into a book it was in, removals of
+  non-members (re-sends of what was applied show there).
 """
 
 from __future__ import annotations
@@ -539,7 +541,12 @@ async def control_set_faults(request: web.Request) -> web.Response:
 
 
 async def control_stats(request: web.Request) -> web.Response:
-    return bodies.json_response(200, request.app[CORE].stats.as_dict())
+    core = request.app[CORE]
+    no_ops = {
+        state.account.username: {"adds": state.no_op_adds, "removals": state.no_op_removals}
+        for state in core.state.accounts.values()
+    }
+    return bodies.json_response(200, {**core.stats.as_dict(), "no_op_sends": no_ops})
 
 
 async def control_members(request: web.Request) -> web.Response:
