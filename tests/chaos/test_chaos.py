@@ -12,9 +12,15 @@ import os
 
 import pytest
 
-from tests.chaos.harness import ChaosSettings, run
+from tests.chaos.harness import ChaosSettings, localkafka, run
 
 SEED = int(os.environ.get("CHAOS_SEED", "12"))
+
+# The run restarts its broker, so it needs one of its own: the local one (a JDK and Maven).
+pytestmark = pytest.mark.skipif(
+    not localkafka.can_run_locally(),
+    reason="the chaos run needs a JDK and Maven for a broker it can restart",
+)
 
 
 @pytest.mark.integration
