@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -72,6 +73,9 @@ import localkafka  # noqa: E402
 GOOD, BROKEN = "a", "b"
 WRONG_PASSWORD = "not-the-password"
 FAULTS_OFF = {"error_rate": 0.0, "latency_seconds": 0.0, "drop_rate": 0.0, "throttle_rate": 0.0}
+QUIET = logging.getLogger("tests.chaos.kafka")
+QUIET.setLevel(logging.CRITICAL)
+QUIET.propagate = False
 TERMINATION_GRACE_SECONDS = 60.0  # the Deployment's terminationGracePeriodSeconds
 
 
@@ -508,7 +512,7 @@ class _Run:
             "group.id": group or f"chaos-reader-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "log_level": 2,
+            "logger": QUIET,
         })  # fmt: skip
 
     def _ends(self) -> list[int]:
@@ -728,7 +732,8 @@ class _PacedProducer:
         self.producer = Producer({
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
-            "log_level": 2,  # its connection errors during broker restarts are expected
+            # Its connection errors during broker restarts are expected: not on the console.
+            "logger": QUIET,
             "linger.ms": 20,
             "message.timeout.ms": 600_000,
         })  # fmt: skip
@@ -761,6 +766,9 @@ class _PacedProducer:
         left = self.producer.flush(600)
         if left:
             self.errors.append(f"{left} records still unsent after 600 s")
+        # Let go of the client now, not at a later garbage collection: a finished producer
+        # would go on reconnecting to a broker that restarts or is gone.
+        del self.producer
 
     def join(self) -> None:
         assert self.thread is not None
