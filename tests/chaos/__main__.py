@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         "--replay-reason", action="append", help="dead-letter reasons replayed after the fix"
     )
     parser.add_argument("--report-dir", type=Path)
+    parser.add_argument(
+        "--no-broken-account",
+        action="store_true",
+        help="a control run: connector b's password is right throughout",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     changes = {
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             ("broker_restarts", args.broker_restarts),
             ("replay_reasons", tuple(args.replay_reason) if args.replay_reason else None),
             ("report_dir", args.report_dir),
+            ("broken_account", False if args.no_broken_account else None),
         )
         if value is not None
     }

@@ -107,6 +107,9 @@ class ChaosSettings:
     # Reasons of the broken connector's dead letters the operator replays after the fix; only
     # those this ddsync knows (Reason) are passed on.
     replay_reasons: tuple[str, ...] = ("auth_failed", "connector_suspended")
+    # False: a control run, b's password right throughout (the operator's restart still
+    # happens): tells the chaos's findings from the broken account's.
+    broken_account: bool = True
     report_dir: Path = ROOT / ".ddsync" / "chaos"
 
     @classmethod
@@ -372,7 +375,9 @@ class _Run:
         )
         env = {
             password_env(GOOD): self.accounts[GOOD].password,
-            password_env(BROKEN): WRONG_PASSWORD,
+            password_env(BROKEN): WRONG_PASSWORD
+            if s.broken_account
+            else self.accounts[BROKEN].password,
         }
         instances = Instances(self.config, self.workdir, env, s.instances)
         self.instances = instances
@@ -393,7 +398,8 @@ class _Run:
         producer = _PacedProducer(self.broker.bootstrap, self.topic)
         sandbox.set_faults(error_rate=s.error_rate, drop_rate=s.drop_rate)
         report.note(
-            f"phase broken: {split} records over {p1:.0f} s, connector {BROKEN}'s password wrong, "
+            f"phase broken: {split} records over {p1:.0f} s, connector {BROKEN}'s password "
+            f"{'wrong' if s.broken_account else 'right (control run)'}, "
             f"{s.error_rate:.0%} 5xx, {s.drop_rate:.0%} dropped connections"
         )
         producer.start(records[:split], p1)
