@@ -663,8 +663,22 @@ class _Run:
         unexpected: Counter[str] = Counter()
         allowed = {Reason.INVALID_EVENT, Reason.MISSING_IDENTIFIER, Reason.UNKNOWN_CONNECTOR,
                    Reason.CONTACT_REJECTED}  # fmt: skip
+        dump = open(self.workdir / "dead-letters.jsonl", "wb")  # noqa: SIM115
         for message in letters:
             headers = {k: (v or b"").decode(errors="replace") for k, v in message.headers() or []}
+            # The evidence for a failure once the broker is gone; error messages stay out.
+            headers.pop("ddsync.error_message", None)
+            dump.write(
+                orjson.dumps(
+                    {
+                        "offset": message.offset(),
+                        "key": (message.key() or b"").decode(errors="replace"),
+                        "value": (message.value() or b"").decode(errors="replace"),
+                        "headers": headers,
+                    }
+                )
+                + b"\n"
+            )
             reason = headers.get(H_REASON, "?")
             reasons[reason] += 1
             by_value[message.value()].add(reason)
@@ -679,6 +693,7 @@ class _Run:
                     unexpected[f"{reason} of connector {headers.get(H_CONNECTOR_ID)}"] += 1
             elif reason not in allowed:
                 unexpected[f"{reason} ({headers.get('ddsync.error_code', '')})"] += 1
+        dump.close()
         report.figures["dead_letters_by_reason"] = dict(reasons)
         invalid_missing = [
             r.bad
