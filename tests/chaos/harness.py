@@ -175,7 +175,7 @@ class Report:
             f"  dead letters         {f.get('dead_letters_by_reason')}",
             f"  replay               {f.get('replay')}",
             f"  report               {Path(self.directory) / 'report.json'}",
-            f"  rerun                make chaos CHAOS_ARGS='--seed {self.seed}'",
+            f"  rerun                make chaos CHAOS_ARGS='{self.settings.get('rerun')}'",
         ]
         lines += [f"  FAILURE: {failure}" for failure in self.failures]
         return "\n".join(lines)
@@ -293,6 +293,21 @@ def schedule(rng: random.Random, settings: ChaosSettings) -> list[Event]:
     return sorted(events, key=lambda e: e.at)
 
 
+def rerun_args(settings: ChaosSettings) -> str:
+    """The ``python -m tests.chaos`` options that give ``settings`` again."""
+    short = settings.records == ChaosSettings.short(settings.seed).records
+    base = ChaosSettings.short(settings.seed) if short else ChaosSettings(seed=settings.seed)
+    args = [f"--seed {settings.seed}", *(["--short"] if short else [])]
+    for name in ("records", "profiles", "chaos_seconds", "kills", "broker_restarts"):
+        if getattr(settings, name) != getattr(base, name):
+            args.append(f"--{name.replace('_', '-')} {getattr(settings, name):g}")
+    if not settings.broken_account:
+        args.append("--no-broken-account")
+    if settings.replay_reasons != base.replay_reasons:
+        args += [f"--replay-reason {r}" for r in settings.replay_reasons]
+    return " ".join(args)
+
+
 def run(settings: ChaosSettings) -> Report:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     workdir = settings.report_dir / f"{stamp}-seed{settings.seed}"
@@ -300,7 +315,8 @@ def run(settings: ChaosSettings) -> Report:
     report = Report(
         settings.seed, {**asdict(settings), "report_dir": str(settings.report_dir)}, str(workdir)
     )
-    report.note(f"seed {settings.seed}; rerun with --seed {settings.seed}; logs in {workdir}")
+    report.settings["rerun"] = rerun_args(settings)
+    report.note(f"seed {settings.seed}; rerun: {report.settings['rerun']}; logs in {workdir}")
     began = time.monotonic()
     broker: OwnBroker | None = None
     try:
