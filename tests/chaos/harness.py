@@ -62,6 +62,7 @@ from tests.support.processes import (
     Account,
     DdsyncProcess,
     SandboxProcess,
+    committed_and_end,
     password_env,
     write_config,
 )
@@ -525,31 +526,25 @@ class _Run:
 
     # -- Kafka ---------------------------------------------------------------------------
 
-    def _tps(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p) for p in range(self.s.partitions)]
-
-    def _consumer(self, group: str | None = None) -> Consumer:
+    def _consumer(self) -> Consumer:
         return Consumer({
             "bootstrap.servers": self.broker.bootstrap,
-            "group.id": group or f"chaos-reader-{uuid.uuid4().hex[:6]}",
+            "group.id": f"chaos-reader-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "logger": QUIET,
         })  # fmt: skip
 
+    def _committed_and_end(self) -> tuple[list[int], list[int]]:
+        return committed_and_end(
+            self.broker.bootstrap, self.group, self.topic, self.s.partitions, {"logger": QUIET}
+        )
+
     def _ends(self) -> list[int]:
-        consumer = self._consumer()
-        try:
-            return [consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in self._tps()]
-        finally:
-            consumer.close()
+        return self._committed_and_end()[1]
 
     def _committed(self) -> list[int]:
-        consumer = self._consumer(self.group)
-        try:
-            return [tp.offset for tp in consumer.committed(self._tps(), timeout=30)]
-        finally:
-            consumer.close()
+        return self._committed_and_end()[0]
 
     def _wait_committed(self, ends: list[int], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
