@@ -425,7 +425,8 @@ class _Run:
         self.produce_errors += producer.errors
         phase_end = time.monotonic()
         ends = self._ends()
-        report.note(f"waiting until the {sum(ends)} records so far are committed (b still broken)")
+        state = "still broken" if s.broken_account else "control run"
+        report.note(f"waiting until the {sum(ends)} records so far are committed ({state})")
         if not self._wait_committed(ends, s.isolation_timeout):
             committed = self._committed()
             left = sum(e - max(c, 0) for c, e in zip(committed, ends, strict=True))
