@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 KAFKA := $(PYTHON) deploy/kafka/localkafka.py
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint bench kafka-up kafka-down kafka-fetch run clean
+.PHONY: help install test lint bench chaos kafka-up kafka-down kafka-fetch run clean
 
 help:
 	@echo "make run        local Kafka + DotDigital sandbox + ddsync + a demo stream (Ctrl-C stops all)"
 	@echo "make test       install into $(VENV), start a local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run pytest"
 	@echo "make lint       ruff and mypy --strict"
 	@echo "make bench      benchmarks B1-B5 (own broker unless KAFKA_BOOTSTRAP_SERVERS is set); BENCH_ARGS='--only B2 --repeat 3 --ddsync-src PATH'"
+	@echo "make chaos      the chaos run (own broker, restarted): 50,000 transitions under kills and faults; CHAOS_ARGS='--seed N --records N'"
 	@echo "make kafka-up   start the local broker in the background; make kafka-down stops it"
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -39,6 +40,12 @@ lint: install
 BENCH_ARGS ?=
 bench: install
 	$(KAFKA) run -- env PYTHONPATH=$(CURDIR) $(PY) -m benchmarks $(BENCH_ARGS)
+
+# The chaos run starts a broker of its own (it restarts it), whatever KAFKA_BOOTSTRAP_SERVERS
+# says; a figure table and .ddsync/chaos/<UTC time>-seed<N>/ (report.json and every log).
+CHAOS_ARGS ?=
+chaos: install
+	env PYTHONPATH=$(CURDIR) $(PY) -m tests.chaos $(CHAOS_ARGS)
 
 # The broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the sandbox, ddsync and a demo stream.
 run: install

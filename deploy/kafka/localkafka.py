@@ -325,6 +325,42 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, *, keep_data: bool = False) -> boo
     return was_running
 
 
+def resume(state_dir: Path, state: BrokerState, version: str = KAFKA_VERSION) -> BrokerState:
+    """Start the broker of ``state`` again after ``stop(state_dir, keep_data=True)``: the same
+    data directory, ports and cluster, so topics, offsets and committed group offsets survive,
+    as when a broker pod restarts on its volume. Waits until every listener accepts again."""
+    data_dir = Path(state.data_dir)
+    java = _java(fetch_jars(version), data_dir / "log4j2.properties")
+    with open(data_dir / "stdout.log", "ab") as out:
+        process = subprocess.Popen(
+            [*java, "kafka.Kafka", str(data_dir / "server.properties")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    resumed = BrokerState(
+        process.pid,
+        state.bootstrap_servers,
+        state.data_dir,
+        state.log_file,
+        state.sasl_bootstrap_servers,
+    )
+    write_state(state_dir, resumed)
+    addresses = [a for a in (state.bootstrap_servers, state.sasl_bootstrap_servers) if a]
+    ports = [int(a.rsplit(":", 1)[1]) for a in addresses]
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            clear_state(state_dir)
+            tail = _tail(Path(state.log_file))
+            raise LocalKafkaError(f"the resumed broker exited with {process.returncode}:\n{tail}")
+        if all(_accepts(p) for p in ports):
+            return resumed
+        time.sleep(0.2)
+    raise LocalKafkaError(f"the resumed broker did not open {', '.join(addresses)} in time")
+
+
 def _terminate(pid: int, grace_seconds: float = 20.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)

@@ -628,6 +628,28 @@ async def test_control_members_stats_and_health(
         assert (await r.json())["urls"] == sandbox.urls
 
 
+async def test_stats_count_sends_that_changed_nothing(
+    sandbox: Sandbox, eu: Api, session: aiohttp.ClientSession
+) -> None:
+    """The chaos run reads re-sends from here: an import of a member, a removal of a
+    non-member."""
+    await import_and_wait(eu, [contact("n@example.com", 501)])
+    await import_and_wait(eu, [contact("n@example.com", 501), contact("m@example.com", 501)])
+    found = await eu.call("GET", "/v2/contacts/n@example.com")
+    for _ in range(2):
+        reply = await eu.call("POST", "/v2/address-books/501/contacts/delete", [found.body["id"]])
+        assert reply.status == 202, reply.text
+        for _ in range(200):
+            status = await eu.call("GET", f"/v2/contacts/deletion/{reply.body['id']}")
+            if status.body["status"] == "Completed":
+                break
+            await asyncio.sleep(0.01)
+    async with session.get(f"{sandbox.urls['r1']}/_sandbox/stats") as r:
+        stats = await r.json()
+    assert stats["no_op_sends"][EU] == {"adds": 1, "removals": 1}
+    assert stats["no_op_sends"][US] == {"adds": 0, "removals": 0}
+
+
 async def test_journal_records_requests(sandbox: Sandbox, eu: Api) -> None:
     sandbox.journal.clear()
     await eu.call("PUT", "/contacts/v3/import", {"contacts": [contact("j@example.com", 501)]})

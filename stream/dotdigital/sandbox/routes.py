@@ -47,7 +47,9 @@ them without credentials):
   the account's API user: while locked every API call with its credentials answers 401, as
   DotDigital does for a locked user or a disabled account -> ``{"locked": bool}``; 404 for an
   unknown account.
-* ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served.
+* ``GET /_sandbox/stats`` -> calls per account and tier, 429s served, faults served, and
+  ``no_op_sends`` per account: imports of a contact into a book it was in, removals of
+  non-members (re-sends of what was applied show there).
 """
 
 from __future__ import annotations
@@ -544,7 +546,12 @@ async def control_set_faults(request: web.Request) -> web.Response:
 
 
 async def control_stats(request: web.Request) -> web.Response:
-    return bodies.json_response(200, request.app[CORE].stats.as_dict())
+    core = request.app[CORE]
+    no_ops = {
+        state.account.username: {"adds": state.no_op_adds, "removals": state.no_op_removals}
+        for state in core.state.accounts.values()
+    }
+    return bodies.json_response(200, {**core.stats.as_dict(), "no_op_sends": no_ops})
 
 
 async def control_members(request: web.Request) -> web.Response:

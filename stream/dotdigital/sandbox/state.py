@@ -235,6 +235,12 @@ class AccountState:
         self.active_imports = 0
         # Locked through the control API: every call answers 401 until unlocked.
         self.locked = False
+        # Sends that changed nothing: an import listing a contact in a book it was already in,
+        # a bulk removal of a contact that was not a member. A client that re-sends what
+        # DotDigital already applied (after a crash, a lost response) shows here; so does
+        # coalescing that ends on the state a book already has.
+        self.no_op_adds = 0
+        self.no_op_removals = 0
         for seed in account.address_books:
             self._add_book(seed.id, seed.name, seed.visibility)
 
@@ -602,6 +608,8 @@ class AccountState:
                 self.books[book_id].members.add(contact.id)
                 contact.lists.add(book_id)
                 changed = True
+            else:
+                self.no_op_adds += 1
         if changed:
             contact.updated = at
         return contact, is_new
@@ -639,6 +647,8 @@ class AccountState:
                     contact = self.contacts[contact_id]
                     contact.lists.discard(job.book_id)
                     contact.updated = at
+                else:
+                    self.no_op_removals += 1
         job.contact_ids = []
         job.completed = True
 
