@@ -332,9 +332,7 @@ class Dispatcher:
     ) -> int:
         suspension = self._suspensions.of(batch.connector_id)
         if suspension is not None:
-            failure = Failure(
-                Reason.CONNECTOR_SUSPENDED, suspension.cause.value, suspension.message
-            )
+            failure = _not_sent(suspension)
             self._metrics.dispatch_failures.labels(
                 batch.connector_id, operation, failure.reason.value
             ).inc()
@@ -378,6 +376,12 @@ class Dispatcher:
             # Before the contacts are reported: the listener decides by the suspensions
             # whether they are dead-lettered or, every connector being suspended, kept open.
             self._suspend_on(batch, failure, account_level=_account_level(exc))
+            suspension = self._suspensions.of(batch.connector_id)
+            if suspension is not None and failure.reason is Reason.RETRIES_EXHAUSTED:
+                # Its budget ran out while its connector's account was failing (say waiting
+                # for the connection a refused call held): the account is the cause, and the
+                # records must come back with the rest of the connector's on a replay.
+                failure = _not_sent(suspension)
             for contact in contacts:
                 self._report_failure(batch, contact, failure)
             return 0
@@ -437,6 +441,10 @@ class Dispatcher:
             self._listener.failed(batch, contact, failure)
         except Exception:
             log.exception("reporting the failure of a contact of %s failed", batch.key)
+
+
+def _not_sent(suspension: Suspension) -> Failure:
+    return Failure(Reason.CONNECTOR_SUSPENDED, suspension.cause.value, suspension.message)
 
 
 def _account_level(exc: BaseException) -> bool:

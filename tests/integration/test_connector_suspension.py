@@ -8,6 +8,7 @@ budget and the probe interval pass without waiting.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -18,7 +19,12 @@ from stream.clock import FakeClock
 from stream.config import ConnectorSettings, Secret
 from stream.deadletter_headers import Reason
 from stream.dispatch import Dispatcher, Failure
-from stream.dotdigital import Operation
+from stream.dotdigital import (
+    AuthenticationError,
+    Operation,
+    RetriesExhausted,
+    TransientError,
+)
 from stream.dotdigital.sandbox import (
     Sandbox,
     SandboxAccount,
@@ -161,3 +167,52 @@ async def test_a_locked_account_is_suspended_not_called_then_resumed_by_a_probe(
     finally:
         await dispatcher.cancel()
         await pool.close()
+
+
+class _Client:
+    """The add is refused (401); the remove, waiting meanwhile, then runs out of budget on 503s."""
+
+    def __init__(self) -> None:
+        self.removing = asyncio.Event()
+        self.refused = asyncio.Event()
+
+    async def import_contacts(self, *args: object, **kwargs: object) -> object:
+        await self.removing.wait()
+        self.refused.set()
+        raise RetriesExhausted(AuthenticationError("401", status=401), attempts=5, elapsed=30)
+
+    async def remove_contacts(self, *args: object, **kwargs: object) -> object:
+        self.removing.set()
+        await self.refused.wait()
+        raise RetriesExhausted(TransientError("503", status=503), attempts=1, elapsed=30)
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.client = _Client()
+
+    async def get(self, *args: object, **kwargs: object) -> _Client:
+        return self.client
+
+
+async def test_a_budget_spent_while_the_account_fails_is_not_sent_not_exhausted() -> None:
+    # Found by the chaos run: the remove of the batch whose add was refused spent its budget
+    # waiting (for the connection the refused add held) and then met a 503; dead-lettered as
+    # retries_exhausted, it was left out of the replay of the connector's records.
+    clock = FakeClock()
+    recorder = Recorder()
+    suspensions = Suspensions(("locked", "good"), clock, PROBE)
+    dispatcher = Dispatcher(
+        _Pool(),  # type: ignore[arg-type]
+        recorder,
+        retry_timeout=30.0,
+        clock=clock,
+        metrics=Metrics(),
+        suspensions=suspensions,
+    )
+    contacts = batch("locked", "joining@example.com", "leaving@example.com")
+    leaving = contacts.adds[1]
+    split = dataclasses.replace(contacts, adds=contacts.adds[:1], removes=(leaving,))
+    await dispatcher.submit(split)
+    assert recorder.failures["joining@example.com"].reason is Reason.AUTH_FAILED
+    assert recorder.failures["leaving@example.com"].reason is Reason.CONNECTOR_SUSPENDED
