@@ -1,11 +1,12 @@
 """B2 throughput: ddsync against a plain consumer over the same topic, records/s and CPU/record.
 
-N realistic transitions (3% bad records, 2% duplicates; :func:`stream.demo.realistic`) over B
-address books on 6 partitions are produced once. The baseline (``benchmarks.baseline``, its own
-process and group) reads the whole topic decoding each value with orjson; then ddsync (its own
-group) syncs it against the sandbox with its limits off. Both are timed from their first record
-to the end (baseline: last record read; ddsync: every offset committed), and their CPU (user +
-system of that process) over the same span. ddsync's address books are then checked exact.
+N realistic transitions (3% bad records, 2% duplicates;
+:func:`stream.demo.generator.realistic`) over B address books on 6 partitions are produced once.
+The baseline (``benchmarks.baseline``, its own process and group) reads the whole topic
+decoding each value with orjson; then ddsync (its own group) syncs it against the sandbox with
+its limits off. Both are timed from their first record to the end (baseline: last record read;
+ddsync: every offset committed), and their CPU (user + system of that process) over the same
+span. ddsync's address books are then checked exact.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from benchmarks.common import (
     scrape,
     unique,
 )
-from stream.demo import Target, realistic
+from stream.demo.generator import Target, realistic
 from tests.support.processes import SandboxProcess, expected_membership, produce
 
 PARTITIONS = 6

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.demo import DemoRecord, Target, transition
+from stream.demo.generator import DemoRecord, Target, transition
 from tests.support.processes import (
     Account,
     DdsyncProcess,

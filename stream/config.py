@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stream.kafka_config import DEFAULT_MAX_POLL_INTERVAL_MS, refused_setting
+from stream.kafka.client_config import DEFAULT_MAX_POLL_INTERVAL_MS, refused_setting
 
 DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
 # At the end of a revoke, for the dead letters its flushes decided to be acknowledged.

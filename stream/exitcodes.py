@@ -8,7 +8,7 @@
 * ``UNAVAILABLE`` (3): a dependency could not be reached or refused us: Kafka or DotDigital
   unreachable (after the command's retries), credentials rejected; for ``run``, a shutdown cut
   at ``batching.shutdown_timeout_seconds`` because the broker did not take the final commit or
-  the group leave (:mod:`stream.shutdown`).
+  the group leave (:mod:`stream.pipeline.shutdown`).
 * ``128 + N`` (:func:`interrupted`): stopped by signal N (130 for SIGINT, 143 for SIGTERM), as
   a shell reports it, after whatever clean-up the command promises.
 """

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from stream.deadletter_headers import Reason
-from stream.demo import REJECTED_EMAILS, DemoRecord, Target, email_of, transition
+from stream.core.deadletter_format import Reason
+from stream.demo.generator import REJECTED_EMAILS, DemoRecord, Target, email_of, transition
 
 INVALID_KINDS: dict[str, Reason] = {
     "not_json": Reason.INVALID_EVENT,

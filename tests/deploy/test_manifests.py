@@ -3,7 +3,8 @@
 * Prometheus rules and their unit tests pass ``promtool`` (Debian package ``prometheus``); each
   alert's unit tests really pin it down (an always-firing or never-firing variant fails them).
 * Every metric and label the rules and the Grafana dashboard name is one ddsync exports
-  (``stream.metrics.Metrics``), so a rename breaks this test, not a dashboard in production.
+  (``stream.observability.metrics.Metrics``), so a rename breaks
+  this test, not a dashboard in production.
 * The Kubernetes manifests agree with each other, with ``ddsync.toml`` as ``stream.config`` reads
   it, and with the container image.
 * The Dockerfile's ENTRYPOINT and CMD parse as a real ``ddsync`` command line.
@@ -33,14 +34,14 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from stream import cli
-from stream.breaker import DeadLetterBreaker
+from stream.cli import main as cli
+from stream.cli import run as run_command
 from stream.clock import FakeClock
-from stream.commands import run as run_command
 from stream.config import MetricsSettings, Settings, load_settings
-from stream.health import Health, Vitals
-from stream.http_server import HttpServer
-from stream.metrics import Metrics
+from stream.core.breaker import DeadLetterBreaker
+from stream.observability.health import Health, Vitals
+from stream.observability.http_server import HttpServer
+from stream.observability.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -777,7 +778,7 @@ def image_command() -> list[str]:
 def test_dockerfile_entrypoint_and_cmd_are_a_real_ddsync_command() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert exec_form("ENTRYPOINT") == ["ddsync"]
-    assert pyproject["project"]["scripts"]["ddsync"] == "stream.cli:main"
+    assert pyproject["project"]["scripts"]["ddsync"] == "stream.cli.main:main"
     try:
         args = cli.build_parser().parse_args(image_command())
     except SystemExit:

@@ -23,9 +23,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.dotdigital.commands import format_table
+from stream.cli.address_books import format_table
 from stream.dotdigital.models import AddressBook
-from stream.dotdigital.sandbox import (
+from stream.sandbox import (
     Sandbox,
     SandboxAccount,
     SandboxAddressBook,
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 RUNNER = """
 import argparse, sys
-from stream.dotdigital.commands import add_parser
+from stream.cli.address_books import add_parser
 parser = argparse.ArgumentParser(prog="ddsync")
 add_parser(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from stream.demo import Target, generate
+from stream.demo.generator import Target, generate
 from stream.exitcodes import ExitCode
 from tests.conftest import KafkaCluster
 from tests.support.processes import (

@@ -33,7 +33,7 @@ from stream.dotdigital import (
     UnrecognizedNotFoundError,
     WrongRegionError,
 )
-from stream.dotdigital.sandbox import (
+from stream.sandbox import (
     JournalEntry,
     Sandbox,
     SandboxAccount,

@@ -30,7 +30,7 @@ from stream.dotdigital import (
     ThrottledError,
 )
 from stream.dotdigital.ratelimit import MAX_RETRY_AFTER_SECONDS
-from stream.dotdigital.sandbox import (
+from stream.sandbox import (
     Sandbox,
     SandboxAccount,
     SandboxAddressBook,

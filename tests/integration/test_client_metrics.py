@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from stream.client_metrics import MetricsObserver
 from stream.clock import FakeClock
 from stream.dotdigital import DotDigitalClient, RetriesExhausted
-from stream.dotdigital.sandbox import Sandbox
-from stream.metrics import Metrics
+from stream.observability.client_metrics import MetricsObserver
+from stream.observability.metrics import Metrics
+from stream.sandbox import Sandbox
 from tests.integration import test_client
 from tests.integration.test_client import (
     BOOK_A,

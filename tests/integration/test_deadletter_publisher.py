@@ -11,11 +11,11 @@ import pytest
 from confluent_kafka import Consumer, Message
 
 from stream.config import KafkaSettings
-from stream.deadletter import DeadLetterPublisher
-from stream.deadletter_headers import H_VALUE_OMITTED, DeadLetter, Reason
-from stream.kafka_config import producer_config
-from stream.metrics import Metrics
-from stream.offsets import RecordRef
+from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, Reason
+from stream.core.offsets import RecordRef
+from stream.kafka.client_config import producer_config
+from stream.kafka.deadletters import DeadLetterPublisher
+from stream.observability.metrics import Metrics
 from tests.conftest import KafkaCluster
 
 pytestmark = pytest.mark.integration

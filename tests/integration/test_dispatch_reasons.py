@@ -12,24 +12,24 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from stream.client_pool import ClientPool
 from stream.clock import FakeClock
 from stream.config import ConnectorSettings, Secret
-from stream.deadletter_headers import Reason
-from stream.dispatch import Dispatcher, Failure
+from stream.core.deadletter_format import Reason
+from stream.core.events import Action, Kind, Transition
+from stream.core.offsets import RecordRef
+from stream.core.suspensions import Suspensions
+from stream.core.windowing import Batch, Contact, Trigger
 from stream.dotdigital import DotDigitalClient, Operation, RetryPolicy
-from stream.dotdigital.sandbox import (
+from stream.observability.metrics import Metrics
+from stream.pipeline.clients import ClientPool
+from stream.pipeline.dispatch import Dispatcher, Failure
+from stream.sandbox import (
     Sandbox,
     SandboxAccount,
     SandboxAddressBook,
     SandboxSettings,
     run_sandbox,
 )
-from stream.events import Action, Kind, Transition
-from stream.metrics import Metrics
-from stream.offsets import RecordRef
-from stream.suspensions import Suspensions
-from stream.windowing import Batch, Contact, Trigger
 from tests.support import basic_auth
 
 pytestmark = pytest.mark.integration

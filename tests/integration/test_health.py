@@ -21,20 +21,20 @@ import orjson
 import pytest
 
 from stream import __version__
-from stream.breaker import DeadLetterBreaker
 from stream.clock import FakeClock
 from stream.config import Settings, load_settings
-from stream.demo import DemoRecord
-from stream.dotdigital.sandbox import (
+from stream.core.breaker import DeadLetterBreaker
+from stream.demo.generator import DemoRecord
+from stream.observability.health import Health, Vitals
+from stream.observability.http_server import HttpServer
+from stream.observability.metrics import Metrics
+from stream.pipeline.processor import Pipeline
+from stream.sandbox import (
     SandboxAccount,
     SandboxAddressBook,
     SandboxSettings,
     run_sandbox,
 )
-from stream.health import Health, Vitals
-from stream.http_server import HttpServer
-from stream.metrics import Metrics
-from stream.pipeline import Pipeline
 from tests.conftest import KafkaCluster
 from tests.integration.test_pipeline_e2e import run_with_config
 from tests.support.processes import (
@@ -266,7 +266,7 @@ async def test_liveness_fails_while_the_event_loop_is_stalled(
 async def test_readiness_needs_partitions(
     kafka: KafkaCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="stream.source")
+    caplog.set_level(logging.INFO, logger="stream.kafka.source")
     topic = kafka.create_topic(partitions=1)
     async with settings_for(kafka, tmp_path, topic) as settings:
         first = Running(settings)

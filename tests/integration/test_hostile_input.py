@@ -24,16 +24,16 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from stream.config import load_settings
-from stream.deadletter_headers import H_REASON, DeadLetter, Reason
-from stream.demo import Target, transition
-from stream.dotdigital.sandbox import (
+from stream.core.deadletter_format import H_REASON, DeadLetter, Reason
+from stream.demo.generator import Target, transition
+from stream.kafka.topics import ensure_topics
+from stream.pipeline.processor import Pipeline
+from stream.sandbox import (
     SandboxAccount,
     SandboxAddressBook,
     SandboxSettings,
     run_sandbox,
 )
-from stream.pipeline import Pipeline
-from stream.topics import ensure_topics
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, write_config
 from tests.support.rawkafka import RawRecord, produce_raw

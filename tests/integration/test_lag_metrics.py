@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.metrics import Metrics
+from stream.observability.metrics import Metrics
 from tests.conftest import KafkaCluster
 from tests.integration.test_pipeline_behaviour import NEVER, eventually, harness, record
 

@@ -20,16 +20,16 @@ import orjson
 import pytest
 
 from stream.config import Settings, load_settings
-from stream.demo import DemoRecord, Target, transition
-from stream.dotdigital.sandbox import (
+from stream.demo.generator import DemoRecord, Target, transition
+from stream.kafka.topics import ensure_topics
+from stream.pipeline.processor import Pipeline
+from stream.sandbox import (
     SandboxAccount,
     SandboxAddressBook,
     SandboxSettings,
     run_sandbox,
 )
-from stream.dotdigital.sandbox.server import Sandbox
-from stream.pipeline import Pipeline
-from stream.topics import ensure_topics
+from stream.sandbox.server import Sandbox
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, produce, write_config
 

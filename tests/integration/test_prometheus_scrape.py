@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from stream import __version__
-from stream.demo import Target, generate
+from stream.demo.generator import Target, generate
 from tests.conftest import KafkaCluster
 from tests.integration.test_health import wait_for_report
 from tests.integration.test_pipeline_e2e import PARTITIONS, Scenario, free_port

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.config import DeadLetterSettings, KafkaSettings, Settings
-from stream.deadletter_headers import (
+from stream.core.deadletter_format import (
     H_REASON,
     H_REPLAY_COUNT,
     H_SOURCE_TOPIC,
@@ -29,8 +29,8 @@ from stream.deadletter_headers import (
     Reason,
     replay_count_of,
 )
-from stream.demo import DemoRecord, Target, transition
-from stream.replay import (
+from stream.demo.generator import DemoRecord, Target, transition
+from stream.replay.runner import (
     Replayer,
     ReplayError,
     ReplayFilter,

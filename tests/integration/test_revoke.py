@@ -23,19 +23,19 @@ import pytest
 
 from stream.clock import FakeClock
 from stream.config import Settings, load_settings
-from stream.deadletter import DeadLetterPublisher
-from stream.demo import Target, transition
-from stream.dotdigital.sandbox import (
+from stream.core.windowing import Trigger
+from stream.demo.generator import Target, transition
+from stream.kafka.client_config import producer_config
+from stream.kafka.deadletters import DeadLetterPublisher
+from stream.kafka.topics import ensure_topics
+from stream.pipeline.processor import Pipeline
+from stream.sandbox import (
     SandboxAccount,
     SandboxAddressBook,
     SandboxSettings,
     run_sandbox,
 )
-from stream.dotdigital.sandbox.server import Sandbox
-from stream.kafka_config import producer_config
-from stream.pipeline import Pipeline
-from stream.topics import ensure_topics
-from stream.windowing import Trigger
+from stream.sandbox.server import Sandbox
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, write_config
 

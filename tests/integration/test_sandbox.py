@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from stream.clock import FakeClock
-from stream.dotdigital.sandbox import (
+from stream.sandbox import (
     Sandbox,
     SandboxAccount,
     SandboxAddressBook,

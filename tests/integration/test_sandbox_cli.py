@@ -1,4 +1,4 @@
-"""``python -m stream.dotdigital.sandbox`` as a real subprocess: ready file, banner without
+"""``python -m stream.sandbox`` as a real subprocess: ready file, banner without
 secrets, accounts file, fault flags, start time, and a clean exit on SIGTERM/SIGINT."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from stream.dotdigital.sandbox import DEMO_PASSWORD, DEMO_USERNAME
-from stream.dotdigital.sandbox.command import add_parser
+from stream.cli.sandbox import add_parser
+from stream.sandbox import DEMO_PASSWORD, DEMO_USERNAME
 from tests.support import basic_auth
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def _no_sandbox_left_behind() -> Iterator[None]:
 
 def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "stream.dotdigital.sandbox", "--port", "0", *args],
+        [sys.executable, "-m", "stream.sandbox", "--port", "0", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -169,7 +169,7 @@ def test_accounts_file_flags_and_sigint(tmp_path: Path) -> None:
 def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
     """The standalone sandbox, for a start that must fail."""
     return subprocess.run(
-        [sys.executable, "-m", "stream.dotdigital.sandbox", *args],
+        [sys.executable, "-m", "stream.sandbox", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -211,9 +211,9 @@ def test_port_in_use_exits_2(tmp_path: Path) -> None:
 
 
 def test_example_accounts_file_loads() -> None:
-    from stream.dotdigital.sandbox import load_accounts
+    from stream.sandbox import load_accounts
 
-    example = REPO / "stream/dotdigital/sandbox/accounts.example.json"
+    example = REPO / "stream/sandbox/accounts.example.json"
     loaded = load_accounts(example, environ={"SANDBOX_EU_PASSWORD": "x"})
     assert [a.region for a in loaded] == ["r1", "r2"]
     assert loaded[1].rate_limit_scheme == "flat"

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from stream.clock import FakeClock
-from stream.dotdigital.sandbox import (
+from stream.sandbox import (
     SandboxAccount,
     SandboxAddressBook,
     SandboxSettings,

@@ -28,8 +28,8 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.deadletter_headers import H_REASON, H_REPLAY_COUNT
-from stream.demo import DemoRecord, Target, generate
+from stream.core.deadletter_format import H_REASON, H_REPLAY_COUNT
+from stream.demo.generator import DemoRecord, Target, generate
 from stream.exitcodes import ExitCode
 from tests.integration.test_pipeline_e2e import EXPECTED_REASON
 from tests.support.processes import (

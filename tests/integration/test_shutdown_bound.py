@@ -29,7 +29,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream.config import BatchingSettings, DispatchSettings
-from stream.demo import Target, transition
+from stream.demo.generator import Target, transition
 from stream.exitcodes import ExitCode
 from tests.conftest import KafkaCluster
 from tests.support.processes import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import load_settings
-from stream.topics import Cluster, ensure_topics
+from stream.kafka.topics import Cluster, ensure_topics
 from tests.conftest import KafkaCluster
 from tests.support.processes import DdsyncProcess, password_env, wait_until, write_config
 

@@ -1,6 +1,6 @@
 """Real processes for end-to-end tests: the sandbox and ddsync itself, plus Kafka helpers.
 
-The sandbox runs as ``python -m stream.dotdigital.sandbox`` and is queried over HTTP through its
+The sandbox runs as ``python -m stream.sandbox`` and is queried over HTTP through its
 control API; ddsync runs as ``python -m stream run`` so that it can be SIGKILLed like a crashed
 pod. Nothing here fakes Kafka or HTTP.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.demo import DemoRecord
+from stream.demo.generator import DemoRecord
 from stream.dotdigital import normalize_email
 
 PASSWORD = "sandbox-secret-password"
@@ -55,7 +55,7 @@ class SandboxProcess:
         ready = workdir / "sandbox-ready.json"
         self.log = workdir / "sandbox.log"
         command = [
-            sys.executable, "-m", "stream.dotdigital.sandbox", "--port", "0",
+            sys.executable, "-m", "stream.sandbox", "--port", "0",
             "--accounts", str(accounts_file), "--ready-file", str(ready), *args,
         ]  # fmt: skip
         with open(self.log, "wb") as out:

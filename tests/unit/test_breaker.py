@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.breaker import DeadLetterBreaker, ShareWindow
 from stream.config import DeadLetterSettings
+from stream.core.breaker import DeadLetterBreaker, ShareWindow
 
 
 def feed(breaker: DeadLetterBreaker, outcomes: str) -> None:

@@ -1,12 +1,12 @@
-"""The command line's own options: --version, --log-level and --log-format (stream/cli.py)."""
+"""The command line's own options: --version, --log-level and --log-format (stream/cli/main.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from stream import __version__
-from stream.cli import build_parser, logging_choice
-from stream.dotdigital.sandbox import command as sandbox_command
+from stream.cli import sandbox as sandbox_command
+from stream.cli.main import build_parser, logging_choice
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:

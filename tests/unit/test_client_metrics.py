@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from stream.client_metrics import MetricsObserver
 from stream.dotdigital.observe import operation_of, status_class
-from stream.metrics import Metrics
+from stream.observability.client_metrics import MetricsObserver
+from stream.observability.metrics import Metrics
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import ConfigError, Secret, Settings, load_settings
-from stream.kafka_config import admin_config, consumer_config, producer_config
+from stream.kafka.client_config import admin_config, consumer_config, producer_config
 
 MINIMAL = """
 [kafka]

@@ -13,11 +13,11 @@ from confluent_kafka import KafkaError, KafkaException
 
 from stream.clock import FakeClock
 from stream.config import KafkaSettings, Settings
-from stream.deadletter import DeadLetterPublisher
-from stream.deadletter_headers import H_VALUE_OMITTED, DeadLetter, Reason
-from stream.metrics import Metrics
-from stream.offsets import RecordRef
-from stream.pipeline import Pipeline
+from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, Reason
+from stream.core.offsets import RecordRef
+from stream.kafka.deadletters import DeadLetterPublisher
+from stream.observability.metrics import Metrics
+from stream.pipeline.processor import Pipeline
 
 
 class Blocked(Exception):

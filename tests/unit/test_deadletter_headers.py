@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.deadletter_headers import (
+from stream.core.deadletter_format import (
     HEADER_NAMES,
     MAX_CODE_BYTES,
     MAX_MESSAGE_BYTES,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.deadletter_headers import Reason
-from stream.dispatch import _account_level, _failure_of
+from stream.core.deadletter_format import Reason
 from stream.dotdigital import (
     AddressBookNotFoundError,
     AuthenticationError,
@@ -19,6 +18,7 @@ from stream.dotdigital import (
     TransientError,
     WrongRegionError,
 )
+from stream.pipeline.dispatch import _account_level, _failure_of
 
 REFUSED = PermanentError(
     "POST /v2/address-books/7/contacts/delete failed with HTTP 400", status=400

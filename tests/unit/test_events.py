@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream import events
-from stream.events import (
+from stream.core import events
+from stream.core.events import (
     DECODE_REASONS,
     Action,
     InvalidRecord,

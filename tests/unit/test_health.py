@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import orjson
 
-from stream.breaker import DeadLetterBreaker
 from stream.clock import FakeClock
-from stream.health import STALE_INTERVALS, BrokerStatus, Health, Heartbeat, Report, Vitals
+from stream.core.breaker import DeadLetterBreaker
+from stream.observability.health import (
+    STALE_INTERVALS,
+    BrokerStatus,
+    Health,
+    Heartbeat,
+    Report,
+    Vitals,
+)
 
 TIMEOUT = 60.0
 

@@ -11,13 +11,13 @@ from datetime import datetime
 import orjson
 import pytest
 
-from stream.client_pool import ClientPool
 from stream.clock import FakeClock
-from stream.dispatch import Dispatcher, Failure
+from stream.core.suspensions import Suspensions
+from stream.core.windowing import Batch, Contact, Trigger
 from stream.logs import configure_logging, log_context, redact
-from stream.metrics import Metrics
-from stream.suspensions import Suspensions
-from stream.windowing import Batch, Contact, Trigger
+from stream.observability.metrics import Metrics
+from stream.pipeline.clients import ClientPool
+from stream.pipeline.dispatch import Dispatcher, Failure
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis.stateful import (
 )
 
 from stream.clock import FakeClock
-from stream.offsets import STAMP_RESOLUTION, OffsetTracker, RecordRef
+from stream.core.offsets import STAMP_RESOLUTION, OffsetTracker, RecordRef
 
 TP = ("audience-transitions", 0)
 OTHER = ("audience-transitions", 1)

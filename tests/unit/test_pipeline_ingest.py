@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from stream.config import ConnectorSettings, KafkaSettings, Secret, Settings
-from stream.deadletter_headers import DeadLetter, Reason
-from stream.offsets import RecordRef
-from stream.pipeline import Pipeline
+from stream.core.deadletter_format import DeadLetter, Reason
+from stream.core.offsets import RecordRef
+from stream.pipeline.processor import Pipeline
 
 
 class UnreadableHeaders:

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from stream.cli import build_parser
-from stream.commands.replay import _positive_int, build_options
+from stream.cli.main import build_parser
+from stream.cli.replay import _positive_int, build_options
 from stream.config import KafkaSettings, Settings
-from stream.deadletter_headers import H_REASON, H_SOURCE_TOPIC, DeadLetter, Reason
-from stream.demo import Target, transition
-from stream.replay import (
+from stream.core.deadletter_format import H_REASON, H_SOURCE_TOPIC, DeadLetter, Reason
+from stream.demo.generator import Target, transition
+from stream.replay.runner import (
     DeadLetterRecord,
     Decision,
     ReplayFilter,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream.clock import FakeClock
-from stream.dotdigital.sandbox import (
+from stream.sandbox import (
     AccountsError,
     Faults,
     SandboxAccount,
@@ -18,9 +18,9 @@ from stream.dotdigital.sandbox import (
     SandboxSettings,
     load_accounts,
 )
-from stream.dotdigital.sandbox.app import tier_of
-from stream.dotdigital.sandbox.ratelimits import RateLimiter
-from stream.dotdigital.sandbox.state import (
+from stream.sandbox.app import tier_of
+from stream.sandbox.ratelimits import RateLimiter
+from stream.sandbox.state import (
     AccountState,
     ContactQuery,
     IdIndex,

@@ -16,9 +16,9 @@ from collections.abc import Collection, Mapping
 
 from stream.clock import FakeClock
 from stream.config import BatchingSettings, Settings, parse_settings
-from stream.offsets import RecordRef, TopicPartitionKey
-from stream.pipeline import Pipeline
-from stream.shutdown import ABANDONED, EXIT_MARGIN_SECONDS, ShutdownBudget, Watchdog
+from stream.core.offsets import RecordRef, TopicPartitionKey
+from stream.pipeline.processor import Pipeline
+from stream.pipeline.shutdown import ABANDONED, EXIT_MARGIN_SECONDS, ShutdownBudget, Watchdog
 
 TP: TopicPartitionKey = ("t", 0)
 OTHER: TopicPartitionKey = ("t", 1)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from stream.clock import FakeClock
-from stream.deadletter_headers import Reason
-from stream.suspensions import Suspensions
+from stream.core.deadletter_format import Reason
+from stream.core.suspensions import Suspensions
 
 PROBE = 60.0
 

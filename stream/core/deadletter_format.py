@@ -1,0 +1,326 @@
+"""Dead-letter reasons and the headers of a dead-letter record.
+
+A dead-letter record is the original record's key and value, unchanged, plus the headers built
+here. This module only builds and reads those headers; producing them is the Kafka edge's job.
+
+Contract:
+
+* :class:`Reason` is the one definition of why a record was dead-lettered. Its values are stable
+  strings (they appear in headers, metric labels and operators' replay filters); the decoder's
+  :class:`stream.core.events.InvalidRecord` uses the same members.
+* :meth:`DeadLetter.to_headers` writes every header under a stable name prefixed ``ddsync.``
+  (see :data:`HEADER_NAMES`); values are UTF-8. Integers are decimal, times RFC 3339 in UTC.
+  Optional fields that are ``None`` are left out rather than written empty.
+* :meth:`DeadLetter.from_headers` reads what :meth:`to_headers` wrote (round trip is exact) and
+  ignores headers it does not know, so the original record's own headers may travel alongside.
+  A missing or malformed ``ddsync.*`` header raises :class:`MalformedDeadLetter` naming it.
+* ``error_message`` and ``error_code`` never hold secrets and never exceed their bound: a
+  :class:`DeadLetter` passes them through :func:`redact` and truncates them (to
+  :data:`MAX_MESSAGE_BYTES` / :data:`MAX_CODE_BYTES` of UTF-8) when it is built, so no caller can
+  put an ``Authorization`` header or a password on the DLQ by accident.
+* Replays: the replay tool re-produces a record to its source topic with
+  :func:`replay_headers` (``ddsync.replay_count`` = previous count + 1); when that record is
+  dead-lettered again, :func:`replay_count_of` reads the count back off it, so the count survives
+  the round trip and the replay tool can refuse records replayed too often.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Final
+
+
+class Reason(StrEnum):
+    """Why a record went to the dead-letter topic. Values are stable: they are a public format."""
+
+    # The record itself is unusable (decoder).
+    INVALID_EVENT = "invalid_event"
+    MISSING_IDENTIFIER = "missing_identifier"
+    UNKNOWN_CONNECTOR = "unknown_connector"
+    # DotDigital said no (dispatcher).
+    CONTACT_REJECTED = "contact_rejected"
+    ADDRESS_BOOK_NOT_FOUND = "address_book_not_found"
+    IMPORT_FAILED = "import_failed"
+    REMOVAL_FAILED = "removal_failed"
+    # Transient failures that outlasted dispatch.retry_timeout_seconds.
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    AUTH_FAILED = "auth_failed"
+    # Not sent: the connector's account failed (stream.core.suspensions); replay once it works.
+    CONNECTOR_SUSPENDED = "connector_suspended"
+    # A defect in ddsync itself; the record is kept for replay once it is fixed.
+    INTERNAL_ERROR = "internal_error"
+
+
+HEADER_PREFIX: Final = "ddsync."
+H_REASON: Final = "ddsync.reason"
+H_ERROR_CODE: Final = "ddsync.error_code"
+H_ERROR_MESSAGE: Final = "ddsync.error_message"
+H_SOURCE_TOPIC: Final = "ddsync.source_topic"
+H_SOURCE_PARTITION: Final = "ddsync.source_partition"
+H_SOURCE_OFFSET: Final = "ddsync.source_offset"
+H_CONNECTOR_ID: Final = "ddsync.connector_id"
+H_ADDRESS_BOOK_ID: Final = "ddsync.address_book_id"
+H_EVENT_ID: Final = "ddsync.event_id"
+H_ATTEMPTS: Final = "ddsync.attempts"
+H_FAILED_AT: Final = "ddsync.failed_at"
+H_REPLAY_COUNT: Final = "ddsync.replay_count"
+# Only on a record too large for the dead-letter topic, written without its value: says what was
+# left out. Not a DeadLetter field: the replay tool refuses such a record (nothing to replay).
+H_VALUE_OMITTED: Final = "ddsync.value_omitted"
+
+HEADER_NAMES: Final = (
+    H_REASON,
+    H_ERROR_CODE,
+    H_ERROR_MESSAGE,
+    H_SOURCE_TOPIC,
+    H_SOURCE_PARTITION,
+    H_SOURCE_OFFSET,
+    H_CONNECTOR_ID,
+    H_ADDRESS_BOOK_ID,
+    H_EVENT_ID,
+    H_ATTEMPTS,
+    H_FAILED_AT,
+    H_REPLAY_COUNT,
+)
+
+MAX_MESSAGE_BYTES: Final = 1024
+MAX_CODE_BYTES: Final = 128
+_ELLIPSIS: Final = "…"
+
+REDACTED: Final = "***"
+
+# Order matters: the Authorization rule consumes the whole value (scheme and credentials) before
+# the bare "Basic <token>" rule would leave the scheme visible.
+_REDACTIONS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+    # Authorization: Basic xxx / "Authorization": "Bearer xxx" / authorization=xxx
+    (
+        re.compile(r"""(?i)(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^"'\r\n,;}]+"""),
+        r"\1" + REDACTED,
+    ),
+    # A bare credential after its scheme. The scheme must be capitalised and the token look
+    # encoded (a digit, +/=, or a lower-to-upper change), so prose like "basic validation" stays.
+    (
+        re.compile(
+            r"\b(Basic|Bearer|Digest)\s+"
+            r"(?=[A-Za-z0-9+/=._~-]*(?:[0-9+/=]|[a-z][A-Z]))[A-Za-z0-9+/=._~-]{8,}"
+        ),
+        r"\1 " + REDACTED,
+    ),
+    # password=..., "passwd": "...", secret: ..., token=..., api_key=...
+    (
+        re.compile(
+            r"""(?i)\b((?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"""
+            r"""["']?\s*[:=]\s*["']?)[^"'\s&,;}]+"""
+        ),
+        r"\1" + REDACTED,
+    ),
+    # Credentials in a URL: https://user:pass@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@"), r"\1:" + REDACTED + "@"),
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with anything that looks like a credential replaced by ``***``.
+
+    Strips ``Authorization`` header values, ``Basic``/``Bearer`` credentials, ``password=``-style
+    pairs (also ``secret``, ``token``, ``api_key``) and URL user-info passwords. ``secrets`` are
+    exact values to remove as well (e.g. the connector's password), for what no pattern can spot.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut so that its UTF-8 encoding fits in ``max_bytes``, marked with an ellipsis."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    room = max_bytes - len(_ELLIPSIS.encode("utf-8"))
+    # errors="ignore" drops a multi-byte character split by the cut instead of failing.
+    return encoded[: max(room, 0)].decode("utf-8", errors="ignore") + _ELLIPSIS
+
+
+class MalformedDeadLetter(ValueError):
+    """The headers are not those of a ddsync dead-letter record; the message names the header."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why and where from a record was dead-lettered: the content of its ``ddsync.*`` headers.
+
+    ``connector_id``/``address_book_id``/``event_id`` are ``None`` when unknown (e.g. the value was
+    not JSON). ``failed_at`` must be timezone-aware. ``error_message`` and ``error_code`` are
+    redacted and truncated on construction.
+    """
+
+    reason: Reason
+    error_code: str
+    error_message: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    failed_at: datetime
+    attempts: int = 1
+    replay_count: int = 0
+    connector_id: str | None = None
+    address_book_id: int | None = None
+    event_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.failed_at.tzinfo is None:
+            raise ValueError("failed_at must be timezone-aware")
+        if self.attempts < 0 or self.replay_count < 0:
+            raise ValueError("attempts and replay_count must not be negative")
+        # Frozen: normalise through object.__setattr__ so no instance can hold a raw message.
+        object.__setattr__(self, "reason", Reason(self.reason))
+        object.__setattr__(
+            self, "error_message", truncate_utf8(redact(self.error_message), MAX_MESSAGE_BYTES)
+        )
+        object.__setattr__(
+            self, "error_code", truncate_utf8(redact(self.error_code), MAX_CODE_BYTES)
+        )
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        """The ``ddsync.*`` headers, in a stable order."""
+        pairs: list[tuple[str, str | None]] = [
+            (H_REASON, self.reason.value),
+            (H_ERROR_CODE, self.error_code),
+            (H_ERROR_MESSAGE, self.error_message),
+            (H_SOURCE_TOPIC, self.source_topic),
+            (H_SOURCE_PARTITION, str(self.source_partition)),
+            (H_SOURCE_OFFSET, str(self.source_offset)),
+            (H_CONNECTOR_ID, self.connector_id),
+            (
+                H_ADDRESS_BOOK_ID,
+                None if self.address_book_id is None else str(self.address_book_id),
+            ),
+            (H_EVENT_ID, self.event_id),
+            (H_ATTEMPTS, str(self.attempts)),
+            (H_FAILED_AT, _format_time(self.failed_at)),
+            (H_REPLAY_COUNT, str(self.replay_count)),
+        ]
+        return [(name, value.encode("utf-8")) for name, value in pairs if value is not None]
+
+    @classmethod
+    def from_headers(
+        cls, headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
+    ) -> DeadLetter:
+        """Read a dead-letter record's headers (as confluent-kafka returns them, or a mapping).
+
+        Headers other than ``ddsync.*`` are ignored; when a name repeats, the last one wins.
+        """
+        values = _header_map(headers)
+
+        def required(name: str) -> str:
+            value = values.get(name)
+            if value is None:
+                raise MalformedDeadLetter(f"header {name} is missing")
+            return value
+
+        reason_text = required(H_REASON)
+        try:
+            reason = Reason(reason_text)
+        except ValueError:
+            raise MalformedDeadLetter(f"header {H_REASON} is unknown: {reason_text!r}") from None
+        address_book = values.get(H_ADDRESS_BOOK_ID)
+        return cls(
+            reason=reason,
+            error_code=values.get(H_ERROR_CODE) or "",
+            error_message=values.get(H_ERROR_MESSAGE) or "",
+            source_topic=required(H_SOURCE_TOPIC),
+            source_partition=_int(H_SOURCE_PARTITION, required(H_SOURCE_PARTITION)),
+            source_offset=_int(H_SOURCE_OFFSET, required(H_SOURCE_OFFSET)),
+            failed_at=_parse_time(required(H_FAILED_AT)),
+            attempts=_int(H_ATTEMPTS, values.get(H_ATTEMPTS) or "0"),
+            replay_count=_int(H_REPLAY_COUNT, values.get(H_REPLAY_COUNT) or "0"),
+            connector_id=values.get(H_CONNECTOR_ID),
+            address_book_id=None if address_book is None else _int(H_ADDRESS_BOOK_ID, address_book),
+            event_id=values.get(H_EVENT_ID),
+        )
+
+
+def replay_count_of(
+    headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None,
+) -> int:
+    """How often a consumed source record was replayed (0 for an original; never raises)."""
+    if not headers:
+        return 0
+    try:
+        value = _header_map(headers).get(H_REPLAY_COUNT)
+    except MalformedDeadLetter:  # a producer's stray non-UTF-8 ddsync.* header
+        return 0
+    try:
+        count = int(value) if value is not None else 0
+    except ValueError:
+        return 0
+    return max(count, 0)
+
+
+def replay_headers(
+    dead_letter: DeadLetter,
+    original: Iterable[tuple[str, bytes | None]] = (),
+) -> list[tuple[str, bytes]]:
+    """Headers for re-producing a dead-lettered record to its source topic.
+
+    Keeps ``original`` headers that are not ``ddsync.*`` and adds ``ddsync.replay_count`` =
+    ``dead_letter.replay_count + 1``. Deciding whether to refuse (too many replays) is the replay
+    tool's: refuse when ``dead_letter.replay_count`` has reached the setting
+    ``dead_letter.max_replays`` (:class:`stream.config.DeadLetterSettings`).
+    """
+    kept = [
+        (name, value)
+        for name, value in original
+        if not name.startswith(HEADER_PREFIX) and value is not None
+    ]
+    kept.append((H_REPLAY_COUNT, str(dead_letter.replay_count + 1).encode("ascii")))
+    return kept
+
+
+def _header_map(
+    headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None],
+) -> dict[str, str]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    values: dict[str, str] = {}
+    for name, raw in items:
+        if not name.startswith(HEADER_PREFIX) or raw is None:
+            continue
+        if isinstance(raw, bytes):
+            try:
+                values[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedDeadLetter(f"header {name} is not UTF-8") from None
+        else:
+            values[name] = raw
+    return values
+
+
+def _int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise MalformedDeadLetter(f"header {name} must be an integer, got {text!r}") from None
+    if value < 0:
+        raise MalformedDeadLetter(f"header {name} must not be negative, got {value}")
+    return value
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise MalformedDeadLetter(f"header {H_FAILED_AT} is not a timestamp: {text!r}") from None
+    if moment.tzinfo is None:
+        raise MalformedDeadLetter(f"header {H_FAILED_AT} has no time zone: {text!r}")
+    return moment

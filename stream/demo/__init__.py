@@ -1,0 +1,1 @@
+"""The demo and test stream: realistic transitions for ``ddsync demo``, benchmarks and chaos."""

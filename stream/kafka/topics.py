@@ -1,0 +1,154 @@
+"""The topics ddsync depends on, checked before anything depends on them.
+
+Contract of :func:`ensure_topics`:
+
+* Every source topic (``kafka.topics``) must exist; ddsync never creates one (a typo in a topic
+  name must fail, not start consuming an empty new topic).
+* The dead-letter topic is created when missing and ``kafka.create_dead_letter_topic`` is on,
+  with ``kafka.dead_letter_partitions`` and ``kafka.dead_letter_replication_factor`` (absent:
+  the broker's defaults, ``num.partitions`` and ``default.replication.factor``). Another
+  instance creating it at the same moment is fine.
+* Anything else raises :class:`TopicError`, whose message is one line naming the topic and what
+  to do. A cluster that cannot be reached raises it too, at once when it refused the credentials
+  (an authentication error is not worth waiting out), else after ``timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from stream.config import KafkaSettings
+from stream.kafka.client_config import admin_config
+
+# The broker's own default, in CreateTopics requests (KIP-464).
+BROKER_DEFAULT = -1
+
+
+class TopicError(RuntimeError):
+    """A topic ddsync needs is missing and cannot be had, or the cluster cannot be reached
+    (``unreachable``); the message says what to do."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+@dataclass(frozen=True)
+class TopicState:
+    name: str
+    partitions: int  # 0 when the topic does not exist
+    created: bool = False
+
+
+def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0) -> list[TopicState]:
+    """Check the source topics, create the dead-letter topic if it is missing and allowed;
+    the states of the source topics, then the dead-letter topic's."""
+    cluster = Cluster(settings)
+    states = cluster.describe_topics(timeout)
+    *sources, dead_letter = states
+    for state in sources:
+        if not state.partitions:
+            raise TopicError(
+                f"source topic {state.name} does not exist on {settings.bootstrap_servers}: "
+                "create it, or fix kafka.topics"
+            )
+    if not dead_letter.partitions:
+        dead_letter = _create_dead_letter_topic(cluster, timeout)
+    return [*sources, dead_letter]
+
+
+class Cluster:
+    """An admin client of the cluster (:func:`stream.kafka.client_config.admin_config`) that notices
+    refused credentials instead of waiting them out."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._errors: list[KafkaError] = []
+        config: dict[str, Any] = {**admin_config(settings), "error_cb": self._errors.append}
+        self.admin = AdminClient(config)
+
+    def metadata(self, timeout: float) -> Any:
+        """The cluster's brokers and topics; :class:`TopicError` (unreachable) when it refused
+        the credentials, or did not answer within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                # In steps, so that an authentication error ends the wait at once.
+                return self.admin.list_topics(timeout=min(1.0, timeout))
+            except KafkaException as exc:
+                self.admin.poll(0)  # serve error_cb
+                refused = [e for e in self._errors if e.code() == KafkaError._AUTHENTICATION]
+                if refused:
+                    raise TopicError(
+                        f"Kafka at {self.settings.bootstrap_servers} refused the credentials "
+                        f"({refused[0].str()}): check the sasl.* / ssl.* settings and "
+                        "[kafka.secrets]",
+                        unreachable=True,
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise TopicError(
+                        f"cannot reach Kafka at {self.settings.bootstrap_servers} within "
+                        f"{timeout:g} s ({_describe(exc)}): check kafka.bootstrap_servers and "
+                        "the security settings",
+                        unreachable=True,
+                    ) from None
+
+    def describe_topics(self, timeout: float) -> list[TopicState]:
+        """Each source topic and the dead-letter topic, with its partition count (0: missing)."""
+        return topic_states(self.metadata(timeout), self.settings)
+
+
+def topic_states(metadata: Any, settings: KafkaSettings) -> list[TopicState]:
+    """From ``metadata``: each source topic, then the dead-letter topic."""
+    states = []
+    for name in (*settings.topics, settings.dead_letter_topic):
+        topic = metadata.topics.get(name)
+        exists = topic is not None and topic.error is None and bool(topic.partitions)
+        states.append(TopicState(name, len(topic.partitions) if exists and topic else 0))
+    return states
+
+
+def _create_dead_letter_topic(cluster: Cluster, timeout: float) -> TopicState:
+    settings, admin = cluster.settings, cluster.admin
+    name = settings.dead_letter_topic
+    if not settings.create_dead_letter_topic:
+        raise TopicError(
+            f"dead-letter topic {name} does not exist: create it, or set "
+            "kafka.create_dead_letter_topic = true to let ddsync create it"
+        )
+    partitions = settings.dead_letter_partitions or BROKER_DEFAULT
+    replication = settings.dead_letter_replication_factor or BROKER_DEFAULT
+    future = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication)],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )[name]
+    try:
+        future.result(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            raise TopicError(
+                f"dead-letter topic {name} does not exist and cannot be created "
+                f"({_describe(exc)}): create it yourself, or fix "
+                "kafka.dead_letter_partitions / kafka.dead_letter_replication_factor"
+            ) from None
+    # Created on the controller; the broker answering metadata may learn of it a moment later.
+    deadline = time.monotonic() + timeout
+    while True:
+        created = cluster.describe_topics(timeout)[-1]
+        if created.partitions or time.monotonic() >= deadline:
+            return TopicState(name, created.partitions, created=True)
+        time.sleep(0.1)
+
+
+def _describe(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return f"{error.name()}: {error.str()}"
+    return str(exc)

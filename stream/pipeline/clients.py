@@ -1,0 +1,61 @@
+"""One DotDigital client per connector, connected on first use.
+
+Connecting detects the account's region, which needs valid credentials. A connector whose
+password is wrong must not stop the others: its client is connected lazily, under the batch's
+retry deadline, and a failure fails that batch (its records go to the dead-letter topic as
+``auth_failed``) while the next batch tries again.
+
+With ``metrics``, each client reports its traffic there
+(:mod:`stream.observability.client_metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from stream.clock import Clock
+from stream.config import ConnectorSettings
+from stream.dotdigital import DotDigitalClient, RetryPolicy
+from stream.observability.client_metrics import MetricsObserver
+from stream.observability.metrics import Metrics
+
+
+class ClientPool:
+    def __init__(
+        self,
+        connectors: Mapping[str, ConnectorSettings],
+        *,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._connectors = connectors
+        self._clock = clock
+        self._metrics = metrics
+        self._clients: dict[str, DotDigitalClient] = {}
+        self._locks = {name: asyncio.Lock() for name in connectors}
+
+    async def get(
+        self, connector_id: str, *, retry: RetryPolicy, deadline: float
+    ) -> DotDigitalClient:
+        """The connector's client, connecting it first if needed (retried until ``deadline``)."""
+        client = self._clients.get(connector_id)
+        if client is not None:
+            return client
+        async with self._locks[connector_id]:
+            client = self._clients.get(connector_id)
+            if client is None:
+                m = self._metrics
+                client = await DotDigitalClient.connect(
+                    self._connectors[connector_id],
+                    clock=self._clock,
+                    retry=retry,
+                    deadline=deadline,
+                    observer=None if m is None else MetricsObserver(m, connector_id),
+                )
+                self._clients[connector_id] = client
+            return client
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for client in self._clients.values()))
+        self._clients.clear()

@@ -1,0 +1,1 @@
+"""``ddsync replay``: reading the dead-letter topic and producing chosen letters again."""
