@@ -32,16 +32,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from stream.clock import Clock
 from stream.core.breaker import DeadLetterBreaker
+from stream.core.offsets import OffsetTracker
 from stream.core.suspensions import Suspensions
-
-if TYPE_CHECKING:
-    from stream.pipeline.processor import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +123,20 @@ class Vitals:
         return cls(Heartbeat(clock), Heartbeat(clock), BrokerStatus(clock))
 
 
+class Monitored(Protocol):
+    """What health reads of a running pipeline (:class:`stream.pipeline.processor.Pipeline`),
+    named here so observability does not import the pipeline that imports it."""
+
+    @property
+    def vitals(self) -> Vitals: ...
+    @property
+    def tracker(self) -> OffsetTracker: ...
+    @property
+    def breaker(self) -> DeadLetterBreaker: ...
+    @property
+    def suspensions(self) -> Suspensions: ...
+
+
 @dataclass(frozen=True)
 class Check:
     ok: bool
@@ -171,7 +183,7 @@ class Health:
         self._suspensions = suspensions
 
     @classmethod
-    def of(cls, pipeline: Pipeline, liveness_timeout: float) -> Health:
+    def of(cls, pipeline: Monitored, liveness_timeout: float) -> Health:
         tracker = pipeline.tracker
         return cls(
             pipeline.vitals,
