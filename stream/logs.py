@@ -18,7 +18,6 @@ Contract:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +26,8 @@ from types import MappingProxyType
 from typing import Final, Literal, TextIO
 
 import orjson
+
+from stream.redaction import redact_emails
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -37,7 +38,6 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "log_context",
-    "redact",
 ]
 
 LogFormat = Literal["text", "json"]
@@ -45,16 +45,9 @@ LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 CONTEXT_FIELDS: Final = ("connector", "address_book", "batch", "partition")
 
-# \w is Unicode-aware: internationalised local parts and domains are personal data too.
-_EMAIL = re.compile(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 _context: ContextVar[Mapping[str, str | int]] = ContextVar(
     "ddsync_log_context", default=MappingProxyType({})
 )
-
-
-def redact(text: str) -> str:
-    """``text`` with every email address replaced by ``{email}``."""
-    return _EMAIL.sub("{email}", text) if "@" in text else text
 
 
 @contextmanager
@@ -91,7 +84,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return redact_emails(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -104,18 +97,18 @@ class JsonFormatter(logging.Formatter):
             .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": redact_emails(record.getMessage()),
         }
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
+            entry["exception"] = redact_emails(self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exception"] = redact(record.exc_text)
+            entry["exception"] = redact_emails(record.exc_text)
         if record.stack_info:
-            entry["stack"] = redact(self.formatStack(record.stack_info))
+            entry["stack"] = redact_emails(self.formatStack(record.stack_info))
         # default=str: a value passed with extra= that JSON cannot hold is still shown.
         return orjson.dumps(entry, default=str).decode()
 

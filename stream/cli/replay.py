@@ -25,7 +25,7 @@ from stream.cli.common import load_or_exit
 from stream.cli.run import check_kafka_settings
 from stream.clock import SystemClock
 from stream.config import Settings
-from stream.core.deadletter_format import Reason
+from stream.core.reasons import Reason
 from stream.exitcodes import ExitCode, interrupted
 from stream.replay.runner import (
     ProgressReporter,

@@ -1,13 +1,11 @@
-"""Dead-letter reasons and the headers of a dead-letter record.
+"""The headers of a dead-letter record.
 
 A dead-letter record is the original record's key and value, unchanged, plus the headers built
 here. This module only builds and reads those headers; producing them is the Kafka edge's job.
 
 Contract:
 
-* :class:`Reason` is the one definition of why a record was dead-lettered. Its values are stable
-  strings (they appear in headers, metric labels and operators' replay filters); the decoder's
-  :class:`stream.core.events.InvalidRecord` uses the same members.
+* ``ddsync.reason`` holds a :class:`stream.core.reasons.Reason` value.
 * :meth:`DeadLetter.to_headers` writes every header under a stable name prefixed ``ddsync.``
   (see :data:`HEADER_NAMES`); values are UTF-8. Integers are decimal, times RFC 3339 in UTC.
   Optional fields that are ``None`` are left out rather than written empty.
@@ -15,7 +13,7 @@ Contract:
   ignores headers it does not know, so the original record's own headers may travel alongside.
   A missing or malformed ``ddsync.*`` header raises :class:`MalformedDeadLetter` naming it.
 * ``error_message`` and ``error_code`` never hold secrets and never exceed their bound: a
-  :class:`DeadLetter` passes them through :func:`redact` and truncates them (to
+  :class:`DeadLetter` passes them through :func:`stream.redaction.redact` and truncates them (to
   :data:`MAX_MESSAGE_BYTES` / :data:`MAX_CODE_BYTES` of UTF-8) when it is built, so no caller can
   put an ``Authorization`` header or a password on the DLQ by accident.
 * Replays: the replay tool re-produces a record to its source topic with
@@ -26,34 +24,13 @@ Contract:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Final
 
-
-class Reason(StrEnum):
-    """Why a record went to the dead-letter topic. Values are stable: they are a public format."""
-
-    # The record itself is unusable (decoder).
-    INVALID_EVENT = "invalid_event"
-    MISSING_IDENTIFIER = "missing_identifier"
-    UNKNOWN_CONNECTOR = "unknown_connector"
-    # DotDigital said no (dispatcher).
-    CONTACT_REJECTED = "contact_rejected"
-    ADDRESS_BOOK_NOT_FOUND = "address_book_not_found"
-    IMPORT_FAILED = "import_failed"
-    REMOVAL_FAILED = "removal_failed"
-    # Transient failures that outlasted dispatch.retry_timeout_seconds.
-    RETRIES_EXHAUSTED = "retries_exhausted"
-    AUTH_FAILED = "auth_failed"
-    # Not sent: the connector's account failed (stream.core.suspensions); replay once it works.
-    CONNECTOR_SUSPENDED = "connector_suspended"
-    # A defect in ddsync itself; the record is kept for replay once it is fixed.
-    INTERNAL_ERROR = "internal_error"
-
+from stream.core.reasons import Reason
+from stream.redaction import redact
 
 HEADER_PREFIX: Final = "ddsync."
 H_REASON: Final = "ddsync.reason"
@@ -90,52 +67,6 @@ HEADER_NAMES: Final = (
 MAX_MESSAGE_BYTES: Final = 1024
 MAX_CODE_BYTES: Final = 128
 _ELLIPSIS: Final = "…"
-
-REDACTED: Final = "***"
-
-# Order matters: the Authorization rule consumes the whole value (scheme and credentials) before
-# the bare "Basic <token>" rule would leave the scheme visible.
-_REDACTIONS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
-    # Authorization: Basic xxx / "Authorization": "Bearer xxx" / authorization=xxx
-    (
-        re.compile(r"""(?i)(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^"'\r\n,;}]+"""),
-        r"\1" + REDACTED,
-    ),
-    # A bare credential after its scheme. The scheme must be capitalised and the token look
-    # encoded (a digit, +/=, or a lower-to-upper change), so prose like "basic validation" stays.
-    (
-        re.compile(
-            r"\b(Basic|Bearer|Digest)\s+"
-            r"(?=[A-Za-z0-9+/=._~-]*(?:[0-9+/=]|[a-z][A-Z]))[A-Za-z0-9+/=._~-]{8,}"
-        ),
-        r"\1 " + REDACTED,
-    ),
-    # password=..., "passwd": "...", secret: ..., token=..., api_key=...
-    (
-        re.compile(
-            r"""(?i)\b((?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"""
-            r"""["']?\s*[:=]\s*["']?)[^"'\s&,;}]+"""
-        ),
-        r"\1" + REDACTED,
-    ),
-    # Credentials in a URL: https://user:pass@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@"), r"\1:" + REDACTED + "@"),
-)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with anything that looks like a credential replaced by ``***``.
-
-    Strips ``Authorization`` header values, ``Basic``/``Bearer`` credentials, ``password=``-style
-    pairs (also ``secret``, ``token``, ``api_key``) and URL user-info passwords. ``secrets`` are
-    exact values to remove as well (e.g. the connector's password), for what no pattern can spot.
-    """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:

@@ -46,7 +46,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from stream.core.deadletter_format import Reason
+from stream.core.reasons import Reason
 
 __all__ = [
     "DECODE_REASONS",

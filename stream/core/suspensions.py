@@ -40,7 +40,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from stream.clock import Clock
-from stream.core.deadletter_format import Reason
+from stream.core.reasons import Reason
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from stream.clock import Clock
-from stream.core.deadletter_format import Reason
 from stream.core.offsets import TopicPartitionKey
+from stream.core.reasons import Reason
 from stream.core.suspensions import Suspension, Suspensions
 from stream.core.windowing import Batch, Contact
 from stream.dotdigital import (

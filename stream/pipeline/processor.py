@@ -54,9 +54,10 @@ from confluent_kafka import Message
 from stream.clock import Clock, SystemClock
 from stream.config import REVOKE_DRAIN_SECONDS, SHUTDOWN_DRAIN_SECONDS, Settings
 from stream.core.breaker import DeadLetterBreaker
-from stream.core.deadletter_format import DeadLetter, Reason, replay_count_of
+from stream.core.deadletter_format import DeadLetter, replay_count_of
 from stream.core.events import InvalidRecord, decode_transition
 from stream.core.offsets import OffsetTracker, RecordRef, TopicPartitionKey
+from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 from stream.dotdigital import Operation

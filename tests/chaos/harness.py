@@ -49,12 +49,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.core.deadletter_format import (
-    H_ADDRESS_BOOK_ID,
-    H_CONNECTOR_ID,
-    H_REASON,
-    Reason,
-)
+from stream.core.deadletter_format import H_ADDRESS_BOOK_ID, H_CONNECTOR_ID, H_REASON
+from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord, Target
 from stream.dotdigital import normalize_email
 from tests.chaos.workload import INVALID_KINDS, REJECTED, generate

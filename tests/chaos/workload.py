@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from stream.core.deadletter_format import Reason
+from stream.core.reasons import Reason
 from stream.demo.generator import REJECTED_EMAILS, DemoRecord, Target, email_of, transition
 
 INVALID_KINDS: dict[str, Reason] = {

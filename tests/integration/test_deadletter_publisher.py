@@ -11,8 +11,9 @@ import pytest
 from confluent_kafka import Consumer, Message
 
 from stream.config import KafkaSettings
-from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, Reason
+from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter
 from stream.core.offsets import RecordRef
+from stream.core.reasons import Reason
 from stream.kafka.client_config import producer_config
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics

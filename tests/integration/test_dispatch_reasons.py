@@ -14,9 +14,9 @@ import pytest
 
 from stream.clock import FakeClock
 from stream.config import ConnectorSettings, Secret
-from stream.core.deadletter_format import Reason
 from stream.core.events import Action, Kind, Transition
 from stream.core.offsets import RecordRef
+from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Trigger
 from stream.dotdigital import DotDigitalClient, Operation, RetryPolicy

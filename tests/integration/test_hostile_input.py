@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from stream.config import load_settings
-from stream.core.deadletter_format import H_REASON, DeadLetter, Reason
+from stream.core.deadletter_format import H_REASON, DeadLetter
+from stream.core.reasons import Reason
 from stream.demo.generator import Target, transition
 from stream.kafka.topics import ensure_topics
 from stream.pipeline.processor import Pipeline

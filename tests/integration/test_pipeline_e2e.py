@@ -25,7 +25,8 @@ import pytest
 from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.core.deadletter_format import H_REASON, Reason
+from stream.core.deadletter_format import H_REASON
+from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord, Target, generate, realistic, transition
 from tests.conftest import KafkaCluster
 from tests.support.processes import (

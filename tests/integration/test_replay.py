@@ -26,9 +26,9 @@ from stream.core.deadletter_format import (
     H_REPLAY_COUNT,
     H_SOURCE_TOPIC,
     DeadLetter,
-    Reason,
     replay_count_of,
 )
+from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord, Target, transition
 from stream.replay.runner import (
     Replayer,

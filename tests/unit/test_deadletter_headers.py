@@ -12,12 +12,12 @@ from stream.core.deadletter_format import (
     MAX_MESSAGE_BYTES,
     DeadLetter,
     MalformedDeadLetter,
-    Reason,
-    redact,
     replay_count_of,
     replay_headers,
     truncate_utf8,
 )
+from stream.core.reasons import Reason
+from stream.redaction import redact
 
 FAILED_AT = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from stream.config import ConnectorSettings, Secret
-from stream.core.deadletter_format import Reason
 from stream.core.events import InvalidRecord, decode_transition
+from stream.core.reasons import Reason
 from stream.demo.generator import BAD_KINDS, DemoRecord, Target, generate, realistic
 
 CONNECTORS = {"main": ConnectorSettings(name="main", username="u", password=Secret("p"))}

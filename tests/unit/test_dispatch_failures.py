@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.core.deadletter_format import Reason
+from stream.core.reasons import Reason
 from stream.dotdigital import (
     AddressBookNotFoundError,
     AuthenticationError,

@@ -419,7 +419,9 @@ def mutate(value: dict[str, Any], mutations: list[tuple[tuple[str, ...], Any]]) 
             if new is ...:
                 parent.pop(path[-1], None)
             else:
-                parent[path[-1]] = new
+                # A copy: a later mutation may walk into this value, and writing into
+                # hypothesis's own object could make it contain itself.
+                parent[path[-1]] = copy.deepcopy(new)
     return value
 
 

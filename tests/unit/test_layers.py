@@ -23,7 +23,7 @@ import stream
 
 ROOT = Path(stream.__file__).parent
 EDGE_LIBRARIES = ("confluent_kafka", "aiohttp", "prometheus_client")
-CORE_MAY_LOAD = ("stream", "stream.core", "stream.clock", "stream.settings")
+CORE_MAY_LOAD = ("stream", "stream.core", "stream.clock", "stream.settings", "stream.redaction")
 APPLICATION_LAYERS = (
     "stream.config",
     "stream.settings",

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from stream.config import ConnectorSettings, KafkaSettings, Secret, Settings
-from stream.core.deadletter_format import DeadLetter, Reason
+from stream.core.deadletter_format import DeadLetter
 from stream.core.offsets import RecordRef
+from stream.core.reasons import Reason
 from stream.pipeline.processor import Pipeline
 
 

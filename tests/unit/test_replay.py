@@ -12,7 +12,8 @@ import pytest
 from stream.cli.main import build_parser
 from stream.cli.replay import _positive_int, build_options
 from stream.config import KafkaSettings, Settings
-from stream.core.deadletter_format import H_REASON, H_SOURCE_TOPIC, DeadLetter, Reason
+from stream.core.deadletter_format import H_REASON, H_SOURCE_TOPIC, DeadLetter
+from stream.core.reasons import Reason
 from stream.demo.generator import Target, transition
 from stream.replay.runner import (
     DeadLetterRecord,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stream.clock import FakeClock
-from stream.core.deadletter_format import Reason
+from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
 
 PROBE = 60.0
