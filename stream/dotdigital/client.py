@@ -56,8 +56,8 @@ import orjson
 from yarl import URL
 
 from stream.clock import Clock, SystemClock
-from stream.config import ConnectorSettings
 from stream.dotdigital.budgets import Budget, Budgets
+from stream.dotdigital.config import ClientConfig
 from stream.dotdigital.contact_ids import ContactIds, Learnt
 from stream.dotdigital.errors import (
     APIUSAGE_EXCEEDED,
@@ -243,14 +243,14 @@ class _Names:
 class DotDigitalClient:
     """An asynchronous client of one DotDigital account.
 
-    Build it with :meth:`connect` (detects the region unless the settings pin one), use it as
+    Build it with :meth:`connect` (detects the region unless the config pins one), use it as
     an async context manager or call :meth:`close`. Not thread-safe; safe for concurrent use by
     tasks of one event loop.
     """
 
     def __init__(
         self,
-        settings: ConnectorSettings,
+        config: ClientConfig,
         *,
         endpoint: str | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -264,27 +264,28 @@ class DotDigitalClient:
         """Prefer :meth:`connect`. ``session`` may be injected (the caller then closes it);
         ``endpoint`` is the regional base URL (``None`` until detection ran); ``observer`` is
         told of every request (see :mod:`stream.dotdigital.observe`)."""
-        self.settings = settings
+        self.config = config
         self._observer = observer if observer is not None else NO_OBSERVER
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._retry = retry if retry is not None else RetryPolicy()
         self._poll = poll if poll is not None else PollSchedule()
-        endpoint = endpoint or settings.api_endpoint
+        endpoint = endpoint or config.api_endpoint
         self._endpoint = endpoint.rstrip("/") if endpoint else None
         self._own_session = session is None
-        self._session = session if session is not None else _new_session(settings)
+        self._session = session if session is not None else _new_session(config)
         # The Authorization value is built once and lives only here: never logged nor shown.
-        token = f"{settings.username}:{settings.password.reveal()}".encode()
+        password = config.password()
+        token = f"{config.username}:{password}".encode()
         self._authorization = "Basic " + base64.b64encode(token).decode("ascii")
-        self._secrets = _spellings(settings.password.reveal(), self._authorization[6:])
-        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+        self._secrets = _spellings(password, self._authorization[6:])
+        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
         # Polls, look-ups and address-book calls have a budget of their own, so that many
         # concurrent polls cannot stampede the bulk operations' budget at each reset; tiers the
         # responses name replace these as they are learnt (see budgets.py).
         starting: dict[Budget, int] = {
-            "add": settings.add_requests_per_minute,
-            "remove": settings.remove_requests_per_minute,
-            "other": settings.other_requests_per_minute,
+            "add": config.add_requests_per_minute,
+            "remove": config.remove_requests_per_minute,
+            "other": config.other_requests_per_minute,
         }
         self._budgets = Budgets(
             starting,
@@ -292,11 +293,11 @@ class DotDigitalClient:
             on_new=lambda name, limiter: self._observer.budget(name, lambda: limiter.limit),
             on_gone=self._observer.budget_gone,
         )
-        self._imports = asyncio.Semaphore(settings.max_active_imports)
+        self._imports = asyncio.Semaphore(config.max_active_imports)
         self._lookups = asyncio.Semaphore(lookup_concurrency)
         self._removal_chunk_size = removal_chunk_size
         self._contact_ids = ContactIds(
-            settings.contact_cache_size, settings.contact_cache_ttl_seconds, self._clock
+            config.contact_cache_size, config.contact_cache_ttl_seconds, self._clock
         )
         # Jobs given up on while perhaps still running, by address book and poll path; the
         # next import or removal of the book waits for them (one waiter per book at a time).
@@ -307,7 +308,7 @@ class DotDigitalClient:
     @classmethod
     async def connect(
         cls,
-        settings: ConnectorSettings,
+        config: ClientConfig,
         *,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
@@ -316,16 +317,16 @@ class DotDigitalClient:
         deadline: float | None = None,
         observer: ClientObserver | None = None,
     ) -> DotDigitalClient:
-        """A ready client: ``settings.api_endpoint`` when set, else the region DotDigital
+        """A ready client: ``config.api_endpoint`` when set, else the region DotDigital
         names for this account at ``{discovery_endpoint}/v2/account-info`` (property
         ``ApiEndpoint``). Detection runs under ``retry`` (and ``deadline``); its errors
         propagate and the session is closed. ``observer`` sees detection's requests too."""
         client = cls(
-            settings, session=session, clock=clock, retry=retry, poll=poll, observer=observer
+            config, session=session, clock=clock, retry=retry, poll=poll, observer=observer
         )
         if client._endpoint is None:
             try:
-                info = await client._account_info(settings.discovery_endpoint, deadline)
+                info = await client._account_info(config.discovery_endpoint, deadline)
                 endpoint = info.api_endpoint
                 if not endpoint:
                     raise PermanentError(
@@ -335,7 +336,7 @@ class DotDigitalClient:
             except BaseException:
                 await client.close()
                 raise
-        log.debug("connector %s uses %s", settings.name, client._endpoint)
+        log.debug("connector %s uses %s", config.name, client._endpoint)
         return client
 
     async def close(self) -> None:
@@ -356,8 +357,8 @@ class DotDigitalClient:
 
     def __repr__(self) -> str:
         return (
-            f"DotDigitalClient(connector={self.settings.name!r}, "
-            f"username={self.settings.username!r}, endpoint={self._endpoint!r})"
+            f"DotDigitalClient(connector={self.config.name!r}, "
+            f"username={self.config.username!r}, endpoint={self._endpoint!r})"
         )
 
     @property
@@ -1237,7 +1238,7 @@ class DotDigitalClient:
             self._observer.request(operation, "network")
             tally.unanswered += method != "GET"
             raise TransientError(
-                f"{what}: no response within {self.settings.request_timeout_seconds:g}s"
+                f"{what}: no response within {self.config.request_timeout_seconds:g}s"
             ) from None
         except aiohttp.ClientError as exc:
             # A malformed answer (ClientResponseError: bad status line, headers or length), a
@@ -1321,9 +1322,9 @@ def _spellings(*secrets: str) -> tuple[bytes, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
-def _new_session(settings: ConnectorSettings) -> aiohttp.ClientSession:
+def _new_session(config: ClientConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.request_timeout_seconds),
+        timeout=aiohttp.ClientTimeout(total=config.request_timeout_seconds),
         headers={"User-Agent": "ddsync"},
         # Look-ups run concurrently; keep connections reused rather than opened per call.
         connector=aiohttp.TCPConnector(limit=64),
