@@ -1,6 +1,7 @@
 """The DotDigital client: region detection, address books, bulk add and bulk remove.
 
-One :class:`DotDigitalClient` per connector (DotDigital account). It owns one aiohttp session,
+One :class:`DotDigitalClient` per connector (DotDigital account). It sends through one
+:class:`~stream.dotdigital.transport.Transport` (its own aiohttp one unless given another), owns
 the account's rate limiters (:mod:`~stream.dotdigital.budgets`: the configured budgets of
 imports, bulk removals and every other call, then one per tier the responses name), a cap on
 concurrent imports, and the contact ids imports and pages of members returned
@@ -51,9 +52,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from stream.clock import Clock, SystemClock
 from stream.dotdigital.budgets import Budget, Budgets
@@ -95,6 +94,7 @@ from stream.dotdigital.ratelimit import (
     parse_retry_after,
 )
 from stream.dotdigital.retry import RetryPolicy
+from stream.dotdigital.transport import AiohttpTransport, Request, Transport, TransportError
 
 __all__ = ["DotDigitalClient", "Operation", "PollSchedule"]
 
@@ -253,7 +253,7 @@ class DotDigitalClient:
         config: ClientConfig,
         *,
         endpoint: str | None = None,
-        session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
         poll: PollSchedule | None = None,
@@ -261,7 +261,7 @@ class DotDigitalClient:
         removal_chunk_size: int = 1000,
         observer: ClientObserver | None = None,
     ) -> None:
-        """Prefer :meth:`connect`. ``session`` may be injected (the caller then closes it);
+        """Prefer :meth:`connect`. ``transport`` may be injected (the caller then closes it);
         ``endpoint`` is the regional base URL (``None`` until detection ran); ``observer`` is
         told of every request (see :mod:`stream.dotdigital.observe`)."""
         self.config = config
@@ -271,14 +271,15 @@ class DotDigitalClient:
         self._poll = poll if poll is not None else PollSchedule()
         endpoint = endpoint or config.api_endpoint
         self._endpoint = endpoint.rstrip("/") if endpoint else None
-        self._own_session = session is None
-        self._session = session if session is not None else _new_session(config)
+        self._own_transport: AiohttpTransport | None = None
+        if transport is None:
+            transport = self._own_transport = AiohttpTransport()
+        self._transport = transport
         # The Authorization value is built once and lives only here: never logged nor shown.
         password = config.password()
         token = f"{config.username}:{password}".encode()
         self._authorization = "Basic " + base64.b64encode(token).decode("ascii")
         self._secrets = _spellings(password, self._authorization[6:])
-        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
         # Polls, look-ups and address-book calls have a budget of their own, so that many
         # concurrent polls cannot stampede the bulk operations' budget at each reset; tiers the
         # responses name replace these as they are learnt (see budgets.py).
@@ -312,7 +313,7 @@ class DotDigitalClient:
         *,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
-        session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
         poll: PollSchedule | None = None,
         deadline: float | None = None,
         observer: ClientObserver | None = None,
@@ -320,9 +321,9 @@ class DotDigitalClient:
         """A ready client: ``config.api_endpoint`` when set, else the region DotDigital
         names for this account at ``{discovery_endpoint}/v2/account-info`` (property
         ``ApiEndpoint``). Detection runs under ``retry`` (and ``deadline``); its errors
-        propagate and the session is closed. ``observer`` sees detection's requests too."""
+        propagate and the client is closed. ``observer`` sees detection's requests too."""
         client = cls(
-            config, session=session, clock=clock, retry=retry, poll=poll, observer=observer
+            config, transport=transport, clock=clock, retry=retry, poll=poll, observer=observer
         )
         if client._endpoint is None:
             try:
@@ -340,9 +341,9 @@ class DotDigitalClient:
         return client
 
     async def close(self) -> None:
-        """Close the session if this client created it. Idempotent."""
-        if self._own_session and not self._session.closed:
-            await self._session.close()
+        """Close the transport if this client created it. Idempotent."""
+        if self._own_transport is not None:
+            await self._own_transport.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -1199,7 +1200,7 @@ class DotDigitalClient:
         ``ends`` (the step's deadline, moved out by its queued time), nothing is sent: a
         :class:`ThrottledError` for the block says so, and the retry policy gives up on it."""
         what = f"{method} {_path_for_messages(path)}"
-        url = URL(f"{base or self.endpoint}{path}", encoded=True)
+        url = f"{base or self.endpoint}{path}"
         operation = operation_of(method, path)
         pacer = self._budgets.for_operation(operation)
         headers = {"Accept": "application/json", "Authorization": self._authorization}
@@ -1227,25 +1228,15 @@ class DotDigitalClient:
         self._observer.queued(self._budgets.name_of(operation), sent_at - queued_at)
         if tally.attempts > 1:
             self._observer.retried(operation)
+        request = Request(method, url, headers, data, self.config.request_timeout_seconds)
         try:
-            async with self._session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except TimeoutError:
+            response = await self._transport.send(request)
+        except TransportError as exc:
+            # A timeout, a malformed answer, a dropped connection or a truncated body: worth
+            # trying again. Only a connection that was never made surely left DotDigital
+            # untouched.
             self._observer.request(operation, "network")
-            tally.unanswered += method != "GET"
-            raise TransientError(
-                f"{what}: no response within {self.config.request_timeout_seconds:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            # A malformed answer (ClientResponseError: bad status line, headers or length), a
-            # dropped connection or a truncated body: worth trying again. Only a connection that
-            # was never made surely left DotDigital untouched.
-            self._observer.request(operation, "network")
-            if not isinstance(exc, aiohttp.ClientConnectorError):
+            if exc.reached:
                 tally.unanswered += method != "GET"
             raise TransientError(f"{what}: {self._describe(exc)}") from None
         except asyncio.CancelledError:
@@ -1254,6 +1245,7 @@ class DotDigitalClient:
         finally:
             if guard is not None:
                 guard.answered()
+        status, response_headers, payload = response.status, response.headers, response.body
         self._observer.request(operation, status_class(status))
         log.debug("%s -> %d", what, status)
         try:
@@ -1290,12 +1282,13 @@ class DotDigitalClient:
                 error.retry_after = pacer.throttled(error.retry_after)
         raise error
 
-    def _describe(self, exc: aiohttp.ClientError) -> str:
-        if isinstance(exc, aiohttp.ClientResponseError):
-            # aiohttp quotes the offending response bytes: scrubbed like a body, and trimmed.
-            text = self._scrub(str(exc.message).encode(errors="replace")).decode(errors="replace")
+    def _describe(self, exc: TransportError) -> str:
+        # The detail may quote the server's bytes: scrubbed like a body (a malformed answer's
+        # also trimmed, since it can be a whole response).
+        text = self._scrub(exc.detail.encode(errors="replace")).decode(errors="replace")
+        if exc.kind == "malformed":
             return f"malformed response: {' '.join(text.split())[:200]}"
-        return _describe(exc)
+        return text
 
     def _scrub(self, payload: bytes) -> bytes:
         # A server echoing credentials back must not put them into our messages and logs.
@@ -1322,15 +1315,6 @@ def _spellings(*secrets: str) -> tuple[bytes, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
-def _new_session(config: ClientConfig) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=config.request_timeout_seconds),
-        headers={"User-Agent": "ddsync"},
-        # Look-ups run concurrently; keep connections reused rather than opened per call.
-        connector=aiohttp.TCPConnector(limit=64),
-    )
-
-
 def _path_for_messages(path: str) -> str:
     """A request's path as error messages and logs show it: no query, and no email address
     (personal data has no place in logs, metrics or dead-letter headers)."""
@@ -1348,15 +1332,6 @@ def _retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:
             return seconds
     reset = headers.get("X-RateLimit-Reset")
     return parse_reset(reset, now_epoch) if reset is not None else None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection without answering"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc})"
-    text = str(exc) or type(exc).__name__
-    return f"connection failed: {text}"
 
 
 def _email_of(item: object) -> str | None:
