@@ -1131,9 +1131,9 @@ async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None
 
 
 def test_error_messages_carry_no_email_address() -> None:
-    from stream.dotdigital.client import _path_for_messages
+    from stream.dotdigital.http import path_for_messages
 
-    assert _path_for_messages("/contacts/v3/email/jane%40example.com") == (
+    assert path_for_messages("/contacts/v3/email/jane%40example.com") == (
         "/contacts/v3/email/{email}"
     )
-    assert _path_for_messages("/v2/address-books?select=1000&skip=0") == "/v2/address-books"
+    assert path_for_messages("/v2/address-books?select=1000&skip=0") == "/v2/address-books"

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 PASSWORD = "pa55-word-that-must-never-show"
 # The client scrubs the password's UTF-8 bytes; a JSON body escapes "ö" as \u00f6, so the
-# password gets through (stream/dotdigital/client.py _scrub). Known, not fixed here.
+# password gets through (stream/dotdigital/http.py _scrub). Known, not fixed here.
 NON_ASCII_PASSWORD = "pa55-Wörd-that-must-never-show"
 PASSWORD_KEY = web.AppKey("password", str)
 USER = "apiuser-logs@apiconnector.com"

@@ -236,6 +236,36 @@ async def test_an_import_without_an_answer_holds_the_next_removal_unless_never_s
     assert clock.monotonic() - failed_at == pytest.approx(held)
 
 
+async def test_a_removal_resolves_each_email_to_a_member_an_absentee_or_a_rejection(
+    clock: FakeClock,
+) -> None:
+    answers = {
+        "member@example.com": json_response(200, {"contactId": 1, "lists": [{"id": BOOK}]}),
+        "elsewhere@example.com": json_response(200, {"contactId": 2, "lists": [{"id": 99}]}),
+        "unknown@example.com": json_response(404, {"errorCode": "contacts:contactNotFound"}),
+        "refused@example.com": json_response(400, {"errorCode": "contacts:invalidEmail"}),
+    }
+
+    def handler(request: Request) -> Response:
+        if path(request).startswith("/contacts/v3/email/"):
+            return answers[path(request).removeprefix("/contacts/v3/email/").lower()]
+        if path(request) == f"/v2/address-books/{BOOK}":
+            # Too big to page for four emails: they are looked up one by one.
+            return json_response(200, {**BOOK_BODY, "contacts": 1_000_000})
+        assert path(request) == f"/v2/address-books/{BOOK}/contacts/delete"
+        assert request.json() == [1]  # only the member is removed
+        return json_response(200, {"id": "del-1", "status": "Completed"})
+
+    transport = MockTransport(handler)
+    async with client(transport, clock) as dd:
+        outcome = await dd.remove_contacts(BOOK, ["Member@example.com", *list(answers)[1:]])
+        assert dd.known_contact_id("elsewhere@example.com") == 2
+    assert outcome.removed == {"Member@example.com", "elsewhere@example.com", "unknown@example.com"}
+    assert outcome.not_found == {"elsewhere@example.com", "unknown@example.com"}
+    assert outcome.rejected["refused@example.com"].failure_code == "contacts:invalidEmail"
+    assert outcome.deletion_ids == ("del-1",)
+
+
 # -- what never leaks ------------------------------------------------------------------------
 
 
