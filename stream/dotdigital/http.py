@@ -207,7 +207,7 @@ class Http:
         self._observer.queued(self._budgets.name_of(operation), sent_at - queued_at)
         if tally.attempts > 1:
             self._observer.retried(operation)
-        request = Request(method, url, headers, data, self._timeout)
+        request = Request(method, url, self._timeout, headers, data)
         try:
             response = await self._transport.send(request)
         except TransportError as exc:

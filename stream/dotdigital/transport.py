@@ -46,13 +46,14 @@ TransportFailure = Literal["unreachable", "timeout", "dropped", "malformed"]
 
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request: ``url`` is absolute and already percent-encoded; ``body`` is JSON."""
+    """One HTTP request: ``url`` is absolute and already percent-encoded; ``timeout`` bounds
+    the whole exchange, in seconds; ``body`` is JSON."""
 
     method: str
     url: str
+    timeout: float
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     body: bytes | None = field(default=None, repr=False)
-    timeout: float = 121.0
 
     def json(self) -> Any:
         """The decoded body (None when there is none)."""
