@@ -38,6 +38,7 @@ from stream.dotdigital.ratelimit import parse_reset
 from stream.dotdigital.retry import RetryPolicy
 from stream.exitcodes import ExitCode, interrupted
 from stream.kafka.preflight import kafka_checks
+from stream.pipeline.clients import client_config
 
 __all__ = ["add_parser", "dotdigital_checks", "exit_code_for"]
 
@@ -164,12 +165,12 @@ def handle_check(args: argparse.Namespace) -> int:
 async def dotdigital_checks(client: DotDigitalClient) -> list[CheckResult]:
     """What ``ddsync check`` reports about a connector: it logs in (raising the client's
     error when it cannot), then lists the account, its endpoint and the rate-limit budgets."""
-    settings = client.settings
+    config = client.config
     info = await client.account_info()
-    how = "configured" if settings.api_endpoint else f"detected via {settings.discovery_endpoint}"
+    how = "configured" if config.api_endpoint else f"detected via {config.discovery_endpoint}"
     rows = [
-        ("connector", settings.name),
-        ("api user", f"{settings.username} (credentials accepted)"),
+        ("connector", config.name),
+        ("api user", f"{config.username} (credentials accepted)"),
         ("account", f"{info.id} {info.properties.get('Name', '')}".rstrip()),
         ("endpoint", f"{client.endpoint} ({how})"),
     ]
@@ -193,7 +194,7 @@ async def dotdigital_checks(client: DotDigitalClient) -> list[CheckResult]:
         rows.append(
             (f"{name} budget", f"{status.limit} requests/minute, {status.available} available")
         )
-    rows.append(("imports", f"at most {settings.max_active_imports} at once"))
+    rows.append(("imports", f"at most {config.max_active_imports} at once"))
     return [CheckResult(label, True, value) for label, value in rows]
 
 
@@ -262,7 +263,9 @@ def _run(
         policy = RetryPolicy(total_seconds=max(0.0, args.retry_seconds))
 
         async def main() -> None:
-            async with await DotDigitalClient.connect(connector, retry=policy) as client:
+            async with await DotDigitalClient.connect(
+                client_config(connector), retry=policy
+            ) as client:
                 await work(client)
 
         asyncio.run(main())

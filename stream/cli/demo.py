@@ -29,6 +29,7 @@ from stream.demo.generator import Target, generate
 from stream.dotdigital import DotDigitalClient, DotDigitalError
 from stream.exitcodes import ExitCode
 from stream.kafka.client_config import admin_config, consumer_config, producer_config
+from stream.pipeline.clients import client_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -86,7 +87,7 @@ def create_topics(settings: Settings, partitions: int) -> None:
 async def create_address_books(settings: Settings, per_connector: int) -> list[Target]:
     targets = []
     for name, connector in settings.connectors.items():
-        async with await DotDigitalClient.connect(connector) as client:
+        async with await DotDigitalClient.connect(client_config(connector)) as client:
             print(f"connector {name}: {connector.username} at {client.endpoint}")
             for n in range(1, per_connector + 1):
                 book = await client.create_address_book(f"ddsync demo {n}", exist_ok=True)
@@ -154,7 +155,7 @@ def watch(settings: Settings, targets: list[Target], every: float, seconds: floa
 async def address_book_sizes(settings: Settings, targets: list[Target]) -> dict[Target, int]:
     sizes: dict[Target, int] = {}
     for name, connector in settings.connectors.items():
-        async with await DotDigitalClient.connect(connector) as client:
+        async with await DotDigitalClient.connect(client_config(connector)) as client:
             books = {b.id: b.contacts for b in await client.list_address_books()}
         for target in targets:
             if target.connector_id == name:

@@ -2,9 +2,16 @@
 
 Build a client per connector with :meth:`DotDigitalClient.connect`; see the client module for
 the contracts of the bulk operations.
+
+The client (and with it aiohttp, its default transport) is imported on first use of
+``DotDigitalClient``, ``Operation`` or ``PollSchedule``: the pure parts (rate limiting, retry
+policy, errors, models) import without it.
 """
 
-from stream.dotdigital.client import DotDigitalClient, Operation, PollSchedule
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from stream.dotdigital.errors import (
     AddressBookNotFoundError,
     AuthenticationError,
@@ -29,6 +36,11 @@ from stream.dotdigital.models import (
 )
 from stream.dotdigital.ratelimit import RateLimiter, RateLimitStatus
 from stream.dotdigital.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from stream.dotdigital.client import DotDigitalClient, Operation, PollSchedule
+
+_FROM_CLIENT = frozenset({"DotDigitalClient", "Operation", "PollSchedule"})
 
 __all__ = [
     "AccountInfo",
@@ -56,3 +68,11 @@ __all__ = [
     "WrongRegionError",
     "normalize_email",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _FROM_CLIENT:
+        from stream.dotdigital import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 The client knows nothing of Prometheus (the CLI commands use it without metrics): it calls a
 :class:`ClientObserver`, whose methods do nothing unless overridden. ddsync's pipeline passes
-one that feeds its metrics (:mod:`stream.observability.client_metrics`).
+one that feeds its Prometheus metrics; the library imports nothing of the application.
 
 Contract: callbacks run on the client's event loop, synchronously, and must not raise nor block.
 Their arguments are drawn from small sets (no path, address book id, email nor credential

@@ -7,6 +7,9 @@ retry deadline, and a failure fails that batch (its records go to the dead-lette
 
 With ``metrics``, each client reports its traffic there
 (:mod:`stream.observability.client_metrics`).
+
+:func:`client_config` is the one place a connector's settings become the client library's
+:class:`~stream.dotdigital.config.ClientConfig`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,27 @@ from collections.abc import Mapping
 from stream.clock import Clock
 from stream.config import ConnectorSettings
 from stream.dotdigital import DotDigitalClient, RetryPolicy
+from stream.dotdigital.config import ClientConfig
 from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
+
+
+def client_config(connector: ConnectorSettings) -> ClientConfig:
+    """What the DotDigital client needs of a connector's settings."""
+    return ClientConfig(
+        name=connector.name,
+        username=connector.username,
+        password=connector.password.reveal,
+        api_endpoint=connector.api_endpoint,
+        discovery_endpoint=connector.discovery_endpoint,
+        add_requests_per_minute=connector.add_requests_per_minute,
+        remove_requests_per_minute=connector.remove_requests_per_minute,
+        other_requests_per_minute=connector.other_requests_per_minute,
+        max_active_imports=connector.max_active_imports,
+        request_timeout_seconds=connector.request_timeout_seconds,
+        contact_cache_size=connector.contact_cache_size,
+        contact_cache_ttl_seconds=connector.contact_cache_ttl_seconds,
+    )
 
 
 class ClientPool:
@@ -47,7 +69,7 @@ class ClientPool:
             if client is None:
                 m = self._metrics
                 client = await DotDigitalClient.connect(
-                    self._connectors[connector_id],
+                    client_config(self._connectors[connector_id]),
                     clock=self._clock,
                     retry=retry,
                     deadline=deadline,

@@ -71,7 +71,6 @@ from stream.dotdigital import (
 from stream.dotdigital.guard import Abandoned, SendGuard, guarded
 from stream.logs import log_context
 from stream.observability.metrics import Metrics
-from stream.pipeline.clients import ClientPool
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,17 @@ class Failure:
     code: str | None
     message: str
     attempts: int = 1
+
+
+class Clients(Protocol):
+    """Where the dispatcher gets each connector's client: the service's
+    :class:`~stream.pipeline.clients.ClientPool`, or a test's stand-in."""
+
+    async def get(
+        self, connector_id: str, *, retry: RetryPolicy, deadline: float
+    ) -> DotDigitalClient:
+        """The connector's client, connecting it first if needed (retried until ``deadline``)."""
+        ...
 
 
 class DispatchListener(Protocol):
@@ -106,7 +116,7 @@ class DispatchListener(Protocol):
 class Dispatcher:
     def __init__(
         self,
-        clients: ClientPool,
+        clients: Clients,
         listener: DispatchListener,
         *,
         retry_timeout: float,

@@ -33,6 +33,7 @@ from stream.dotdigital import (
     UnrecognizedNotFoundError,
     WrongRegionError,
 )
+from stream.pipeline.clients import client_config
 from stream.sandbox import (
     JournalEntry,
     Sandbox,
@@ -126,7 +127,9 @@ async def connect(
     **overrides: Any,
 ) -> DotDigitalClient:
     return await DotDigitalClient.connect(
-        connector(sb, username, **overrides), clock=clock, retry=retry or fast_retry()
+        client_config(connector(sb, username, **overrides)),
+        clock=clock,
+        retry=retry or fast_retry(),
     )
 
 
@@ -182,7 +185,7 @@ async def test_bad_credentials_fail_at_once_and_never_show_the_password(
 ) -> None:
     settings = connector(sandbox, password=Secret("wrong-" + PASSWORD))
     with pytest.raises(AuthenticationError) as caught:
-        await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry())
+        await DotDigitalClient.connect(client_config(settings), clock=clock, retry=fast_retry())
     error = caught.value
     assert error.status == 401
     for text in (str(error), repr(error), error.message):
@@ -196,7 +199,9 @@ async def test_the_pipeline_retries_401_until_its_deadline(
 ) -> None:
     settings = connector(sandbox, password=Secret("rotating"), api_endpoint=sandbox.urls["r2"])
     client = DotDigitalClient(
-        settings, clock=clock, retry=fast_retry(retry_authentication=True, total_seconds=30)
+        client_config(settings),
+        clock=clock,
+        retry=fast_retry(retry_authentication=True, total_seconds=30),
     )
     async with client:
         with pytest.raises(RetriesExhausted) as caught:
@@ -902,7 +907,10 @@ async def test_an_unreachable_host_is_transient(clock: FakeClock) -> None:
         name="x", username=USER, password=Secret(PASSWORD), api_endpoint="http://127.0.0.1:9"
     )
     async with DotDigitalClient(
-        settings, endpoint=settings.api_endpoint, clock=clock, retry=fast_retry(total_seconds=5)
+        client_config(settings),
+        endpoint=settings.api_endpoint,
+        clock=clock,
+        retry=fast_retry(total_seconds=5),
     ) as client:
         with pytest.raises(RetriesExhausted) as caught:
             await client.list_address_books()
@@ -1009,7 +1017,9 @@ async def test_result_mapping_duplicates_partial_failures_and_missing_contacts(
     settings = ConnectorSettings(
         name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
     )
-    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+    async with await DotDigitalClient.connect(
+        client_config(settings), clock=clock, retry=fast_retry()
+    ) as client:
         outcome = await client.import_contacts(
             7, ["A@example.com", "b@example.com", "c@example.com", "d@example.com"]
         )
@@ -1031,7 +1041,9 @@ async def test_a_failed_import_is_import_failed_error(
     settings = ConnectorSettings(
         name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
     )
-    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+    async with await DotDigitalClient.connect(
+        client_config(settings), clock=clock, retry=fast_retry()
+    ) as client:
         with pytest.raises(ImportFailedError) as caught:
             await client.import_contacts(7, ["a@example.com"])
     assert caught.value.import_status == status
@@ -1066,7 +1078,9 @@ async def test_an_unknown_list_id_of_an_existing_book_stays_a_rejection(
     settings = ConnectorSettings(
         name="s", username=USER, password=Secret(PASSWORD), api_endpoint=url
     )
-    async with await DotDigitalClient.connect(settings, clock=clock, retry=fast_retry()) as client:
+    async with await DotDigitalClient.connect(
+        client_config(settings), clock=clock, retry=fast_retry()
+    ) as client:
         outcome = await client.import_contacts(7, ["a@example.com"])
     assert outcome.rejected["a@example.com"].failure_code == "InvalidAddressBookIds"
     assert holder[0].book_gets == 1
@@ -1093,7 +1107,9 @@ async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None
         )
         emails = [f"user{i}@example.com" for i in range(20_000)]
         started = time.monotonic()
-        async with await DotDigitalClient.connect(settings, clock=SystemClock()) as client:
+        async with await DotDigitalClient.connect(
+            client_config(settings), clock=SystemClock()
+        ) as client:
             outcomes = await asyncio.gather(
                 *(
                     client.import_contacts(BOOK_A, emails[i : i + 1000])
@@ -1115,9 +1131,9 @@ async def test_twenty_thousand_contacts_in_and_out_with_the_real_clock() -> None
 
 
 def test_error_messages_carry_no_email_address() -> None:
-    from stream.dotdigital.client import _path_for_messages
+    from stream.dotdigital.http import path_for_messages
 
-    assert _path_for_messages("/contacts/v3/email/jane%40example.com") == (
+    assert path_for_messages("/contacts/v3/email/jane%40example.com") == (
         "/contacts/v3/email/{email}"
     )
-    assert _path_for_messages("/v2/address-books?select=1000&skip=0") == "/v2/address-books"
+    assert path_for_messages("/v2/address-books?select=1000&skip=0") == "/v2/address-books"

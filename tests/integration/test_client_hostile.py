@@ -30,6 +30,7 @@ from stream.dotdigital import (
     ThrottledError,
 )
 from stream.dotdigital.ratelimit import MAX_RETRY_AFTER_SECONDS
+from stream.pipeline.clients import client_config
 from stream.sandbox import (
     Sandbox,
     SandboxAccount,
@@ -181,7 +182,7 @@ async def test_a_contact_imported_and_failed_is_rejected_not_synced() -> None:
     result = finished([made("a@example.com", 1), made("b@example.com", 2)], [failure])
     async with serving(importing(lambda n: ACCEPTED, result)) as raw:
         clock = FakeClock()
-        client = DotDigitalClient(settings(raw.url), clock=clock, retry=policy())
+        client = DotDigitalClient(client_config(settings(raw.url)), clock=clock, retry=policy())
         async with client:
             outcome = await client.import_contacts(BOOK, ["a@example.com", "b@example.com"])
     assert outcome.imported == {"b@example.com": 2}
@@ -223,7 +224,7 @@ async def test_an_import_whose_list_failed_for_a_missing_book_is_not_synced(
 ) -> None:
     sb, clock = sandbox
     async with await DotDigitalClient.connect(
-        sandbox_settings(sb), clock=clock, retry=policy()
+        client_config(sandbox_settings(sb)), clock=clock, retry=policy()
     ) as client:
         with pytest.raises(AddressBookNotFoundError):
             await client.import_contacts(999999, ["a@example.com"])
@@ -256,7 +257,7 @@ async def test_a_huge_retry_after_fails_the_call_in_time_and_blocks_for_at_most_
     async with serving(importing(lambda n: throttled)) as raw:
         clock = FakeClock()
         started = clock.monotonic()
-        client = DotDigitalClient(settings(raw.url), clock=clock, retry=policy())
+        client = DotDigitalClient(client_config(settings(raw.url)), clock=clock, retry=policy())
         async with client:
             with pytest.raises(RetriesExhausted) as first:
                 await client.import_contacts(BOOK, ["a@example.com"])
@@ -277,7 +278,9 @@ async def test_an_http_date_retry_after_is_waited_for_relative_to_the_clock() ->
     throttled = http(429, {"errorCode": "contacts:rateLimited"}, {"Retry-After": when})
     async with serving(importing(lambda n: throttled if n == 0 else ACCEPTED)) as raw:
         started = clock.monotonic()
-        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+        async with DotDigitalClient(
+            client_config(settings(raw.url)), clock=clock, retry=policy()
+        ) as client:
             outcome = await client.import_contacts(BOOK, ["a@example.com"])
     assert set(outcome.imported) == {"a@example.com"}
     assert 12 <= clock.monotonic() - started < BUDGET
@@ -305,7 +308,9 @@ MALFORMED = {
 async def test_a_malformed_answer_to_an_import_is_retried(reply: bytes) -> None:
     async with serving(importing(lambda n: reply if n == 0 else ACCEPTED)) as raw:
         clock = FakeClock()
-        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+        async with DotDigitalClient(
+            client_config(settings(raw.url)), clock=clock, retry=policy()
+        ) as client:
             outcome = await client.import_contacts(BOOK, ["a@example.com", "b@example.com"])
     assert outcome.imported == {"a@example.com": 1, "b@example.com": 2}
     assert raw.count("PUT", "/contacts/v3/import") <= 2
@@ -338,7 +343,9 @@ async def test_an_import_timed_out_on_its_last_attempt_holds_the_books_next_remo
     async with serving(answer) as raw:
         clock = FakeClock()
         client = DotDigitalClient(
-            settings(raw.url, request_timeout_seconds=0.2), clock=clock, retry=policy()
+            client_config(settings(raw.url, request_timeout_seconds=0.2)),
+            clock=clock,
+            retry=policy(),
         )
         async with client:
             with pytest.raises(RetriesExhausted) as caught:
@@ -360,7 +367,7 @@ async def test_a_dropped_import_holds_a_removal_but_not_another_import(
 ) -> None:
     sb, clock = sandbox
     async with await DotDigitalClient.connect(
-        sandbox_settings(sb), clock=clock, retry=policy()
+        client_config(sandbox_settings(sb)), clock=clock, retry=policy()
     ) as client:
         await client.import_contacts(BOOK, ["a@example.com"])
         sb.faults.update({"drop_rate": 1.0})
@@ -389,7 +396,9 @@ async def test_a_removal_answered_malformed_on_every_attempt_holds_the_next_impo
 
     async with serving(answer) as raw:
         clock = FakeClock()
-        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+        async with DotDigitalClient(
+            client_config(settings(raw.url)), clock=clock, retry=policy()
+        ) as client:
             with pytest.raises(RetriesExhausted) as caught:
                 await client.remove_contacts(BOOK, ["a@example.com"])
             assert "malformed response" in caught.value.message
@@ -419,7 +428,9 @@ async def test_a_removal_retries_a_body_of_the_wrong_shape(wrong: str) -> None:
 
     async with serving(answer) as raw:
         clock = FakeClock()
-        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+        async with DotDigitalClient(
+            client_config(settings(raw.url)), clock=clock, retry=policy()
+        ) as client:
             removal = await client.remove_contacts(BOOK, ["a@example.com"])
     assert removal.removed == {"a@example.com"}
     assert sum(1 for r in raw.seen if r.path.startswith(wrong)) == 2
@@ -434,7 +445,9 @@ async def test_an_address_book_read_that_does_not_parse_is_retried(size: str) ->
 
     async with serving(answer) as raw:
         clock = FakeClock()
-        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+        async with DotDigitalClient(
+            client_config(settings(raw.url)), clock=clock, retry=policy()
+        ) as client:
             book = await client.get_address_book(BOOK)
     assert book.contacts == 1
     assert len(raw.seen) == 2
@@ -451,7 +464,9 @@ async def test_an_import_cancelled_in_the_air_holds_the_books_next_removal() -> 
 
     async with serving(answer) as raw:
         clock = FakeClock()
-        async with DotDigitalClient(settings(raw.url), clock=clock, retry=policy()) as client:
+        async with DotDigitalClient(
+            client_config(settings(raw.url)), clock=clock, retry=policy()
+        ) as client:
             task = asyncio.create_task(client.import_contacts(BOOK, ["a@example.com"]))
             await arrived.wait()
             task.cancel()

@@ -16,6 +16,7 @@ from stream.clock import FakeClock
 from stream.dotdigital import DotDigitalClient, RetriesExhausted
 from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
+from stream.pipeline.clients import client_config
 from stream.sandbox import Sandbox
 from tests.integration import test_client
 from tests.integration.test_client import (
@@ -43,7 +44,7 @@ async def observed(
     sb: Sandbox, clock: FakeClock, metrics: Metrics, username: str = USER, **overrides: Any
 ) -> DotDigitalClient:
     client = await DotDigitalClient.connect(
-        connector(sb, username, **overrides),
+        client_config(connector(sb, username, **overrides)),
         clock=clock,
         retry=fast_retry(),
         observer=MetricsObserver(metrics, NAME),

@@ -21,7 +21,7 @@ from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Trigger
 from stream.dotdigital import DotDigitalClient, Operation, RetryPolicy
 from stream.observability.metrics import Metrics
-from stream.pipeline.clients import ClientPool
+from stream.pipeline.clients import ClientPool, client_config
 from stream.pipeline.dispatch import Dispatcher, Failure
 from stream.sandbox import (
     Sandbox,
@@ -111,7 +111,7 @@ async def test_a_deleted_book_dead_letters_adds_and_removes_alike(
     sandbox: Sandbox, clock: FakeClock
 ) -> None:
     async with await DotDigitalClient.connect(
-        settings(sandbox), clock=clock, retry=RetryPolicy(random=lambda: 0.5)
+        client_config(settings(sandbox)), clock=clock, retry=RetryPolicy(random=lambda: 0.5)
     ) as client:
         await client.import_contacts(BOOK, ["leaving@example.com", "other@example.com"])
     # Someone deletes the address book in DotDigital.
