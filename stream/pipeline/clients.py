@@ -15,10 +15,10 @@ import asyncio
 from collections.abc import Mapping
 
 from stream.clock import Clock
-from stream.config import ConnectorSettings
 from stream.dotdigital import DotDigitalClient, RetryPolicy
 from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
+from stream.settings import ConnectorSettings
 
 
 class ClientPool:

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import Consumer, Message
 
-from stream.config import KafkaSettings
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, Reason
 from stream.core.offsets import RecordRef
 from stream.kafka.client_config import producer_config
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics
+from stream.settings import KafkaSettings
 from tests.conftest import KafkaCluster
 
 pytestmark = pytest.mark.integration

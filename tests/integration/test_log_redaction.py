@@ -16,9 +16,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from stream.config import ConnectorSettings, Secret
 from stream.dotdigital import DotDigitalClient, DotDigitalError, RetryPolicy
 from stream.logs import configure_logging
+from stream.settings import ConnectorSettings, Secret
 
 pytestmark = pytest.mark.integration
 

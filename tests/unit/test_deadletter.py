@@ -12,12 +12,12 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from stream.clock import FakeClock
-from stream.config import KafkaSettings, Settings
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, Reason
 from stream.core.offsets import RecordRef
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics
 from stream.pipeline.processor import Pipeline
+from stream.settings import KafkaSettings, Settings
 
 
 class Blocked(Exception):

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.config import ConnectorSettings, KafkaSettings, Secret, Settings
 from stream.core.deadletter_format import DeadLetter, Reason
 from stream.core.offsets import RecordRef
 from stream.pipeline.processor import Pipeline
+from stream.settings import ConnectorSettings, KafkaSettings, Secret, Settings
 
 
 class UnreadableHeaders:
