@@ -11,159 +11,60 @@ Contract:
 * librdkafka settings under ``[kafka.consumer]`` and ``[kafka.producer]`` pass through unchanged;
   their secrets (``sasl.password``, ``ssl.key.password``, ...) come from ``[kafka.secrets]``,
   each ``{ env = "VAR" }`` or ``{ file = "/path" }``, and are refused in the other two tables.
+* What the settings are (sections, keys, types, defaults, constraints on one value) is stated
+  once, by the dataclasses of :mod:`stream.settings`; this module is the loader only. A section's
+  known keys are its dataclass's fields, a missing key takes the field's default, and a key
+  without one is required. What cannot be read from a field's declaration is here: the secrets,
+  a connector's name and password, the librdkafka tables, and the checks that relate settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stream.kafka.client_config import DEFAULT_MAX_POLL_INTERVAL_MS, refused_setting
+from stream.settings import (
+    REVOKE_DRAIN_SECONDS,
+    SHUTDOWN_COMMIT_SECONDS,
+    SHUTDOWN_DRAIN_SECONDS,
+    ConfigError,
+    ConnectorSettings,
+    Constraint,
+    Secret,
+    Settings,
+)
 
-DEFAULT_DISCOVERY_ENDPOINT = "https://r1-api.dotdigital.com"
-# At the end of a revoke, for the dead letters its flushes decided to be acknowledged.
-REVOKE_DRAIN_SECONDS = 5.0
-# At the end of a shutdown, for the dead letters of the last flushes to be acknowledged, and then
-# for the final commit and leaving the group: both come out of batching.shutdown_timeout_seconds.
-SHUTDOWN_DRAIN_SECONDS = 5.0
-SHUTDOWN_COMMIT_SECONDS = 5.0
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = [
+    "ENV_PREFIX",
+    "RELATIONS",
+    "apply_env_overrides",
+    "connector_keys",
+    "load_settings",
+    "parse_connector",
+    "parse_settings",
+]
+
 ENV_PREFIX = "DDSYNC__"
+SECRET_SUFFIXES = ("password", "secret", "jaas.config")
+# A connector's password comes from one of these keys; its ``password`` field has no key.
+PASSWORD_KEYS = ("password_env", "password_file")
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or wrong; the message names it."""
-
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    bootstrap_servers: str
-    group_id: str = "ddsync"
-    topics: tuple[str, ...] = ("audience-transitions", "journey-transitions")
-    dead_letter_topic: str = "ddsync.dlq"
-    # At start a missing dead-letter topic is created, as Kafka Connect does with its own;
-    # partitions and replication factor default (None) to the broker's defaults.
-    create_dead_letter_topic: bool = True
-    dead_letter_partitions: int | None = None
-    dead_letter_replication_factor: int | None = None
-    consumer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
-    producer: Mapping[str, str | int | float | bool] = field(default_factory=dict)
-    # librdkafka secrets, for the consumer and the producer alike.
-    secrets: Mapping[str, Secret] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BatchingSettings:
-    max_contacts: int = 1000
-    window_seconds: float = 1200.0
-    # Backpressure: past this many buffered records the consumer pauses its partitions.
-    max_buffered_records: int = 50_000
-    revoke_flush_seconds: float = 10.0
-    # Then, how long a revoke waits for what DotDigital may be doing for the revoked partitions
-    # (a request in the air, an accepted import or removal). The consumer is inside its
-    # rebalance callback meanwhile: both bounds together must stay below max.poll.interval.ms.
-    revoke_job_seconds: float = 120.0
-    shutdown_flush_seconds: float = 30.0
-    # From SIGTERM to the process's end, whatever state it is in (inside a revoke, throttled,
-    # DotDigital or the broker unreachable): must stay below the pod's
-    # terminationGracePeriodSeconds, or Kubernetes kills the process mid-commit.
-    shutdown_timeout_seconds: float = 50.0
-
-    @property
-    def revoke_bound_seconds(self) -> float:
-        """How long the consumer thread may wait inside one revoke: the flush, the jobs, and a
-        moment for the dead letters decided meanwhile to be acknowledged."""
-        return self.revoke_flush_seconds + self.revoke_job_seconds + REVOKE_DRAIN_SECONDS
-
-
-@dataclass(frozen=True)
-class DispatchSettings:
-    retry_timeout_seconds: float = 600.0
-    commit_interval_seconds: float = 1.0
-    # How often a suspended connector's account is asked whether it works again.
-    suspension_probe_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class DeadLetterSettings:
-    # The breaker opens when more than ``breaker_ratio`` of the last ``breaker_window`` finished
-    # records were dead-lettered, once at least ``breaker_min_records`` were seen.
-    breaker_window: int = 1000
-    breaker_ratio: float = 0.9
-    breaker_min_records: int = 200
-    max_replays: int = 3
-
-
-@dataclass(frozen=True)
-class ConnectorSettings:
-    name: str
-    username: str
-    password: Secret
-    api_endpoint: str | None = None
-    discovery_endpoint: str = DEFAULT_DISCOVERY_ENDPOINT
-    add_requests_per_minute: int = 75
-    remove_requests_per_minute: int = 35
-    # Status polls, contact look-ups and address-book calls; corrected from the headers too.
-    other_requests_per_minute: int = 600
-    max_active_imports: int = 25
-    # DotDigital asks clients to allow 121 s before timing a call out.
-    request_timeout_seconds: float = 121.0
-    # Contact ids remembered from imports: at most this many (oldest dropped first), each for
-    # this long. An hour spans a few 20-minute windows (a contact entering and leaving soon
-    # after is removed without a look-up first); an older id is looked up afresh, since the
-    # older it is the likelier its contact was deleted and re-created with a new id meanwhile.
-    contact_cache_size: int = 1_000_000
-    contact_cache_ttl_seconds: float = 3600.0
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from outside the pod
-    port: int = 9464
-    enabled: bool = True
-    # /healthz fails when the event loop or the consumer thread made no progress for this long;
-    # must exceed a revoke's bound (the consumer thread waits inside a revoke, 135 s at most by
-    # default), or a normal rebalance would restart the pod.
-    liveness_timeout_seconds: float = 180.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    kafka: KafkaSettings
-    connectors: Mapping[str, ConnectorSettings]
-    batching: BatchingSettings = BatchingSettings()
-    dispatch: DispatchSettings = DispatchSettings()
-    dead_letter: DeadLetterSettings = DeadLetterSettings()
-    metrics: MetricsSettings = MetricsSettings()
+D = TypeVar("D", bound="DataclassInstance")
+# Reads a field whose key is not spelt or typed as the field (or that has no key at all):
+# (the section's table, the field's dotted name) -> the field's value.
+Reader = Callable[[Mapping[str, Any], str], Any]
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -209,77 +110,67 @@ def _parse_env_value(value: str) -> Any:
 
 
 def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    known = {"kafka", "connectors", "batching", "dispatch", "dead_letter", "metrics"}
+    """Validate a parsed file (overrides applied) into :class:`Settings`; ``environ`` holds the
+    secrets. The first error found is raised: the sections are read in the order of the fields
+    of :class:`Settings`, each followed by the checks of :data:`RELATIONS` it completes, and the
+    connectors last (they need the secrets)."""
+    known = [f.name for f in dataclasses.fields(Settings)]
     for section in raw:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
-    kafka = _section(raw, "kafka")
-    kafka_settings = KafkaSettings(
-        bootstrap_servers=_get(kafka, "kafka.bootstrap_servers", str, required=True),
-        group_id=_get(kafka, "kafka.group_id", str, KafkaSettings.group_id),
-        topics=tuple(_get(kafka, "kafka.topics", list, list(KafkaSettings.topics))),
-        dead_letter_topic=_get(kafka, "kafka.dead_letter_topic", str, "ddsync.dlq"),
-        create_dead_letter_topic=_get(kafka, "kafka.create_dead_letter_topic", bool, True),
-        dead_letter_partitions=_optional_positive(kafka, "kafka.dead_letter_partitions"),
-        dead_letter_replication_factor=_optional_positive(
-            kafka, "kafka.dead_letter_replication_factor"
-        ),
-        consumer=_librdkafka(kafka, "consumer"),
-        producer=_librdkafka(kafka, "producer"),
-        secrets={
-            key: _secret(spec, f'kafka.secrets."{key}"', environ)
-            for key, spec in _section(kafka, "secrets", "kafka.secrets").items()
-        },
-    )
-    _check_keys(
-        kafka,
-        "kafka",
-        {
-            "bootstrap_servers",
-            "group_id",
-            "topics",
-            "dead_letter_topic",
-            "create_dead_letter_topic",
-            "dead_letter_partitions",
-            "dead_letter_replication_factor",
-            "consumer",
-            "producer",
-            "secrets",
-        },
-    )
-    if not kafka_settings.topics or not all(isinstance(t, str) for t in kafka_settings.topics):
-        raise ConfigError("kafka.topics must be a non-empty list of topic names")
-    if kafka_settings.dead_letter_topic in kafka_settings.topics:
+    readers: Mapping[str, Mapping[str, Reader]] = {
+        "kafka": {
+            "consumer": _librdkafka,
+            "producer": _librdkafka,
+            "secrets": partial(_secrets, environ=environ),
+        }
+    }
+    sections: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(Settings).items():
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            continue  # the connectors, a table of tables
+        # As the hand-written loader did: [kafka] reports a wrong value before an unknown key
+        # (a misspelt bootstrap_servers reads "kafka.bootstrap_servers is required"), the other
+        # sections an unknown key first. One rule for all would change some files' first error.
+        keys_last = name == "kafka"
+        sections[name] = _read(
+            hint, _section(raw, name), name, readers.get(name), keys_last=keys_last
+        )
+        if name in RELATIONS:
+            # The sections not read yet are their defaults here; no check of this section
+            # reads them. (kafka, the one section without a default, is read first.)
+            read_so_far = Settings(connectors={}, **sections)
+            for check in RELATIONS[name]:
+                check(read_so_far)
+    return Settings(connectors=_connectors(raw, environ), **sections)
+
+
+def _dead_letter_topic_is_not_a_source(settings: Settings) -> None:
+    kafka = settings.kafka
+    if kafka.dead_letter_topic in kafka.topics:
         raise ConfigError("kafka.dead_letter_topic must not be one of kafka.topics")
 
-    batching = _section(raw, "batching")
-    _check_keys(batching, "batching", set(BatchingSettings.__dataclass_fields__))
-    batching_settings = BatchingSettings(
-        max_contacts=_positive(batching, "batching.max_contacts", int, 1000),
-        window_seconds=_positive(batching, "batching.window_seconds", float, 1200.0),
-        max_buffered_records=_positive(batching, "batching.max_buffered_records", int, 50_000),
-        revoke_flush_seconds=_positive(batching, "batching.revoke_flush_seconds", float, 10.0),
-        revoke_job_seconds=_positive(batching, "batching.revoke_job_seconds", float, 120.0),
-        shutdown_flush_seconds=_positive(batching, "batching.shutdown_flush_seconds", float, 30.0),
-        shutdown_timeout_seconds=_positive(
-            batching, "batching.shutdown_timeout_seconds", float, 50.0
-        ),
-    )
+
+def _shutdown_fits_its_bound(settings: Settings) -> None:
+    batching = settings.batching
     shutdown_needs = (
-        batching_settings.shutdown_flush_seconds + SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_COMMIT_SECONDS
+        batching.shutdown_flush_seconds + SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_COMMIT_SECONDS
     )
-    if shutdown_needs > batching_settings.shutdown_timeout_seconds:
+    if shutdown_needs > batching.shutdown_timeout_seconds:
         raise ConfigError(
             f"batching.shutdown_flush_seconds + {SHUTDOWN_DRAIN_SECONDS:g} s for dead-letter "
             f"acknowledgements + {SHUTDOWN_COMMIT_SECONDS:g} s for the final commit "
             f"({shutdown_needs:g} s) must fit in batching.shutdown_timeout_seconds "
-            f"({batching_settings.shutdown_timeout_seconds:g} s), the bound on a shutdown"
+            f"({batching.shutdown_timeout_seconds:g} s), the bound on a shutdown"
         )
+
+
+def _revoke_ends_within_the_poll_interval(settings: Settings) -> None:
     poll_interval = _milliseconds(
-        kafka_settings.consumer.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS),
+        settings.kafka.consumer.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS),
         'kafka.consumer."max.poll.interval.ms"',
     )
-    revoke_bound = batching_settings.revoke_bound_seconds
+    revoke_bound = settings.batching.revoke_bound_seconds
     if revoke_bound >= poll_interval / 1000:
         raise ConfigError(
             f"batching.revoke_flush_seconds + batching.revoke_job_seconds + "
@@ -287,133 +178,166 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
             f"max.poll.interval.ms ({poll_interval / 1000:g} s), or a revoke would take the "
             "member out of its group"
         )
-    dispatch = _section(raw, "dispatch")
-    _check_keys(dispatch, "dispatch", set(DispatchSettings.__dataclass_fields__))
-    dispatch_settings = DispatchSettings(
-        retry_timeout_seconds=_positive(dispatch, "dispatch.retry_timeout_seconds", float, 600.0),
-        commit_interval_seconds=_positive(dispatch, "dispatch.commit_interval_seconds", float, 1.0),
-        suspension_probe_seconds=_positive(
-            dispatch,
-            "dispatch.suspension_probe_seconds",
-            float,
-            DispatchSettings.suspension_probe_seconds,
-        ),
-    )
-    dlq = _section(raw, "dead_letter")
-    _check_keys(dlq, "dead_letter", set(DeadLetterSettings.__dataclass_fields__))
-    ratio = _get(dlq, "dead_letter.breaker_ratio", float, 0.9)
-    if not 0 < ratio <= 1:
-        raise ConfigError("dead_letter.breaker_ratio must be in (0, 1]")
-    window = _positive(dlq, "dead_letter.breaker_window", int, 1000)
-    if _positive(dlq, "dead_letter.breaker_min_records", int, 200) > window:
+
+
+def _breaker_can_open(settings: Settings) -> None:
+    dead_letter = settings.dead_letter
+    if dead_letter.breaker_min_records > dead_letter.breaker_window:
         raise ConfigError(
             "dead_letter.breaker_min_records must not exceed dead_letter.breaker_window "
             "(the breaker could never open)"
         )
-    dlq_settings = DeadLetterSettings(
-        breaker_window=_positive(dlq, "dead_letter.breaker_window", int, 1000),
-        breaker_ratio=ratio,
-        breaker_min_records=_positive(dlq, "dead_letter.breaker_min_records", int, 200),
-        max_replays=_positive(dlq, "dead_letter.max_replays", int, 3),
-    )
-    metrics = _section(raw, "metrics")
-    _check_keys(metrics, "metrics", set(MetricsSettings.__dataclass_fields__))
-    metrics_settings = MetricsSettings(
-        host=_get(metrics, "metrics.host", str, MetricsSettings.host),
-        port=_get(metrics, "metrics.port", int, 9464),
-        enabled=_get(metrics, "metrics.enabled", bool, True),
-        liveness_timeout_seconds=_positive(
-            metrics, "metrics.liveness_timeout_seconds", float, 180.0
-        ),
-    )
-    if metrics_settings.liveness_timeout_seconds <= revoke_bound:
+
+
+def _liveness_outlasts_every_wait(settings: Settings) -> None:
+    liveness = settings.metrics.liveness_timeout_seconds
+    revoke_bound = settings.batching.revoke_bound_seconds
+    if liveness <= revoke_bound:
         raise ConfigError(
             f"metrics.liveness_timeout_seconds must exceed a revoke's bound ({revoke_bound:g} s: "
             "batching.revoke_flush_seconds + batching.revoke_job_seconds + "
             f"{REVOKE_DRAIN_SECONDS:g} s); the consumer thread waits that long inside a revoke "
             "and liveness would fail meanwhile"
         )
-    if metrics_settings.liveness_timeout_seconds <= batching_settings.shutdown_timeout_seconds:
+    shutdown_bound = settings.batching.shutdown_timeout_seconds
+    if liveness <= shutdown_bound:
         raise ConfigError(
             "metrics.liveness_timeout_seconds must exceed batching.shutdown_timeout_seconds "
-            f"({batching_settings.shutdown_timeout_seconds:g} s); the event loop does not tick "
+            f"({shutdown_bound:g} s); the event loop does not tick "
             "during a shutdown and liveness would fail meanwhile"
         )
-    connectors_raw = _section(raw, "connectors")
-    if not connectors_raw:
+
+
+# The checks no single setting can make, each run once the last section it relates is read:
+# a file's first error is then the first in the order of its sections.
+RELATIONS: Mapping[str, tuple[Callable[[Settings], None], ...]] = {
+    "kafka": (_dead_letter_topic_is_not_a_source,),
+    "batching": (_shutdown_fits_its_bound, _revoke_ends_within_the_poll_interval),
+    "dead_letter": (_breaker_can_open,),
+    "metrics": (_liveness_outlasts_every_wait,),
+}
+
+
+def _connectors(raw: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, ConnectorSettings]:
+    connectors = _section(raw, "connectors")
+    if not connectors:
         raise ConfigError("no connector configured: add a [connectors.NAME] section")
-    connectors = {
-        name: parse_connector(name, _section(connectors_raw, name, f"connectors.{name}"), environ)
-        for name in connectors_raw
+    return {
+        name: parse_connector(name, _section(connectors, name, f"connectors.{name}"), environ)
+        for name in connectors
     }
-    return Settings(
-        kafka=kafka_settings,
-        connectors=connectors,
-        batching=batching_settings,
-        dispatch=dispatch_settings,
-        dead_letter=dlq_settings,
-        metrics=metrics_settings,
-    )
+
+
+def connector_keys() -> set[str]:
+    """The keys of a ``[connectors.NAME]`` table."""
+    fields = {f.name for f in dataclasses.fields(ConnectorSettings)}
+    return fields - {"name", "password"} | set(PASSWORD_KEYS)
 
 
 def parse_connector(
     name: str, raw: Mapping[str, Any], environ: Mapping[str, str]
 ) -> ConnectorSettings:
+    """``[connectors.<name>]``, its password read from ``environ`` or the file it names."""
     where = f"connectors.{name}"
-    allowed = {
-        "username",
-        "password_env",
-        "password_file",
-        "api_endpoint",
-        "discovery_endpoint",
-        "add_requests_per_minute",
-        "remove_requests_per_minute",
-        "other_requests_per_minute",
-        "max_active_imports",
-        "request_timeout_seconds",
-        "contact_cache_size",
-        "contact_cache_ttl_seconds",
-    }
     if "password" in raw:
         raise ConfigError(
             f"{where}.password: secrets are not read from the file; "
             "set password_env (an environment variable) or password_file"
         )
-    _check_keys(raw, where, allowed)
-    return ConnectorSettings(
-        name=name,
-        username=_get(raw, f"{where}.username", str, required=True),
-        password=_password(raw, where, environ),
-        api_endpoint=_endpoint(raw, f"{where}.api_endpoint", None),
-        discovery_endpoint=_endpoint(raw, f"{where}.discovery_endpoint", DEFAULT_DISCOVERY_ENDPOINT)
-        or DEFAULT_DISCOVERY_ENDPOINT,
-        add_requests_per_minute=_positive(raw, f"{where}.add_requests_per_minute", int, 75),
-        remove_requests_per_minute=_positive(raw, f"{where}.remove_requests_per_minute", int, 35),
-        other_requests_per_minute=_positive(raw, f"{where}.other_requests_per_minute", int, 600),
-        max_active_imports=_positive(raw, f"{where}.max_active_imports", int, 25),
-        request_timeout_seconds=_positive(raw, f"{where}.request_timeout_seconds", float, 121.0),
-        contact_cache_size=_positive(raw, f"{where}.contact_cache_size", int, 1_000_000),
-        contact_cache_ttl_seconds=_positive(
-            raw, f"{where}.contact_cache_ttl_seconds", float, 3600.0
-        ),
-    )
+    readers: Mapping[str, Reader] = {
+        "name": lambda _table, _name: name,
+        "password": lambda table, _name: _password(table, where, environ),
+    }
+    return _read(ConnectorSettings, raw, where, readers, connector_keys())
 
 
-SECRET_SUFFIXES = ("password", "secret", "jaas.config")
+def _read(
+    cls: type[D],
+    table: Mapping[str, Any],
+    where: str,
+    readers: Mapping[str, Reader] | None = None,
+    keys: Collection[str] | None = None,
+    *,
+    keys_last: bool = False,
+) -> D:
+    """``[where]`` as a ``cls``: its keys are ``keys`` (default: the fields' names), each field
+    is read by its reader, else from its key as its type says, else takes its default. Unknown
+    keys are refused before the values are read, or after them with ``keys_last``."""
+    readers = readers or {}
+    allowed = set(keys) if keys is not None else _field_names(cls)
+    if not keys_last:
+        _check_keys(table, where, allowed)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{where}.{f.name}"
+        if f.name in readers:
+            values[f.name] = readers[f.name](table, name)
+        elif f.name in table:
+            values[f.name] = _value(table[f.name], name, hints[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{name} is required")
+    if keys_last:
+        _check_keys(table, where, allowed)
+    return cls(**values)
+
+
+def _field_names(cls: type[DataclassInstance]) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _value(value: Any, name: str, hint: Any) -> Any:
+    """``value`` as the type ``hint`` says, after its constraints (``Annotated`` metadata)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        # X | None: None is only ever the default (TOML has no null), so a value is an X.
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+    constraints: tuple[Constraint, ...] = ()
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *metadata = typing.get_args(hint)
+        constraints = tuple(metadata)
+    value = _typed(value, name, typing.get_origin(hint) or hint)
+    for constraint in constraints:
+        try:
+            value = constraint(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
+    return value
+
+
+def _typed(value: Any, name: str, kind: type) -> Any:
+    # A TOML list is a tuple in the settings: frozen dataclasses hold nothing mutable.
+    expected = list if kind is tuple else kind
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{name} must be {_kind_name(expected)}, got {value!r}")
+    # TOML has nan and inf. nan passes every comparison-based check (nan <= 0 is false), and no
+    # duration, ratio or timeout of ddsync means anything infinite.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return tuple(typing.cast(list[Any], value)) if kind is tuple else value
 
 
 def _librdkafka(kafka: Mapping[str, Any], name: str) -> dict[str, Any]:
-    settings = dict(_section(kafka, name, f"kafka.{name}"))
-    refused = refused_setting(name, settings)
+    table = name.rpartition(".")[2]
+    settings = dict(_section(kafka, table, name))
+    refused = refused_setting(table, settings)
     if refused is not None:
         raise ConfigError(refused)
     for key in settings:
         if key.endswith(SECRET_SUFFIXES):
             raise ConfigError(
-                f'kafka.{name}."{key}": secrets are not read from the file; set it in '
+                f'{name}."{key}": secrets are not read from the file; set it in '
                 f'[kafka.secrets] as "{key}" = {{ env = "VAR" }} or {{ file = "/path" }}'
             )
     return settings
+
+
+def _secrets(kafka: Mapping[str, Any], name: str, environ: Mapping[str, str]) -> dict[str, Secret]:
+    specs = _section(kafka, name.rpartition(".")[2], name)
+    return {key: _secret(spec, f'{name}."{key}"', environ) for key, spec in specs.items()}
 
 
 def _secret(spec: Any, where: str, environ: Mapping[str, str]) -> Secret:
@@ -425,8 +349,9 @@ def _secret(spec: Any, where: str, environ: Mapping[str, str]) -> Secret:
 
 
 def _password(raw: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> Secret:
-    env_name = _get(raw, f"{where}.password_env", str, None)
-    file_name = _get(raw, f"{where}.password_file", str, None)
+    env_name, file_name = (
+        _value(raw[key], f"{where}.{key}", str) if key in raw else None for key in PASSWORD_KEYS
+    )
     if env_name and file_name:
         raise ConfigError(f"{where}: set password_env or password_file, not both")
     if env_name:
@@ -451,15 +376,6 @@ def _file_secret(path: str, where: str) -> Secret:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
 
 
-def _endpoint(raw: Mapping[str, Any], name: str, default: str | None) -> str | None:
-    value = _get(raw, name, str, default)
-    if value is None:
-        return None
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
-    return value.rstrip("/")
-
-
 def _section(raw: Mapping[str, Any], key: str, name: str | None = None) -> Mapping[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, Mapping):
@@ -473,40 +389,6 @@ def _check_keys(raw: Mapping[str, Any], where: str, allowed: set[str]) -> None:
             raise ConfigError(f"unknown setting {where}.{key}; known: {', '.join(sorted(allowed))}")
 
 
-def _get(
-    raw: Mapping[str, Any],
-    name: str,
-    kind: type[T],
-    default: T | None = None,
-    *,
-    required: bool = False,
-) -> T:
-    key = name.rsplit(".", 1)[-1]
-    if key not in raw:
-        if required:
-            raise ConfigError(f"{name} is required")
-        return default  # type: ignore[return-value]
-    value = raw[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{name} must be {_kind_name(kind)}, got {value!r}")
-    # TOML has nan and inf. nan passes every comparison-based check (nan <= 0 is false), and no
-    # duration, ratio or timeout of ddsync means anything infinite.
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-def _positive(raw: Mapping[str, Any], name: str, kind: type[T], default: T) -> T:
-    value = _get(raw, name, kind, default)
-    if value <= 0:  # type: ignore[operator]
-        raise ConfigError(f"{name} must be greater than 0, got {value!r}")
-    return value
-
-
 def _milliseconds(value: Any, name: str) -> int:
     """A librdkafka duration, which may be written as a number or a string of digits."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -515,12 +397,6 @@ def _milliseconds(value: Any, name: str) -> int:
         return int(str(value))
     except ValueError:
         raise ConfigError(f"{name} must be a whole number of milliseconds, got {value!r}") from None
-
-
-def _optional_positive(raw: Mapping[str, Any], name: str) -> int | None:
-    if name.rsplit(".", 1)[-1] not in raw:
-        return None
-    return _positive(raw, name, int, 1)
 
 
 def _kind_name(kind: type) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from stream.checks import CheckResult, exit_code, format_results, results_json
-from stream.config import ConfigError, ConnectorSettings, Settings, load_settings
+from stream.config import load_settings
 from stream.dotdigital.client import DotDigitalClient
 from stream.dotdigital.errors import (
     AuthenticationError,
@@ -39,6 +39,7 @@ from stream.dotdigital.retry import RetryPolicy
 from stream.exitcodes import ExitCode, interrupted
 from stream.kafka.preflight import kafka_checks
 from stream.pipeline.clients import client_config
+from stream.settings import ConfigError, ConnectorSettings, Settings
 
 __all__ = ["add_parser", "dotdigital_checks", "exit_code_for"]
 

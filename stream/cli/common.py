@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stream.config import ConfigError, Settings, load_settings
+from stream.config import load_settings
 from stream.exitcodes import ExitCode
+from stream.settings import ConfigError, Settings
 
 
 def load_or_exit(path: Path) -> Settings:

@@ -23,13 +23,13 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from stream.cli.address_books import exit_code_for
 from stream.cli.common import load_or_exit
-from stream.config import Settings
 from stream.core.deadletter_format import H_REASON
 from stream.demo.generator import Target, generate
 from stream.dotdigital import DotDigitalClient, DotDigitalError
 from stream.exitcodes import ExitCode
 from stream.kafka.client_config import admin_config, consumer_config, producer_config
 from stream.pipeline.clients import client_config
+from stream.settings import Settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -24,7 +24,6 @@ from confluent_kafka import KafkaError, KafkaException
 from stream.cli.common import load_or_exit
 from stream.cli.run import check_kafka_settings
 from stream.clock import SystemClock
-from stream.config import Settings
 from stream.core.reasons import Reason
 from stream.exitcodes import ExitCode, interrupted
 from stream.replay.runner import (
@@ -40,6 +39,7 @@ from stream.replay.runner import (
     run_replay,
     summary_json,
 )
+from stream.settings import Settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:

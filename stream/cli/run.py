@@ -23,7 +23,6 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.cli.common import load_or_exit
-from stream.config import Settings
 from stream.exitcodes import ExitCode
 from stream.kafka.client_config import consumer_config, producer_config
 from stream.kafka.topics import TopicError, ensure_topics
@@ -31,6 +30,7 @@ from stream.observability.health import Health
 from stream.observability.http_server import HttpServer
 from stream.pipeline.processor import Pipeline
 from stream.pipeline.shutdown import ABANDONED, Watchdog
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

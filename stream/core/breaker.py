@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from stream.config import DeadLetterSettings
+from stream.settings import DeadLetterSettings
 
 
 class ShareWindow:

@@ -204,7 +204,7 @@ def replay_headers(
     Keeps ``original`` headers that are not ``ddsync.*`` and adds ``ddsync.replay_count`` =
     ``dead_letter.replay_count + 1``. Deciding whether to refuse (too many replays) is the replay
     tool's: refuse when ``dead_letter.replay_count`` has reached the setting
-    ``dead_letter.max_replays`` (:class:`stream.config.DeadLetterSettings`).
+    ``dead_letter.max_replays`` (:class:`stream.settings.DeadLetterSettings`).
     """
     kept = [
         (name, value)

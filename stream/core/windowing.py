@@ -71,9 +71,9 @@ from enum import StrEnum
 from typing import TypeAlias
 
 from stream.clock import Clock
-from stream.config import BatchingSettings
 from stream.core.events import Action, Transition
 from stream.core.offsets import RecordRef, TopicPartitionKey
+from stream.settings import BatchingSettings
 
 AddressBookKey: TypeAlias = tuple[str, int]
 """``(connector_id, address_book_id)``."""

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # stream.config validates with this module: no import cycle at run time
-    from stream.config import KafkaSettings
+from stream.settings import KafkaSettings
 
 LIBRDKAFKA_LOG = logging.getLogger("stream.librdkafka")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
 
 from stream.checks import CheckResult
-from stream.config import KafkaSettings
 from stream.kafka.client_config import consumer_config
 from stream.kafka.topics import Cluster, TopicError, TopicState, topic_states
+from stream.settings import KafkaSettings
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream.clock import SystemClock
-from stream.config import KafkaSettings
 from stream.core.offsets import TopicPartitionKey
 from stream.kafka.client_config import consumer_config
 from stream.kafka.lag import LagMonitor, PartitionProgress
 from stream.observability.health import STATISTICS_INTERVAL_MS, Vitals
 from stream.observability.metrics import Metrics
+from stream.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from stream.config import KafkaSettings
 from stream.kafka.client_config import admin_config
+from stream.settings import KafkaSettings
 
 # The broker's own default, in CreateTopics requests (KIP-464).
 BROKER_DEFAULT = -1

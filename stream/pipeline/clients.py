@@ -18,11 +18,11 @@ import asyncio
 from collections.abc import Mapping
 
 from stream.clock import Clock
-from stream.config import ConnectorSettings
 from stream.dotdigital import DotDigitalClient, RetryPolicy
 from stream.dotdigital.config import ClientConfig
 from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
+from stream.settings import ConnectorSettings
 
 
 def client_config(connector: ConnectorSettings) -> ClientConfig:

@@ -52,7 +52,6 @@ from typing import Any, TypeVar, cast
 from confluent_kafka import Message
 
 from stream.clock import Clock, SystemClock
-from stream.config import REVOKE_DRAIN_SECONDS, SHUTDOWN_DRAIN_SECONDS, Settings
 from stream.core.breaker import DeadLetterBreaker
 from stream.core.deadletter_format import DeadLetter, replay_count_of
 from stream.core.events import InvalidRecord, decode_transition
@@ -70,6 +69,7 @@ from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool
 from stream.pipeline.dispatch import Dispatcher, Failure
 from stream.pipeline.shutdown import ShutdownBudget, in_daemon_thread
+from stream.settings import REVOKE_DRAIN_SECONDS, SHUTDOWN_DRAIN_SECONDS, Settings
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Contract:
 * :class:`ShutdownBudget` splits ``batching.shutdown_timeout_seconds``, counted from the moment
   the shutdown was asked for: flushes (a revoke's included) get until ``flush_deadline``
   (``shutdown_flush_seconds``), dead-letter acknowledgements at least
-  :data:`~stream.config.SHUTDOWN_DRAIN_SECONDS` more when there is room, the final commit and
+  :data:`~stream.settings.SHUTDOWN_DRAIN_SECONDS` more when there is room, the final commit and
   leaving the group what remains up to ``commit_deadline``, just before ``deadline``.
 * :class:`Watchdog` is the last resort: armed when the shutdown is asked for, it ends the
   process at ``deadline`` with :data:`ABANDONED` (logged) if it is still running, whatever is
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from stream.clock import Clock
-from stream.config import SHUTDOWN_COMMIT_SECONDS, SHUTDOWN_DRAIN_SECONDS, BatchingSettings
 from stream.exitcodes import ExitCode
+from stream.settings import SHUTDOWN_COMMIT_SECONDS, SHUTDOWN_DRAIN_SECONDS, BatchingSettings
 
 log = logging.getLogger(__name__)
 

@@ -88,12 +88,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from stream.clock import Clock
-from stream.config import Settings
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, replay_headers
 from stream.core.events import InvalidRecord, decode_transition
 from stream.core.reasons import Reason
 from stream.kafka.client_config import admin_config, consumer_config, producer_config
 from stream.kafka.source import readable_headers
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

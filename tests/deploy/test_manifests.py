@@ -37,11 +37,12 @@ from prometheus_client.metrics import MetricWrapperBase
 from stream.cli import main as cli
 from stream.cli import run as run_command
 from stream.clock import FakeClock
-from stream.config import MetricsSettings, Settings, load_settings
+from stream.config import load_settings
 from stream.core.breaker import DeadLetterBreaker
 from stream.observability.health import Health, Vitals
 from stream.observability.http_server import HttpServer
 from stream.observability.metrics import Metrics
+from stream.settings import MetricsSettings, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -18,7 +18,6 @@ import pytest
 from aiohttp import web
 
 from stream.clock import FakeClock, SystemClock
-from stream.config import ConnectorSettings, Secret
 from stream.dotdigital import (
     AddressBookNotFoundError,
     AuthenticationError,
@@ -42,6 +41,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
+from stream.settings import ConnectorSettings, Secret
 from tests.support.openapi import validate_exchange, validate_request
 
 pytestmark = pytest.mark.integration

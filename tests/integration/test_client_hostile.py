@@ -21,7 +21,6 @@ import orjson
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import ConnectorSettings, Secret
 from stream.dotdigital import (
     AddressBookNotFoundError,
     DotDigitalClient,
@@ -38,6 +37,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
+from stream.settings import ConnectorSettings, Secret
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import ConnectorSettings, Secret
 from stream.core.events import Action, Kind, Transition
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
@@ -37,6 +36,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
+from stream.settings import ConnectorSettings, Secret
 
 pytestmark = pytest.mark.integration
 

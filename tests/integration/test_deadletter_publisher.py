@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import Consumer, Message
 
-from stream.config import KafkaSettings
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
 from stream.kafka.client_config import producer_config
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics
+from stream.settings import KafkaSettings
 from tests.conftest import KafkaCluster
 
 pytestmark = pytest.mark.integration

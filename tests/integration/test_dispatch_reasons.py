@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import ConnectorSettings, Secret
 from stream.core.events import Action, Kind, Transition
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
@@ -30,6 +29,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
+from stream.settings import ConnectorSettings, Secret
 from tests.support import basic_auth
 
 pytestmark = pytest.mark.integration

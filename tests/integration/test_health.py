@@ -22,7 +22,7 @@ import pytest
 
 from stream import __version__
 from stream.clock import FakeClock
-from stream.config import Settings, load_settings
+from stream.config import load_settings
 from stream.core.breaker import DeadLetterBreaker
 from stream.demo.generator import DemoRecord
 from stream.observability.health import Health, Vitals
@@ -35,6 +35,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
+from stream.settings import Settings
 from tests.conftest import KafkaCluster
 from tests.integration.test_pipeline_e2e import run_with_config
 from tests.support.processes import (

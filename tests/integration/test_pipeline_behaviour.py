@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.config import Settings, load_settings
+from stream.config import load_settings
 from stream.demo.generator import DemoRecord, Target, transition
 from stream.kafka.topics import ensure_topics
 from stream.pipeline.processor import Pipeline
@@ -30,6 +30,7 @@ from stream.sandbox import (
     run_sandbox,
 )
 from stream.sandbox.server import Sandbox
+from stream.settings import Settings
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, produce, write_config
 

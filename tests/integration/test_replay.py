@@ -20,7 +20,6 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.config import DeadLetterSettings, KafkaSettings, Settings
 from stream.core.deadletter_format import (
     H_REASON,
     H_REPLAY_COUNT,
@@ -39,6 +38,7 @@ from stream.replay.runner import (
     StopReason,
     run_replay,
 )
+from stream.settings import DeadLetterSettings, KafkaSettings, Settings
 from tests.conftest import KafkaCluster
 from tests.support.processes import (
     Account,

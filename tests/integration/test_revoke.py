@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import Settings, load_settings
+from stream.config import load_settings
 from stream.core.windowing import Trigger
 from stream.demo.generator import Target, transition
 from stream.kafka.client_config import producer_config
@@ -36,6 +36,7 @@ from stream.sandbox import (
     run_sandbox,
 )
 from stream.sandbox.server import Sandbox
+from stream.settings import Settings
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, write_config
 

@@ -28,9 +28,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from stream.config import BatchingSettings, DispatchSettings
 from stream.demo.generator import Target, transition
 from stream.exitcodes import ExitCode
+from stream.settings import BatchingSettings, DispatchSettings
 from tests.conftest import KafkaCluster
 from tests.support.processes import (
     Account,

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.config import DeadLetterSettings
 from stream.core.breaker import DeadLetterBreaker, ShareWindow
+from stream.settings import DeadLetterSettings
 
 
 def feed(breaker: DeadLetterBreaker, outcomes: str) -> None:

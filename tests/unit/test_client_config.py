@@ -6,9 +6,9 @@ import ast
 import dataclasses
 from pathlib import Path
 
-from stream.config import ConnectorSettings, Secret
 from stream.dotdigital.config import ClientConfig
 from stream.pipeline.clients import client_config
+from stream.settings import ConnectorSettings, Secret
 
 LIBRARY = Path(__file__).resolve().parents[2] / "stream" / "dotdigital"
 # What of ddsync the client library may import besides itself: time as a dependency.

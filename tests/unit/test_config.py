@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import ConfigError, Secret, Settings, load_settings
+from stream.config import load_settings
 from stream.kafka.client_config import admin_config, consumer_config, producer_config
+from stream.settings import ConfigError, Secret, Settings
 
 MINIMAL = """
 [kafka]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream.config import ConfigError, parse_connector
+from stream.config import parse_connector
+from stream.settings import ConfigError
 
 ENV = {"PW": "secret-pw"}
 

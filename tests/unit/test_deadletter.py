@@ -12,13 +12,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from stream.clock import FakeClock
-from stream.config import KafkaSettings, Settings
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics
 from stream.pipeline.processor import Pipeline
+from stream.settings import KafkaSettings, Settings
 
 
 class Blocked(Exception):

@@ -9,10 +9,10 @@ from collections import Counter
 import orjson
 import pytest
 
-from stream.config import ConnectorSettings, Secret
 from stream.core.events import InvalidRecord, decode_transition
 from stream.core.reasons import Reason
 from stream.demo.generator import BAD_KINDS, DemoRecord, Target, generate, realistic
+from stream.settings import ConnectorSettings, Secret
 
 CONNECTORS = {"main": ConnectorSettings(name="main", username="u", password=Secret("p"))}
 TARGETS = [Target("main", book) for book in range(1, 11)]

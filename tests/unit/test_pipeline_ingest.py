@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.config import ConnectorSettings, KafkaSettings, Secret, Settings
 from stream.core.deadletter_format import DeadLetter
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
 from stream.pipeline.processor import Pipeline
+from stream.settings import ConnectorSettings, KafkaSettings, Secret, Settings
 
 
 class UnreadableHeaders:

@@ -11,7 +11,6 @@ import pytest
 
 from stream.cli.main import build_parser
 from stream.cli.replay import _positive_int, build_options
-from stream.config import KafkaSettings, Settings
 from stream.core.deadletter_format import H_REASON, H_SOURCE_TOPIC, DeadLetter
 from stream.core.reasons import Reason
 from stream.demo.generator import Target, transition
@@ -34,6 +33,7 @@ from stream.replay.runner import (
     replay_group,
     supersession,
 )
+from stream.settings import KafkaSettings, Settings
 
 DLQ = "ddsync.dlq"
 

@@ -15,10 +15,11 @@ import time
 from collections.abc import Collection, Mapping
 
 from stream.clock import FakeClock
-from stream.config import BatchingSettings, Settings, parse_settings
+from stream.config import parse_settings
 from stream.core.offsets import RecordRef, TopicPartitionKey
 from stream.pipeline.processor import Pipeline
 from stream.pipeline.shutdown import ABANDONED, EXIT_MARGIN_SECONDS, ShutdownBudget, Watchdog
+from stream.settings import BatchingSettings, Settings
 
 TP: TopicPartitionKey = ("t", 0)
 OTHER: TopicPartitionKey = ("t", 1)

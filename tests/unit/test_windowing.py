@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.clock import FakeClock
-from stream.config import BatchingSettings
 from stream.core.events import Action, Kind, Transition
 from stream.core.offsets import RecordRef
 from stream.core.windowing import Batch, Contact, Handover, Trigger, Windower, handover
+from stream.settings import BatchingSettings
 
 WINDOW = 1200.0
 # 1_700_000_000 is 800 s into the window that starts at 1_699_999_200.
