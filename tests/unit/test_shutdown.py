@@ -96,6 +96,9 @@ class FakeSource:
         if self._thread_ends:
             self.running = False
 
+    def where(self) -> str:
+        return "in commit_and_close, waiting for the broker"
+
     def commit_and_close(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
         self.committed.append(dict(offsets))
         if self._close_hangs:
