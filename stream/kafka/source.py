@@ -26,8 +26,10 @@ from __future__ import annotations
 import gc
 import logging
 import operator
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -142,6 +144,14 @@ class KafkaSource:
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    def where(self) -> str:
+        """Where the consumer thread is now (its Python stack, innermost call last), for the log
+        line of a shutdown that could not wait for it: the call that blocks names the cause."""
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        if frame is None:
+            return "not running"
+        return "".join(traceback.format_stack(frame)).rstrip()
 
     def commit_and_close(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
         """Final commit and leave the group. Call after the thread ended. Either may block for

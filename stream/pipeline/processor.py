@@ -219,8 +219,10 @@ class Pipeline:
             self.abandoned = True
             log.error(
                 "the Kafka consumer thread did not end within batching.shutdown_timeout_seconds "
-                "(%g s; the broker may be unreachable); nothing more is committed",
+                "(%g s; the broker may be unreachable); nothing more is committed; "
+                "it waits in:\n%s",
                 budget.timeout_seconds,
+                self.source.where(),
             )
         closing_clients = asyncio.ensure_future(self.clients.close())
         await asyncio.wait([closing_clients], timeout=max(self._left(budget.deadline), 0.1))

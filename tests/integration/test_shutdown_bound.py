@@ -245,6 +245,10 @@ def test_sigterm_while_the_broker_does_not_answer(
         assert seconds < BOUND, ddsync.output()[-3000:]
         assert status == ExitCode.UNAVAILABLE, ddsync.output()[-3000:]
         assert "nothing more is committed" in ddsync.output()
+        # The log says where the consumer thread waits: here, in a commit to the frozen broker.
+        waits_in = ddsync.output().split("it waits in:", 1)
+        assert len(waits_in) == 2, ddsync.output()[-3000:]
+        assert "in _commit" in waits_in[1], waits_in[1][:3000]
         os.kill(broker.pid, signal.SIGCONT)
         frozen = False
         data.assert_only_final_committed(sandbox, cluster.bootstrap_servers, group, topic, dlq)
