@@ -26,19 +26,15 @@ from stream.cli.run import check_kafka_settings
 from stream.clock import SystemClock
 from stream.core.reasons import Reason
 from stream.exitcodes import ExitCode, interrupted
-from stream.replay.runner import (
+from stream.replay.decide import ReplayFilter
+from stream.replay.report import (
     ProgressReporter,
-    Replayer,
-    ReplayError,
-    ReplayFilter,
-    ReplayOptions,
     ReplaySummary,
     StopReason,
     format_summary,
-    replay_group,
-    run_replay,
     summary_json,
 )
+from stream.replay.runner import Replayer, ReplayError, ReplayOptions, replay_group, run_replay
 from stream.settings import Settings
 
 

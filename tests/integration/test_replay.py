@@ -29,15 +29,9 @@ from stream.core.deadletter_format import (
 )
 from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord, Target, transition
-from stream.replay.runner import (
-    Replayer,
-    ReplayError,
-    ReplayFilter,
-    ReplayOptions,
-    ReplayProgress,
-    StopReason,
-    run_replay,
-)
+from stream.replay.decide import ReplayFilter
+from stream.replay.report import ReplayProgress, StopReason
+from stream.replay.runner import Replayer, ReplayError, ReplayOptions, run_replay
 from stream.settings import DeadLetterSettings, KafkaSettings, Settings
 from tests.conftest import KafkaCluster
 from tests.support.processes import (

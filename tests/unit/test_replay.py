@@ -14,25 +14,20 @@ from stream.cli.replay import _positive_int, build_options
 from stream.core.deadletter_format import H_REASON, H_SOURCE_TOPIC, DeadLetter
 from stream.core.reasons import Reason
 from stream.demo.generator import Target, transition
-from stream.replay.runner import (
+from stream.replay.decide import (
     DeadLetterRecord,
     Decision,
     ReplayFilter,
-    ReplayOptions,
     ReplayPlan,
-    ReplaySummary,
-    Sample,
     SourceHistory,
     SourcePartition,
-    StopReason,
     Verdict,
     contact_of,
     decide,
-    format_summary,
-    key_preview,
-    replay_group,
     supersession,
 )
+from stream.replay.report import ReplaySummary, Sample, StopReason, format_summary, key_preview
+from stream.replay.runner import ReplayOptions, replay_group
 from stream.settings import KafkaSettings, Settings
 
 DLQ = "ddsync.dlq"

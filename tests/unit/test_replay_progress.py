@@ -1,4 +1,4 @@
-"""Replay progress and the JSON report (stream/replay/runner.py), on a fake clock."""
+"""Replay progress and the JSON report (stream/replay/report.py), on a fake clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import orjson
 
 from stream.clock import FakeClock
-from stream.replay.runner import (
+from stream.replay.report import (
     ProgressReporter,
     ReplayProgress,
     ReplaySummary,
