@@ -38,7 +38,7 @@ from stream.sandbox.core import (
     SandboxCore,
 )
 from stream.sandbox.journal import JournalEntry
-from stream.sandbox.ratelimits import LAYOUTS, CallKind, Tier
+from stream.sandbox.ratelimits import LAYOUTS, CallKind, LimitTier
 from stream.sandbox.routes import add_routes
 from stream.sandbox.state import AccountState
 
@@ -61,7 +61,7 @@ def kind_of(method: str, path: str) -> CallKind:
     return "other"
 
 
-def tier_of(method: str, path: str, layout: TierLayout = "separate") -> Tier:
+def tier_of(method: str, path: str, layout: TierLayout = "separate") -> LimitTier:
     """Which budget a call counts against in ``layout`` (see :mod:`.ratelimits`)."""
     return LAYOUTS[layout][kind_of(method, path)]
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from stream.sandbox.faults import Faults
 from stream.sandbox.journal import Journal
-from stream.sandbox.ratelimits import RateLimiter
+from stream.sandbox.ratelimits import AccountLimits
 from stream.sandbox.settings import SandboxSettings
 from stream.sandbox.state import AccountState, SandboxState
 
@@ -75,7 +75,7 @@ class SandboxCore:
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
         self.state = SandboxState(settings.accounts, settings.clock, settings.retained_jobs)
-        self.limiter = RateLimiter(settings.clock, settings.reset_header)
+        self.limiter = AccountLimits(settings.clock, settings.reset_header)
         self.faults = Faults(
             error_rate=settings.error_rate,
             latency_seconds=settings.latency_seconds,

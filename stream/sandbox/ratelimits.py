@@ -40,10 +40,10 @@ from stream.clock import Clock
 from stream.sandbox.accounts import SandboxAccount, TierLayout
 from stream.sandbox.settings import ResetHeaderMode
 
-Tier = Literal["add", "remove", "low", "other"]
+LimitTier = Literal["add", "remove", "low", "other"]
 CallKind = Literal["import", "removal", "listing", "other"]
 
-LAYOUTS: dict[TierLayout, dict[CallKind, Tier]] = {
+LAYOUTS: dict[TierLayout, dict[CallKind, LimitTier]] = {
     "separate": {"import": "add", "removal": "remove", "listing": "other", "other": "other"},
     "shared": {"import": "low", "removal": "low", "listing": "low", "other": "other"},
 }
@@ -51,7 +51,7 @@ LAYOUTS: dict[TierLayout, dict[CallKind, Tier]] = {
 # X-RateLimit-Scope per budget. DotDigital names its tiers low/medium/high call rate; the only
 # published row (Low = 35/minute) matches the removal budget, so in the separate layout removal
 # is "low", imports "medium" and everything else "high".
-SCOPES: dict[Tier, str] = {
+SCOPES: dict[LimitTier, str] = {
     "add": "mediumCallRate",
     "remove": "lowCallRate",
     "low": "lowCallRate",
@@ -77,7 +77,7 @@ class _Window:
     used: int = 0
 
 
-class RateLimiter:
+class AccountLimits:
     """Counts calls per (account, tier) in fixed windows of the given clock's wall time."""
 
     def __init__(self, clock: Clock, reset_header: ResetHeaderMode = "seconds") -> None:
@@ -85,7 +85,7 @@ class RateLimiter:
         self._reset_header = reset_header
         self._windows: dict[tuple[str, str], _Window] = {}
 
-    def charge(self, account: SandboxAccount, tier: Tier) -> Charge:
+    def charge(self, account: SandboxAccount, tier: LimitTier) -> Charge:
         """Count one call of ``tier`` for ``account`` unless its budget is spent."""
         now = self._clock.time()
         # The hourly count feeds account-info's ApiCallsInLastHour whatever the scheme.
@@ -122,7 +122,7 @@ class RateLimiter:
         return self._window(account.username, "hour", self._clock.time(), HOUR).used
 
     @staticmethod
-    def limit(account: SandboxAccount, tier: Tier) -> int:
+    def limit(account: SandboxAccount, tier: LimitTier) -> int:
         if tier in ("add", "low"):
             return account.add_per_minute
         if tier == "remove":

@@ -19,7 +19,7 @@ from stream.sandbox import (
     load_accounts,
 )
 from stream.sandbox.app import tier_of
-from stream.sandbox.ratelimits import RateLimiter
+from stream.sandbox.ratelimits import AccountLimits
 from stream.sandbox.state import (
     AccountState,
     ContactQuery,
@@ -146,7 +146,7 @@ def test_tiers(method: str, path: str, separate: str, shared: str) -> None:
 
 
 def test_the_shared_budget_is_add_per_minute_scoped_low() -> None:
-    limiter = RateLimiter(FakeClock(START))
+    limiter = AccountLimits(FakeClock(START))
     account = SandboxAccount("u", "p", tier_layout="shared", add_per_minute=2)
     first = limiter.charge(account, "low")
     assert first.headers["X-RateLimit-Scope"] == "lowCallRate"
@@ -158,7 +158,7 @@ def test_the_shared_budget_is_add_per_minute_scoped_low() -> None:
 
 def test_rate_limiter_windows_are_calendar_minutes() -> None:
     clock = FakeClock(START)
-    limiter = RateLimiter(clock)
+    limiter = AccountLimits(clock)
     account = SandboxAccount("u", "p", remove_per_minute=2)
     assert limiter.charge(account, "remove").allowed
     clock.advance(49)  # one second before the minute ends
