@@ -47,9 +47,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
-
-from confluent_kafka import Message
+from typing import Any, TypeVar
 
 from stream.clock import Clock, SystemClock
 from stream.config import REVOKE_DRAIN_SECONDS, SHUTDOWN_DRAIN_SECONDS, Settings
@@ -60,10 +58,12 @@ from stream.core.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 from stream.dotdigital import Operation
+from stream.kafka.backend import Header, KafkaBackend, KafkaRecord
 from stream.kafka.client_config import producer_config
+from stream.kafka.confluent import ConfluentBackend
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.kafka.lag import PartitionProgress, progress_of
-from stream.kafka.source import KafkaSource, readable_headers
+from stream.kafka.source import KafkaSource
 from stream.observability.health import Vitals
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool
@@ -78,8 +78,7 @@ DRAIN_SECONDS = SHUTDOWN_DRAIN_SECONDS
 UNREADABLE_HEADERS = "the record's headers cannot be read (a header name is not UTF-8)"
 
 # What the dead-letter record needs of the source record: key, value, headers.
-Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
-_Coordinates = tuple[str, int, int]
+Original = tuple[bytes | None, bytes | None, tuple[Header, ...]]
 
 
 class Pipeline:
@@ -89,10 +88,14 @@ class Pipeline:
         *,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        kafka: KafkaBackend | None = None,
     ) -> None:
+        """``kafka`` makes the consumer and the dead-letter producer: confluent-kafka's
+        clients of ``settings.kafka``'s cluster unless given (an in-memory broker in tests)."""
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
+        self.kafka: KafkaBackend = kafka or ConfluentBackend()
         self.vitals = Vitals.on(self.clock)  # progress signals for /healthz and /ready
         batching = settings.batching
         self.windows = Windower.from_settings(self.clock, batching)
@@ -139,7 +142,11 @@ class Pipeline:
         self._loop = asyncio.get_running_loop()
         kafka = self.settings.kafka
         self.dead_letters = DeadLetterPublisher(
-            producer_config(kafka), kafka.dead_letter_topic, self._dead_lettered, self.metrics
+            producer_config(kafka),
+            kafka.dead_letter_topic,
+            self._dead_lettered,
+            self.metrics,
+            producer_factory=self.kafka.producer,
         )
         self.source = KafkaSource(
             kafka,
@@ -147,7 +154,10 @@ class Pipeline:
             self.metrics,
             commit_interval=self.settings.dispatch.commit_interval_seconds,
             vitals=self.vitals,
+            consumer_factory=self.kafka.consumer,
+            clock=self.clock,
         )
+        self.source.subscribe()
         self.source.start()
         log.info(
             "consuming %s as group %s; dead letters to %s",
@@ -279,8 +289,8 @@ class Pipeline:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(_awaited(work), self._loop).result()
 
-    def on_records(self, messages: list[Message]) -> None:
-        self._on_loop(_sync(self._ingest, messages))
+    def on_records(self, records: list[KafkaRecord]) -> None:
+        self._on_loop(_sync(self._ingest, records))
 
     def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
         self._on_loop(_sync(self._assign, partitions))
@@ -317,7 +327,7 @@ class Pipeline:
             self.tracker.assign(tp)
             self._originals.setdefault(tp, {})
 
-    def _ingest(self, messages: Sequence[Message]) -> None:
+    def _ingest(self, records: Sequence[KafkaRecord]) -> None:
         connectors = self.settings.connectors
         breaker = self.breaker
         consumed = self.tracker.consumed
@@ -328,21 +338,18 @@ class Pipeline:
         # they showed in profiles. A scrape sees the count when the call returns.
         counts: dict[str, int] = {}
         try:
-            for message in messages:
+            for record in records:
                 if breaker.is_open:
                     # Leave the rest unopened and uncommitted: a restart reads them again.
                     break
-                # A consumed record always has its coordinates; only produced ones lack them.
-                topic, partition, offset = cast(
-                    _Coordinates, (message.topic(), message.partition(), message.offset())
-                )
+                topic, partition, offset = record.topic, record.partition, record.offset
                 ref = RecordRef(topic, partition, offset)
                 if not consumed(ref):
                     # Not ours any more, or already being processed (a re-delivery after seek).
                     continue
                 counts[topic] = counts.get(topic, 0) + 1
-                headers = readable_headers(message)
-                original: Original = (message.key(), message.value(), headers or [])
+                headers = record.headers
+                original: Original = (record.key, record.value, headers or ())
                 try:
                     if headers is None:
                         raise InvalidRecord(Reason.INVALID_EVENT, UNREADABLE_HEADERS)
@@ -360,10 +367,10 @@ class Pipeline:
                     )
                     continue
                 breaker.decoded(False)
-                records = originals.get((topic, partition))
-                if records is None:
-                    records = originals[(topic, partition)] = {}
-                records[offset] = original
+                kept = originals.get((topic, partition))
+                if kept is None:
+                    kept = originals[(topic, partition)] = {}
+                kept[offset] = original
                 for batch in add(transition, ref):
                     submit(batch)
         finally:

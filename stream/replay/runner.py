@@ -92,7 +92,7 @@ from stream.config import Settings
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter, Reason, replay_headers
 from stream.core.events import InvalidRecord, decode_transition
 from stream.kafka.client_config import admin_config, consumer_config, producer_config
-from stream.kafka.source import readable_headers
+from stream.kafka.confluent import readable_headers
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from stream.clock import FakeClock
 from stream.config import Settings, load_settings
 from stream.core.windowing import Trigger
 from stream.demo.generator import Target, transition
+from stream.kafka.backend import KafkaRecord
 from stream.kafka.client_config import producer_config
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.kafka.topics import ensure_topics
@@ -47,49 +48,25 @@ NEVER = 1_000_000_000  # windows that do not close during a test (next boundary 
 JOB_SECONDS = 60.0  # sandbox time an import takes: until the test advances the clock
 
 
-class Record:
-    """A consumed record as confluent-kafka hands it over (the methods the pipeline reads)."""
-
-    def __init__(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        email: str,
-        action: str,
-        profile: str | None = None,
-    ):
-        self._where = (topic, partition, offset)
-        profile = profile or email.split("@")[0]
-        self._key = profile.encode()
-        self._value = orjson.dumps(
-            transition(
-                event_id=uuid.uuid4().hex,
-                profile_id=profile,
-                email=email,
-                target=Target("main", BOOK),
-                action=action,
-                occurred_at=datetime.now(UTC),
-            )
-        )
-
-    def topic(self) -> str:
-        return self._where[0]
-
-    def partition(self) -> int:
-        return self._where[1]
-
-    def offset(self) -> int:
-        return self._where[2]
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
+def record(
+    topic: str,
+    partition: int,
+    offset: int,
+    email: str,
+    action: str,
+    profile: str | None = None,
+) -> KafkaRecord:
+    """A consumed record, as the consumer hands it over."""
+    profile = profile or email.split("@")[0]
+    value = transition(
+        event_id=uuid.uuid4().hex,
+        profile_id=profile,
+        email=email,
+        target=Target("main", BOOK),
+        action=action,
+        occurred_at=datetime.now(UTC),
+    )
+    return KafkaRecord(topic, partition, offset, profile.encode(), orjson.dumps(value))
 
 
 class Owner:
@@ -108,9 +85,9 @@ class Owner:
     def assign(self, *partitions: int) -> None:
         self.pipeline._assign([(self.topic, p) for p in partitions])
 
-    def read(self, *records: Record) -> None:
+    def read(self, *records: KafkaRecord) -> None:
         """Records consumed; what they buffer is sent at once."""
-        self.pipeline._ingest(records)  # type: ignore[arg-type]
+        self.pipeline._ingest(records)
         for batch in self.pipeline.windows.drain(Trigger.PRESSURE):
             self.pipeline.dispatcher.submit(batch)
 
@@ -196,10 +173,10 @@ async def test_a_batch_queued_behind_a_slow_flush_sends_nothing_of_a_revoked_par
     old.assign(0, 1)
     topic = old.topic
     # A slow flush ahead: y's import is accepted and runs until the clock moves.
-    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    old.read(record(topic, 1, 0, "y@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
     # x enters on partition 0: its batch queues behind y's, in the same address book.
-    old.read(Record(topic, 0, 0, "x@example.com", "add"))
+    old.read(record(topic, 0, 0, "x@example.com", "add"))
     positions = await old.revoke(0)
     assert positions == {(topic, 0): 0}, "x's record is not final: nothing committed past it"
 
@@ -207,8 +184,8 @@ async def test_a_batch_queued_behind_a_slow_flush_sends_nothing_of_a_revoked_par
     new = owner()
     new.assign(0)
     new.read(
-        Record(topic, 0, 0, "x@example.com", "add"),
-        Record(topic, 0, 1, "x@example.com", "remove"),
+        record(topic, 0, 0, "x@example.com", "add"),
+        record(topic, 0, 1, "x@example.com", "remove"),
     )
     await new.idle()
     assert new.pipeline.tracker.committable() == {(topic, 0): 2}
@@ -227,7 +204,7 @@ async def test_a_job_already_accepted_is_awaited_inside_the_revoke(
     sandbox, clock, owner = world
     old = owner()
     old.assign(0)
-    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    old.read(record(old.topic, 0, 0, "x@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["x@example.com"], "x's import accepted")
     revoking = asyncio.create_task(old.revoke(0))
     # Past the flush bound the revoke stops new requests, and waits for the accepted job.
@@ -246,7 +223,7 @@ async def test_a_job_that_does_not_end_is_awaited_for_the_bound_only(
     sandbox, _, owner = world
     old = owner()
     old.assign(0)
-    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    old.read(record(old.topic, 0, 0, "x@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["x@example.com"], "x's import accepted")
     started = time.monotonic()
     # The job never ends (the sandbox clock stands still): the revoke gives up at its bound
@@ -266,7 +243,7 @@ async def test_an_operation_still_retrying_stops_at_the_revoke(
     old = owner()
     old.assign(0, 1)
     sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
-    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    old.read(record(old.topic, 0, 0, "x@example.com", "add"))
     await eventually(lambda: len(sandbox.journal) >= 2, "x's import retried")
     assert await old.revoke(0) == {(old.topic, 0): 0}
     sent = len(sandbox.journal)  # what was sent before the revoke returned
@@ -275,7 +252,7 @@ async def test_an_operation_still_retrying_stops_at_the_revoke(
     await asyncio.wait_for(old.idle(), 30)
     # Nothing of x after the revoke; partition 1 is still ours and its records go out.
     sandbox.faults.update({"fail_next": 0})
-    old.read(Record(old.topic, 1, 0, "y@example.com", "add"))
+    old.read(record(old.topic, 1, 0, "y@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
     clock.advance(JOB_SECONDS + 1)
     await old.idle()
@@ -292,13 +269,13 @@ async def test_a_request_in_the_air_at_the_revoke_is_followed_into_its_job(
     old = owner()
     old.assign(0, 1)
     # The client connects first (region detection), with y on partition 1.
-    old.read(Record(old.topic, 1, 0, "y@example.com", "add"))
+    old.read(record(old.topic, 1, 0, "y@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
     clock.advance(JOB_SECONDS + 1)
     await old.idle()
     # x's import is in the air when the revoke comes; DotDigital accepts it meanwhile.
     sandbox.faults.update({"latency_seconds": 1.0})
-    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    old.read(record(old.topic, 0, 0, "x@example.com", "add"))
     guards = old.pipeline.dispatcher._guards
     await eventually(lambda: any(g._in_air for g in guards), "x's import in the air")
     revoking = asyncio.create_task(old.revoke(0))
@@ -316,7 +293,7 @@ async def test_a_lost_partition_is_not_sent_for_any_more(
     old = owner()
     old.assign(0)
     sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
-    old.read(Record(old.topic, 0, 0, "x@example.com", "add"))
+    old.read(record(old.topic, 0, 0, "x@example.com", "add"))
     await eventually(lambda: len(sandbox.journal) >= 2, "x's import retried")
     # Lost, not revoked: another member may own it already. Nothing is waited for, and the
     # retrying import stops before its next attempt instead of retrying for its budget.
@@ -340,12 +317,12 @@ async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_r
     old.assign(0, 1)
     topic = old.topic
     # A slow flush ahead keeps x's batch queued past the revoke bound.
-    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    old.read(record(topic, 1, 0, "y@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
-    partition_0 = [Record(topic, 0, 0, "x@example.com", "add", profile="a")]
+    partition_0 = [record(topic, 0, 0, "x@example.com", "add", profile="a")]
     # x enters as profile a (partition 0), then leaves as profile b (partition 1): one contact
     # (its winner the removal, the entry superseded) or two batches, the removal's queued behind.
-    leaves = Record(topic, 1, 1, "x@example.com", "remove", profile="b")
+    leaves = record(topic, 1, 1, "x@example.com", "remove", profile="b")
     if batches == 1:
         old.read(*partition_0, leaves)
     else:
@@ -362,7 +339,7 @@ async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_r
     # would be applied after the old owner's removal.
     new = owner()
     new.assign(0)
-    new.read(*[r for r in partition_0 if r.offset() >= positions[(topic, 0)]])
+    new.read(*[r for r in partition_0 if r.offset >= positions[(topic, 0)]])
     await eventually(
         lambda: new.pipeline.dispatcher.in_flight == 0 or "x@example.com" in imported(sandbox),
         "the new owner idle or its import accepted",
@@ -383,12 +360,12 @@ async def test_an_older_record_kept_is_not_sent_after_a_newer_one_revoked(
     old = owner()
     old.assign(0, 1)
     topic = old.topic
-    old.read(Record(topic, 1, 0, "y@example.com", "add"))
+    old.read(record(topic, 1, 0, "y@example.com", "add"))
     await eventually(lambda: imported(sandbox) == ["y@example.com"], "y's import accepted")
     # x enters as profile b (partition 1), then leaves as profile a (partition 0): two batches
     # queued behind y's slow import, the entry's first.
-    old.read(Record(topic, 1, 1, "x@example.com", "add", profile="b"))
-    partition_0 = [Record(topic, 0, 0, "x@example.com", "remove", profile="a")]
+    old.read(record(topic, 1, 1, "x@example.com", "add", profile="b"))
+    partition_0 = [record(topic, 0, 0, "x@example.com", "remove", profile="a")]
     old.read(*partition_0)
     if lost:
         old.pipeline._lose([(topic, 0)])
@@ -418,10 +395,10 @@ async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
     old.assign(0, 1)
     topic = old.topic
     # x enters as profile b (partition 1): its import is accepted and runs until the clock moves.
-    old.read(Record(topic, 1, 0, "x@example.com", "add", profile="b"))
+    old.read(record(topic, 1, 0, "x@example.com", "add", profile="b"))
     await eventually(lambda: imported(sandbox) == ["x@example.com"], "x's import accepted")
     # x leaves as profile a (partition 0), queued behind; then partition 0 changes hands.
-    partition_0 = [Record(topic, 0, 0, "x@example.com", "remove", profile="a")]
+    partition_0 = [record(topic, 0, 0, "x@example.com", "remove", profile="a")]
     old.read(*partition_0)
     revoking = asyncio.create_task(old.revoke(0))
     guards = old.pipeline.dispatcher._guards
@@ -449,10 +426,10 @@ async def test_a_superseded_record_below_an_open_one_is_reread_and_says_so(
     old.assign(0, 1)
     topic = old.topic
     sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
-    old.read(Record(topic, 0, 0, "z@example.com", "add"))
+    old.read(record(topic, 0, 0, "z@example.com", "add"))
     old.read(
-        Record(topic, 0, 1, "x@example.com", "add", profile="a"),
-        Record(topic, 1, 0, "x@example.com", "remove", profile="b"),
+        record(topic, 0, 1, "x@example.com", "add", profile="a"),
+        record(topic, 1, 0, "x@example.com", "remove", profile="b"),
     )
     await eventually(lambda: len(sandbox.journal) >= 2, "z's import retried")
     assert await old.revoke(0) == {(topic, 0): 0}

@@ -9,6 +9,8 @@ from typing import Any
 from stream.config import ConnectorSettings, KafkaSettings, Secret, Settings
 from stream.core.deadletter_format import DeadLetter, Reason
 from stream.core.offsets import RecordRef
+from stream.kafka.backend import KafkaRecord
+from stream.kafka.confluent import record_of
 from stream.pipeline.processor import Pipeline
 
 
@@ -31,6 +33,12 @@ class UnreadableHeaders:
     def value(self) -> bytes:
         return b'{"event_id": "e"}'
 
+    def error(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
     def headers(self) -> Any:
         raise SystemError("<method 'headers'> returned a result with an exception set")
 
@@ -47,6 +55,13 @@ class Recorder:
         self.published.append((ref, key, value, headers, letter))
 
 
+def test_headers_confluent_kafka_cannot_decode_make_a_record_without_headers() -> None:
+    record = record_of(UnreadableHeaders())  # type: ignore[arg-type]
+    assert record == KafkaRecord(
+        "source", 0, 5, b"profile-1", b'{"event_id": "e"}', None, 1_700_000_000_000
+    )
+
+
 def test_a_record_whose_headers_cannot_be_read_is_dead_lettered_with_its_reason() -> None:
     connector = ConnectorSettings(name="main", username="u", password=Secret("p"))
     pipeline = Pipeline(
@@ -55,10 +70,10 @@ def test_a_record_whose_headers_cannot_be_read_is_dead_lettered_with_its_reason(
     recorder = Recorder()
     pipeline.dead_letters = recorder  # type: ignore[assignment]
     pipeline._assign([("source", 0)])
-    pipeline._ingest([UnreadableHeaders()])  # type: ignore[list-item]
+    pipeline._ingest([KafkaRecord("source", 0, 5, b"profile-1", b'{"event_id": "e"}', None)])
     ((ref, key, value, headers, letter),) = recorder.published
     assert ref == RecordRef("source", 0, 5)
-    assert (key, value, headers) == (b"profile-1", b'{"event_id": "e"}', [])
+    assert (key, value, headers) == (b"profile-1", b'{"event_id": "e"}', ())
     assert letter.reason is Reason.INVALID_EVENT
     assert "headers cannot be read" in letter.error_message
     assert pipeline.tracker.is_open(ref), "open until the dead letter is acknowledged"
