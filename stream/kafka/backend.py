@@ -1,8 +1,8 @@
 """What ddsync uses of a Kafka client, as protocols: the seam between ddsync and Kafka.
 
-:mod:`stream.kafka.confluent` implements them over confluent-kafka (what ddsync runs on); the
-pipeline, its consumer thread and the dead-letter publisher take them as factories, so another
-implementation can stand in for a cluster.
+:mod:`stream.kafka.confluent` implements them over confluent-kafka (what ddsync runs on),
+:mod:`stream.kafka.memory` in memory (tests). The pipeline, its consumer thread and the
+dead-letter publisher take them as factories.
 
 Contract, for every implementation:
 
@@ -179,8 +179,9 @@ class Producer(Protocol):
 
 
 class KafkaBackend(Protocol):
-    """Makes the clients, e.g. confluent-kafka's (:class:`stream.kafka.confluent.ConfluentBackend`).
-    ``config`` is librdkafka's (:mod:`stream.kafka.client_config`)."""
+    """Makes the clients: confluent-kafka's (:class:`stream.kafka.confluent.ConfluentBackend`)
+    or an in-memory broker's (:class:`stream.kafka.memory.MemoryBroker`). ``config`` is
+    librdkafka's (:mod:`stream.kafka.client_config`)."""
 
     def consumer(self, config: Mapping[str, Any]) -> Consumer: ...
 

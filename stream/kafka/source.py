@@ -4,9 +4,10 @@ Everything that touches the consumer (poll, pause, resume, commit, rebalance cal
 in this thread, so a commit can never interleave with a revocation: a revoked partition's final
 commit is made inside its revoke callback, and afterwards the tracker no longer offers it.
 
-The consumer comes from a factory (:mod:`stream.kafka.backend`), confluent-kafka's by default.
-One turn of the loop is :meth:`KafkaSource.poll`; the thread (:meth:`KafkaSource.start`) takes
-turns until :meth:`KafkaSource.stop`, or a caller that never starts it takes them itself.
+The consumer comes from a factory (:mod:`stream.kafka.backend`): confluent-kafka's by default,
+an in-memory broker's (:mod:`stream.kafka.memory`) in tests. One turn of the loop is
+:meth:`KafkaSource.poll`; the thread (:meth:`KafkaSource.start`) takes turns until
+:meth:`KafkaSource.stop`, or a caller that never starts it takes them itself.
 
 Contract with the :class:`SourceHandler` (the pipeline), whose methods are called from this
 thread and must be thread-safe:
