@@ -2,7 +2,9 @@
 
 :mod:`stream.kafka.confluent` implements them over confluent-kafka (what ddsync runs on),
 :mod:`stream.kafka.memory` in memory (tests). The pipeline, its consumer thread and the
-dead-letter publisher take them as factories.
+dead-letter publisher take them as factories. One contract suite
+(``tests/contract/test_kafka_backend.py``) runs over both implementations, so that the
+in-memory broker cannot drift from what a real one does.
 
 Contract, for every implementation:
 

@@ -3,7 +3,8 @@
 Thin on purpose: each method is the confluent-kafka call, with ddsync's types in and out
 (:class:`~stream.kafka.backend.KafkaRecord` for ``Message``, partition keys for
 ``TopicPartition``, ``None`` for librdkafka's negative logical offsets) and ``KafkaException``
-raised as :class:`~stream.kafka.backend.BackendException`. Semantics are librdkafka's.
+raised as :class:`~stream.kafka.backend.BackendException`. Semantics are librdkafka's, and the
+contract suite (``tests/contract/test_kafka_backend.py``) holds the in-memory broker to them.
 """
 
 from __future__ import annotations
