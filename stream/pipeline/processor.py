@@ -4,7 +4,11 @@ Threads: the Kafka consumer runs in its own thread (:mod:`stream.kafka.source`);
 windows, offset tracker, dispatcher, dead-letter producer — lives on one asyncio event loop and
 is touched only from it. The consumer thread hands over records and rebalance events by running
 a coroutine on the loop and waiting for it, so the two never race and the consumer cannot run
-ahead of what the loop has taken in.
+ahead of what the loop has taken in. Kafka is what the pipeline's backend makes
+(:mod:`stream.kafka.backend`): confluent-kafka's clients, or an in-memory broker's in tests, which
+drive the consumer turn by turn instead of its thread (:meth:`Pipeline.open`,
+:meth:`Pipeline.poll`, :meth:`Pipeline.close`), each turn in a worker thread with the same
+hand-over.
 
 Contract:
 
@@ -139,6 +143,23 @@ class Pipeline:
 
     async def run(self) -> None:
         """Consume until :meth:`stop` (or the consumer fails), then shut down cleanly."""
+        source = self.open()
+        source.start()
+        try:
+            while not self._stopping.is_set():
+                self._tick()
+                if not source.running:
+                    raise RuntimeError("the Kafka consumer stopped unexpectedly") from source.error
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), TICK_SECONDS)
+        finally:
+            await self._shutdown()
+
+    def open(self) -> KafkaSource:
+        """Make the dead-letter producer and the consumer, on the running loop, and join the
+        group. :meth:`run` then consumes in the consumer thread; a caller that drives the
+        pipeline itself (a test on an in-memory broker) takes turns with :meth:`poll` instead
+        and ends with :meth:`close`."""
         self._loop = asyncio.get_running_loop()
         kafka = self.settings.kafka
         self.dead_letters = DeadLetterPublisher(
@@ -146,6 +167,7 @@ class Pipeline:
             kafka.dead_letter_topic,
             self._dead_lettered,
             self.metrics,
+            clock=self.clock,
             producer_factory=self.kafka.producer,
         )
         self.source = KafkaSource(
@@ -158,24 +180,28 @@ class Pipeline:
             clock=self.clock,
         )
         self.source.subscribe()
-        self.source.start()
         log.info(
             "consuming %s as group %s; dead letters to %s",
             ", ".join(kafka.topics),
             kafka.group_id,
             kafka.dead_letter_topic,
         )
-        try:
-            while not self._stopping.is_set():
-                self._tick()
-                if not self.source.running:
-                    raise RuntimeError(
-                        "the Kafka consumer stopped unexpectedly"
-                    ) from self.source.error
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), TICK_SECONDS)
-        finally:
-            await self._shutdown()
+        return self.source
+
+    async def poll(self) -> None:
+        """One turn of the consumer (rebalance callbacks included), in a worker thread as the
+        consumer thread would take it, then the loop's periodic work. Not with :meth:`run`."""
+        source = self.source
+        assert source is not None, "open() first"
+        if source.running:
+            raise RuntimeError("the consumer thread of run() polls the consumer")
+        await asyncio.to_thread(source.poll)
+        self._tick()
+
+    async def close(self) -> None:
+        """End a pipeline driven with :meth:`poll` as :meth:`run` ends: flush, commit, leave."""
+        self.stop()
+        await self._shutdown()
 
     def stop(self) -> None:
         """Ask the pipeline to shut down (safe from a signal handler on the loop); the bound
