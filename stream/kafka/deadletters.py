@@ -37,22 +37,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-
 from stream.clock import Clock, SystemClock
 from stream.core.deadletter_format import H_VALUE_OMITTED, HEADER_PREFIX, DeadLetter, truncate_utf8
 from stream.core.offsets import RecordRef
+from stream.kafka.backend import (
+    BackendError,
+    BackendException,
+    ErrorCode,
+    Header,
+    KafkaRecord,
+    Producer,
+)
+from stream.kafka.confluent import ConfluentProducer
 from stream.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Headers = Sequence[tuple[str, str | bytes | None]]
+Headers = Sequence[Header]
 MAX_BACKOFF_SECONDS = 60.0
 # What of a too-large record is kept: a key this short, and free-text headers cut to this.
 KEPT_KEY_BYTES = 256
 KEPT_TEXT_BYTES = 256
 # The producer's own check (message.max.bytes), and the broker's (the topic's max.message.bytes).
-_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+_TOO_LARGE = frozenset({ErrorCode.MSG_SIZE_TOO_LARGE, ErrorCode.RECORD_LIST_TOO_LARGE})
 
 
 @dataclass
@@ -61,7 +68,7 @@ class _Letter:
     covers: tuple[RecordRef, ...]
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, str | bytes | None]]
+    headers: list[Header]
     letter: DeadLetter
     serial: int = 0
     failures: int = 0
@@ -78,9 +85,10 @@ class DeadLetterPublisher:
         metrics: Metrics,
         *,
         clock: Clock | None = None,
-        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        producer_factory: Callable[[dict[str, Any]], Producer] = ConfluentProducer,
     ) -> None:
-        """``producer_config``: from :func:`stream.kafka.client_config.producer_config`."""
+        """``producer_config``: from :func:`stream.kafka.client_config.producer_config`;
+        ``producer_factory`` makes a producer of it (again after a fatal error)."""
         self._config = dict(producer_config)
         self._new_producer = producer_factory
         self._producer = producer_factory(self._config)
@@ -113,7 +121,7 @@ class DeadLetterPublisher:
     ) -> None:
         """Write ``letter`` for the source record ``ref``; once acknowledged, ``ref`` and
         ``covers`` (the records it stands for; ``ref`` alone when empty) are final."""
-        headers: list[tuple[str, str | bytes | None]] = [
+        headers: list[Header] = [
             (k, v) for k, v in (source_headers or ()) if not k.startswith(HEADER_PREFIX)
         ]
         headers.extend(letter.to_headers())
@@ -147,21 +155,21 @@ class DeadLetterPublisher:
         A refusal is handled here (shrunk, retried later, or kept for a new producer)."""
         generation = self._generation
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
+        def delivered(error: BackendError | None, _record: KafkaRecord) -> None:
             if generation != self._generation:
                 return
             if error is not None and _is_fatal(error):
-                self._fatal = self._fatal or error.str()
+                self._fatal = self._fatal or error.reason
                 return  # stays in flight: republished by the next producer
             self._in_flight.pop(item.serial, None)
             if error is None:
                 self.pending -= 1
                 self._on_delivered(item.ref, item.letter, item.covers)
-            elif error.code() in _TOO_LARGE and not item.shrunk:
+            elif error.code in _TOO_LARGE and not item.shrunk:
                 # The topic takes less than the producer (its max.message.bytes).
-                self._backlog.appendleft(_shrink(item, error.str()))
+                self._backlog.appendleft(_shrink(item, error.reason))
             else:
-                self._failed(item, error.str())
+                self._failed(item, error.reason)
 
         try:
             self._producer.produce(
@@ -173,14 +181,14 @@ class DeadLetterPublisher:
             )
         except BufferError:
             return False
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and _is_fatal(error):
-                self._fatal = self._fatal or error.str()
+        except BackendException as exc:
+            error = exc.error
+            if _is_fatal(error):
+                self._fatal = self._fatal or error.reason
                 return False
-            if isinstance(error, KafkaError) and error.code() in _TOO_LARGE and not item.shrunk:
-                return self._hand(_shrink(item, error.str()))
-            self._failed(item, str(error))
+            if error.code in _TOO_LARGE and not item.shrunk:
+                return self._hand(_shrink(item, error.reason))
+            self._failed(item, error.reason)
             return True
         self._in_flight[item.serial] = item
         return True
@@ -193,7 +201,7 @@ class DeadLetterPublisher:
         self._generation += 1
         old, self._producer = self._producer, self._new_producer(self._config)
         # Its reports would come to nothing (old generation); purged, it closes quickly.
-        with contextlib.suppress(KafkaException, RuntimeError):
+        with contextlib.suppress(BackendException, RuntimeError):
             old.purge()
         self._backlog.extendleft(reversed(unacknowledged))
         self._metrics.dead_letter_errors.inc()
@@ -222,8 +230,8 @@ class DeadLetterPublisher:
         )
 
 
-def _is_fatal(error: KafkaError) -> bool:
-    return bool(error.fatal()) or error.code() == KafkaError._FATAL
+def _is_fatal(error: BackendError) -> bool:
+    return error.fatal or error.code == ErrorCode.FATAL
 
 
 def _shrink(item: _Letter, why: str) -> _Letter:

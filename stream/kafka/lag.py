@@ -37,10 +37,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
 from stream.clock import Clock
 from stream.core.offsets import OffsetTracker, TopicPartitionKey
+from stream.kafka.backend import BackendException, Consumer
 from stream.observability.metrics import Metrics
 
 __all__ = ["LagMonitor", "PartitionLag", "PartitionProgress", "partition_lag", "progress_of"]
@@ -136,16 +135,13 @@ class LagMonitor:
         self._next = now + self._interval
         try:
             self.sample(paused=paused)
-        except KafkaException as exc:
+        except BackendException as exc:
             log.warning("could not sample consumer lag (tried again later): %s", exc)
 
     def sample(self, *, paused: bool) -> None:
         """Read positions, end offsets and the tracker's progress; set the gauges."""
         keys = sorted(self._owned)
-        positions = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in self._consumer.position([TopicPartition(t, p) for t, p in keys])
-        }
+        positions = self._consumer.position(keys)
         self._refresh_ends(keys, paused=paused)
         progress = self._progress()
         m = self._metrics
@@ -176,7 +172,7 @@ class LagMonitor:
                 return
             try:
                 fresh = self._watermark(tp, cached=False)
-            except KafkaException as exc:
+            except BackendException as exc:
                 log.debug("lag: end offset of %s[%d] unknown: %s", tp[0], tp[1], exc)
                 continue
             if fresh is not None:
@@ -184,7 +180,7 @@ class LagMonitor:
 
     def _watermark(self, tp: TopicPartitionKey, *, cached: bool) -> int | None:
         answer = self._consumer.get_watermark_offsets(
-            TopicPartition(tp[0], tp[1]), timeout=QUERY_TIMEOUT_SECONDS, cached=cached
+            tp, timeout=QUERY_TIMEOUT_SECONDS, cached=cached
         )
         if answer is None:
             return None

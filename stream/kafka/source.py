@@ -1,14 +1,19 @@
-"""The Kafka consumer edge: one thread that owns the confluent-kafka consumer.
+"""The Kafka consumer edge: one thread that owns the consumer.
 
 Everything that touches the consumer (poll, pause, resume, commit, rebalance callbacks) happens
 in this thread, so a commit can never interleave with a revocation: a revoked partition's final
 commit is made inside its revoke callback, and afterwards the tracker no longer offers it.
 
+The consumer comes from a factory (:mod:`stream.kafka.backend`): confluent-kafka's by default,
+an in-memory broker's (:mod:`stream.kafka.memory`) in tests. One turn of the loop is
+:meth:`KafkaSource.poll`; the thread (:meth:`KafkaSource.start`) takes turns until
+:meth:`KafkaSource.stop`, or a caller that never starts it takes them itself.
+
 Contract with the :class:`SourceHandler` (the pipeline), whose methods are called from this
 thread and must be thread-safe:
 
-* ``on_records`` receives records in partition order; the handler opens each one. Their
-  headers are read with :func:`readable_headers`, which never raises.
+* ``on_records`` receives records in partition order; the handler opens each one. A record
+  whose headers cannot be read has ``headers`` None (:class:`~stream.kafka.backend.KafkaRecord`).
 * ``on_assign`` / ``on_revoke`` bracket ownership; ``on_revoke`` returns the offsets to commit for
   the revoked partitions after it flushed what it could within its time bound. ``on_lost``
   (partitions taken without a clean revoke) commits nothing.
@@ -23,21 +28,18 @@ thread and must be thread-safe:
 
 from __future__ import annotations
 
-import gc
 import logging
-import operator
 import sys
 import threading
-import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-
-from stream.clock import SystemClock
+from stream.clock import Clock, SystemClock
 from stream.core.offsets import TopicPartitionKey
+from stream.kafka.backend import BackendException, Consumer, ErrorCode, KafkaRecord
 from stream.kafka.client_config import consumer_config
+from stream.kafka.confluent import ConfluentConsumer
 from stream.kafka.lag import LagMonitor, PartitionProgress
 from stream.observability.health import STATISTICS_INTERVAL_MS, Vitals
 from stream.observability.metrics import Metrics
@@ -46,11 +48,12 @@ from stream.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
-_HEADERS = operator.methodcaller("headers")
+# How long one turn waits for records when there are none.
+POLL_SECONDS = 0.1
 
 
 class SourceHandler(Protocol):
-    def on_records(self, messages: list[Message]) -> None: ...
+    def on_records(self, records: list[KafkaRecord]) -> None: ...
 
     def on_assign(self, partitions: list[TopicPartitionKey]) -> None: ...
 
@@ -65,33 +68,6 @@ class SourceHandler(Protocol):
     def should_pause(self) -> bool: ...
 
     def progress(self) -> Mapping[TopicPartitionKey, PartitionProgress]: ...
-
-
-def readable_headers(message: Message) -> list[tuple[str, str | bytes | None]] | None:
-    """A consumed record's headers, or None when confluent-kafka cannot decode them (a header
-    name that is not UTF-8 makes ``headers()`` raise SystemError): such a record is bad input,
-    to be dead-lettered, not a reason for the consumer thread to die and read it again.
-
-    Call it once per message: after a failure the binding keeps a list holding a NULL name,
-    which a second ``headers()`` returns without error (and touching it crashes the process).
-    """
-    # The binding returns the list with the UnicodeDecodeError still pending. A plain
-    # message.headers() call site, once CPython 3.11 has specialised it, does not check for
-    # that: the broken list comes back as if nothing happened and the process crashes later.
-    # methodcaller calls through the generic path, which turns the pending error into a
-    # SystemError here; no garbage collection meanwhile, which could swallow the error.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        headers = _HEADERS(message)
-    except Exception:  # whatever the binding raises, the record is unreadable
-        return None
-    finally:
-        if collecting:
-            gc.enable()
-    if headers is None:
-        return []
-    return list(headers.items() if isinstance(headers, dict) else headers)
 
 
 def pipeline_consumer_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -110,28 +86,38 @@ class KafkaSource:
         metrics: Metrics,
         commit_interval: float = 1.0,
         vitals: Vitals | None = None,
+        *,
+        consumer_factory: Callable[[dict[str, Any]], Consumer] = ConfluentConsumer,
+        clock: Clock | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
         self._metrics = metrics
         self._commit_interval = commit_interval
-        self._vitals = vitals or Vitals.on(SystemClock())
-        self._consumer = Consumer(
+        self._clock: Clock = clock or SystemClock()
+        self._vitals = vitals or Vitals.on(self._clock)
+        self._consumer = consumer_factory(
             self._vitals.brokers.instrument(pipeline_consumer_config(settings))
         )
         self._lag = LagMonitor(self._consumer, handler.progress, metrics)
         self._stop = threading.Event()
         self._paused = False
+        self._next_commit = 0.0
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
         self.error: BaseException | None = None
 
-    def start(self) -> None:
+    def subscribe(self) -> None:
+        """Join the group; partitions are assigned by the polls that follow."""
         self._consumer.subscribe(
             list(self._settings.topics),
             on_assign=self._assigned,
             on_revoke=self._revoked,
             on_lost=self._lost,
         )
+        self._next_commit = self._clock.monotonic() + self._commit_interval
+
+    def start(self) -> None:
+        """Poll in the consumer thread (after :meth:`subscribe`) until :meth:`stop`."""
         self._thread.start()
 
     def stop(self) -> None:
@@ -139,6 +125,8 @@ class KafkaSource:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
+        if self._thread.ident is None:
+            return  # never started: polled by its caller, who has stopped
         self._thread.join(timeout)
 
     @property
@@ -163,35 +151,40 @@ class KafkaSource:
             self._consumer.close()
 
     def _run(self) -> None:
-        next_commit = time.monotonic() + self._commit_interval
         try:
             while not self._stop.is_set():
-                self._vitals.consumer.beat()
-                self._apply_pause()
-                messages = self._consumer.consume(BATCH_SIZE, timeout=0.1)
-                good = [m for m in messages if self._usable(m)]
-                if good:
-                    self._handler.on_records(good)
-                now = time.monotonic()
-                if now >= next_commit:
-                    offsets = self._handler.committable()
-                    if self._commit(offsets):
-                        self._handler.committed(offsets)
-                    next_commit = now + self._commit_interval
-                self._lag.maybe_sample(now, paused=self._paused)
+                self.poll()
         except BaseException as exc:  # the pipeline must learn that its source died
             log.exception("the Kafka consumer loop failed")
             self.error = exc
 
-    def _usable(self, message: Message) -> bool:
-        error = message.error()
+    def poll(self) -> None:
+        """One turn: pause or resume, fetch and hand over records (rebalance callbacks run
+        here), commit when due, sample lag. Only from the thread that owns the consumer: the
+        consumer thread, or a caller that never started it."""
+        self._vitals.consumer.beat()
+        self._apply_pause()
+        records = self._consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
+        good = [r for r in records if r.error is None or self._usable(r)]
+        if good:
+            self._handler.on_records(good)
+        now = self._clock.monotonic()
+        if now >= self._next_commit:
+            offsets = self._handler.committable()
+            if self._commit(offsets):
+                self._handler.committed(offsets)
+            self._next_commit = now + self._commit_interval
+        self._lag.maybe_sample(now, paused=self._paused)
+
+    def _usable(self, record: KafkaRecord) -> bool:
+        error = record.error
         if error is None:
             return True
-        if error.code() == KafkaError._PARTITION_EOF:
+        if error.code == ErrorCode.PARTITION_EOF:
             return False
-        if error.fatal():
-            raise KafkaException(error)
-        log.warning("Kafka consumer error: %s", error)
+        if error.fatal:
+            raise BackendException(error)
+        log.warning("Kafka consumer error: %s (code %d)", error, error.code)
         return False
 
     def _apply_pause(self) -> None:
@@ -212,10 +205,9 @@ class KafkaSource:
         """Commit synchronously; True when the broker took every offset."""
         if not offsets:
             return False
-        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self._consumer.commit(offsets=partitions, asynchronous=False)
-        except KafkaException as exc:
+            self._consumer.commit(offsets)
+        except BackendException as exc:
             self._metrics.commits.labels("error").inc()
             log.warning("offset commit failed (offered again next time): %s", exc)
             return False
@@ -224,8 +216,7 @@ class KafkaSource:
             self._metrics.committed_offset.labels(topic, str(partition)).set(offset)
         return True
 
-    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
+    def _assigned(self, keys: list[TopicPartitionKey]) -> None:
         log.info("assigned %s", _describe(keys))
         self._metrics.rebalances.labels("assigned").inc(len(keys))
         self._handler.on_assign(keys)
@@ -233,21 +224,19 @@ class KafkaSource:
         # Take the partitions here instead of after this callback: librdkafka ignores pause()
         # for partitions not yet assigned, and keeps a partition's pause across a revoke, so a
         # partition that comes back must be resumed or paused explicitly, as the rest.
-        consumer.incremental_assign(partitions)
+        self._consumer.incremental_assign(keys)
         if self._paused:
-            consumer.pause(partitions)
+            self._consumer.pause(keys)
         else:
-            consumer.resume(partitions)
+            self._consumer.resume(keys)
 
-    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
+    def _revoked(self, keys: list[TopicPartitionKey]) -> None:
         log.info("revoked %s", _describe(keys))
         self._metrics.rebalances.labels("revoked").inc(len(keys))
         self._commit(self._handler.on_revoke(keys))
         self._lag.forget(keys)
 
-    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
+    def _lost(self, keys: list[TopicPartitionKey]) -> None:
         for topic, partition in keys:
             log.warning(
                 "lost %s[%d] without a clean revoke; its records will be read again",

@@ -4,7 +4,11 @@ Threads: the Kafka consumer runs in its own thread (:mod:`stream.kafka.source`);
 windows, offset tracker, dispatcher, dead-letter producer — lives on one asyncio event loop and
 is touched only from it. The consumer thread hands over records and rebalance events by running
 a coroutine on the loop and waiting for it, so the two never race and the consumer cannot run
-ahead of what the loop has taken in.
+ahead of what the loop has taken in. Kafka is what the pipeline's backend makes
+(:mod:`stream.kafka.backend`): confluent-kafka's clients, or an in-memory broker's in tests, which
+drive the consumer turn by turn instead of its thread (:meth:`Pipeline.open`,
+:meth:`Pipeline.poll`, :meth:`Pipeline.close`), each turn in a worker thread with the same
+hand-over.
 
 Contract:
 
@@ -47,9 +51,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
-
-from confluent_kafka import Message
+from typing import Any, TypeVar
 
 from stream.clock import Clock, SystemClock
 from stream.core.breaker import DeadLetterBreaker
@@ -60,10 +62,12 @@ from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Handover, Trigger, Windower, handover
 from stream.dotdigital import Operation
+from stream.kafka.backend import Header, KafkaBackend, KafkaRecord
 from stream.kafka.client_config import producer_config
+from stream.kafka.confluent import ConfluentBackend
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.kafka.lag import PartitionProgress, progress_of
-from stream.kafka.source import KafkaSource, readable_headers
+from stream.kafka.source import KafkaSource
 from stream.observability.health import Vitals
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool
@@ -79,8 +83,7 @@ DRAIN_SECONDS = SHUTDOWN_DRAIN_SECONDS
 UNREADABLE_HEADERS = "the record's headers cannot be read (a header name is not UTF-8)"
 
 # What the dead-letter record needs of the source record: key, value, headers.
-Original = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
-_Coordinates = tuple[str, int, int]
+Original = tuple[bytes | None, bytes | None, tuple[Header, ...]]
 
 
 class Pipeline:
@@ -90,10 +93,14 @@ class Pipeline:
         *,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        kafka: KafkaBackend | None = None,
     ) -> None:
+        """``kafka`` makes the consumer and the dead-letter producer: confluent-kafka's
+        clients of ``settings.kafka``'s cluster unless given (an in-memory broker in tests)."""
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
+        self.kafka: KafkaBackend = kafka or ConfluentBackend()
         self.vitals = Vitals.on(self.clock)  # progress signals for /healthz and /ready
         batching = settings.batching
         self.windows = Windower.from_settings(self.clock, batching)
@@ -137,10 +144,32 @@ class Pipeline:
 
     async def run(self) -> None:
         """Consume until :meth:`stop` (or the consumer fails), then shut down cleanly."""
+        source = self.open()
+        source.start()
+        try:
+            while not self._stopping.is_set():
+                self._tick()
+                if not source.running:
+                    raise RuntimeError("the Kafka consumer stopped unexpectedly") from source.error
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), TICK_SECONDS)
+        finally:
+            await self._shutdown()
+
+    def open(self) -> KafkaSource:
+        """Make the dead-letter producer and the consumer, on the running loop, and join the
+        group. :meth:`run` then consumes in the consumer thread; a caller that drives the
+        pipeline itself (a test on an in-memory broker) takes turns with :meth:`poll` instead
+        and ends with :meth:`close`."""
         self._loop = asyncio.get_running_loop()
         kafka = self.settings.kafka
         self.dead_letters = DeadLetterPublisher(
-            producer_config(kafka), kafka.dead_letter_topic, self._dead_lettered, self.metrics
+            producer_config(kafka),
+            kafka.dead_letter_topic,
+            self._dead_lettered,
+            self.metrics,
+            clock=self.clock,
+            producer_factory=self.kafka.producer,
         )
         self.source = KafkaSource(
             kafka,
@@ -148,25 +177,32 @@ class Pipeline:
             self.metrics,
             commit_interval=self.settings.dispatch.commit_interval_seconds,
             vitals=self.vitals,
+            consumer_factory=self.kafka.consumer,
+            clock=self.clock,
         )
-        self.source.start()
+        self.source.subscribe()
         log.info(
             "consuming %s as group %s; dead letters to %s",
             ", ".join(kafka.topics),
             kafka.group_id,
             kafka.dead_letter_topic,
         )
-        try:
-            while not self._stopping.is_set():
-                self._tick()
-                if not self.source.running:
-                    raise RuntimeError(
-                        "the Kafka consumer stopped unexpectedly"
-                    ) from self.source.error
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), TICK_SECONDS)
-        finally:
-            await self._shutdown()
+        return self.source
+
+    async def poll(self) -> None:
+        """One turn of the consumer (rebalance callbacks included), in a worker thread as the
+        consumer thread would take it, then the loop's periodic work. Not with :meth:`run`."""
+        source = self.source
+        assert source is not None, "open() first"
+        if source.running:
+            raise RuntimeError("the consumer thread of run() polls the consumer")
+        await asyncio.to_thread(source.poll)
+        self._tick()
+
+    async def close(self) -> None:
+        """End a pipeline driven with :meth:`poll` as :meth:`run` ends: flush, commit, leave."""
+        self.stop()
+        await self._shutdown()
 
     def stop(self) -> None:
         """Ask the pipeline to shut down (safe from a signal handler on the loop); the bound
@@ -282,8 +318,8 @@ class Pipeline:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(_awaited(work), self._loop).result()
 
-    def on_records(self, messages: list[Message]) -> None:
-        self._on_loop(_sync(self._ingest, messages))
+    def on_records(self, records: list[KafkaRecord]) -> None:
+        self._on_loop(_sync(self._ingest, records))
 
     def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
         self._on_loop(_sync(self._assign, partitions))
@@ -320,7 +356,7 @@ class Pipeline:
             self.tracker.assign(tp)
             self._originals.setdefault(tp, {})
 
-    def _ingest(self, messages: Sequence[Message]) -> None:
+    def _ingest(self, records: Sequence[KafkaRecord]) -> None:
         connectors = self.settings.connectors
         breaker = self.breaker
         consumed = self.tracker.consumed
@@ -331,21 +367,18 @@ class Pipeline:
         # they showed in profiles. A scrape sees the count when the call returns.
         counts: dict[str, int] = {}
         try:
-            for message in messages:
+            for record in records:
                 if breaker.is_open:
                     # Leave the rest unopened and uncommitted: a restart reads them again.
                     break
-                # A consumed record always has its coordinates; only produced ones lack them.
-                topic, partition, offset = cast(
-                    _Coordinates, (message.topic(), message.partition(), message.offset())
-                )
+                topic, partition, offset = record.topic, record.partition, record.offset
                 ref = RecordRef(topic, partition, offset)
                 if not consumed(ref):
                     # Not ours any more, or already being processed (a re-delivery after seek).
                     continue
                 counts[topic] = counts.get(topic, 0) + 1
-                headers = readable_headers(message)
-                original: Original = (message.key(), message.value(), headers or [])
+                headers = record.headers
+                original: Original = (record.key, record.value, headers or ())
                 try:
                     if headers is None:
                         raise InvalidRecord(Reason.INVALID_EVENT, UNREADABLE_HEADERS)
@@ -363,10 +396,10 @@ class Pipeline:
                     )
                     continue
                 breaker.decoded(False)
-                records = originals.get((topic, partition))
-                if records is None:
-                    records = originals[(topic, partition)] = {}
-                records[offset] = original
+                kept = originals.get((topic, partition))
+                if kept is None:
+                    kept = originals[(topic, partition)] = {}
+                kept[offset] = original
                 for batch in add(transition, ref):
                     submit(batch)
         finally:

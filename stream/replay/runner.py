@@ -31,7 +31,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from stream.core.deadletter_format import DeadLetter, replay_headers
 from stream.kafka.client_config import admin_config, consumer_config, producer_config
-from stream.kafka.source import readable_headers
+from stream.kafka.confluent import readable_headers
 from stream.replay.decide import (
     DeadLetterRecord,
     Decision,

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 
 from stream.clock import FakeClock
 from stream.core.deadletter_format import H_VALUE_OMITTED, DeadLetter
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
+from stream.kafka.backend import BackendError, BackendException, ErrorCode
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics
 from stream.pipeline.processor import Pipeline
@@ -30,7 +30,7 @@ class FakeMessage:
         self.key, self.value, self.headers = key, value, headers
 
 
-Delivery = Callable[[KafkaError | None, Any], None]
+Delivery = Callable[[BackendError | None, Any], None]
 
 
 class FakeProducer:
@@ -45,8 +45,8 @@ class FakeProducer:
         self.broker_up = True
         self.idle_polls = 0
         self.purged = False
-        self.refuse: KafkaError | None = None  # produce() raises this
-        self.report: KafkaError | None = None  # the next delivery reports carry this
+        self.refuse: BackendError | None = None  # produce() raises this
+        self.report: BackendError | None = None  # the next delivery reports carry this
 
     def produce(
         self,
@@ -58,10 +58,10 @@ class FakeProducer:
         on_delivery: Delivery,
     ) -> None:
         if self.refuse is not None:
-            raise KafkaException(self.refuse)
+            raise BackendException(self.refuse)
         size = len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
         if size > self.max_bytes:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            raise BackendException(BackendError(ErrorCode.MSG_SIZE_TOO_LARGE, "too large"))
         if len(self.queued) >= self.capacity:
             raise BufferError("Local: Queue full")
         self.queued.append((FakeMessage(key, value, list(headers)), on_delivery))
@@ -166,7 +166,7 @@ def test_a_fatal_delivery_error_replaces_the_producer_and_publishes_the_rest_aga
     harness.publisher.poll(0)
     harness.publish(1)
     harness.publish(2)
-    first.report = KafkaError(KafkaError._FATAL, "Fatal: idempotent producer", fatal=True)
+    first.report = BackendError(ErrorCode.FATAL, "Fatal: idempotent producer", fatal=True)
     harness.publisher.poll(0)  # both fail fatally: the first producer is given up
     assert len(harness.producers) == 2
     assert first.purged
@@ -181,7 +181,7 @@ def test_a_fatal_delivery_error_replaces_the_producer_and_publishes_the_rest_aga
 
 def test_a_fatal_error_raised_by_produce_replaces_the_producer() -> None:
     harness = Harness()
-    harness.producer.refuse = KafkaError(KafkaError._FATAL, "fenced", fatal=True)
+    harness.producer.refuse = BackendError(ErrorCode.FATAL, "fenced", fatal=True)
     harness.publish(0)
     assert harness.acknowledged == []
     for _ in range(3):
@@ -215,7 +215,7 @@ def test_a_letter_too_large_for_the_producer_is_written_without_its_value() -> N
 def test_a_letter_the_topic_refuses_for_size_is_written_again_without_its_value() -> None:
     harness = Harness()
     harness.publish(7, b"v" * 5000)
-    harness.producer.report = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    harness.producer.report = BackendError(ErrorCode.MSG_SIZE_TOO_LARGE, "too large")
     harness.publisher.poll(0)
     harness.producer.report = None
     harness.publisher.poll(0)
@@ -230,7 +230,7 @@ def test_a_refused_letter_stays_open_and_is_tried_again_after_its_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     harness = Harness()
-    harness.producer.refuse = KafkaError(KafkaError._UNKNOWN_TOPIC, "no such topic")
+    harness.producer.refuse = BackendError(ErrorCode.UNKNOWN_TOPIC, "no such topic")
     harness.publish(2)
     harness.publisher.poll(0)
     assert harness.publisher.pending == 1
