@@ -27,7 +27,7 @@ Contract:
 * A revoked or lost partition's series are removed, so label values stay bounded by the
   assignment; a partition whose position is not known yet has no lag series until it is.
 * The tracker is read through ``progress``, a callable that runs on the tracker's own thread
-  (the pipeline's event loop) and returns :func:`progress_of`.
+  (the pipeline's event loop) and returns :func:`stream.core.lag.progress_of`.
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
-from stream.clock import Clock
-from stream.core.offsets import OffsetTracker, TopicPartitionKey
+from stream.core.lag import PartitionProgress, partition_lag
+from stream.core.offsets import TopicPartitionKey
 from stream.kafka.backend import BackendException, Consumer
 from stream.observability.metrics import Metrics
 
-__all__ = ["LagMonitor", "PartitionLag", "PartitionProgress", "partition_lag", "progress_of"]
+__all__ = ["LagMonitor"]
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +49,6 @@ SAMPLE_SECONDS = 5.0
 # Bounds of the broker queries for paused partitions: per query, and for one whole sample.
 QUERY_TIMEOUT_SECONDS = 1.0
 QUERY_BUDGET_SECONDS = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    """What the offset tracker knows of one owned partition."""
-
-    committable: int | None  # the offset a commit would take now; None before any record
-    oldest_open_age: float  # seconds since the lowest open record was read; 0 when none
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionLag:
-    read: int
-    commit: int
-
-
-def progress_of(tracker: OffsetTracker, clock: Clock) -> dict[TopicPartitionKey, PartitionProgress]:
-    """Every owned partition's progress; call it on the tracker's thread. ``clock`` must be
-    the tracker's, since ages compare its ``monotonic()`` times."""
-    now = clock.monotonic()
-    result: dict[TopicPartitionKey, PartitionProgress] = {}
-    for tp in tracker.owned:
-        since = tracker.oldest_open_since(tp)
-        age = 0.0 if since is None else max(0.0, now - since)
-        result[tp] = PartitionProgress(tracker.position(tp), age)
-    return result
-
-
-def partition_lag(
-    end: int | None, position: int | None, committable: int | None
-) -> PartitionLag | None:
-    """Read and commit lag from the end offset, the consumer's position and the committable
-    offset (negative values are librdkafka's "unknown"). ``None`` while the position is
-    unknown. No record consumed since assignment (``committable`` unknown) is no commit lag;
-    an end offset not known yet is taken as the position (no read lag claimed). Never
-    negative: a position can pass a high watermark read a moment earlier."""
-    if position is None or position < 0:
-        return None
-    read = 0 if end is None or end < 0 else max(0, end - position)
-    commit = 0 if committable is None or committable < 0 else max(0, position - committable)
-    return PartitionLag(read, commit)
 
 
 class LagMonitor:

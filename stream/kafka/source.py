@@ -36,11 +36,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from stream.clock import Clock, SystemClock
+from stream.core.lag import PartitionProgress
 from stream.core.offsets import TopicPartitionKey
 from stream.kafka.backend import BackendException, Consumer, ErrorCode, KafkaRecord
 from stream.kafka.client_config import consumer_config
 from stream.kafka.confluent import ConfluentConsumer
-from stream.kafka.lag import LagMonitor, PartitionProgress
+from stream.kafka.lag import LagMonitor
 from stream.observability.health import STATISTICS_INTERVAL_MS, Vitals
 from stream.observability.metrics import Metrics
 from stream.settings import KafkaSettings

@@ -57,6 +57,7 @@ from stream.clock import Clock, SystemClock
 from stream.core.breaker import DeadLetterBreaker
 from stream.core.deadletter_format import DeadLetter, replay_count_of
 from stream.core.events import InvalidRecord, decode_transition
+from stream.core.lag import PartitionProgress, progress_of
 from stream.core.offsets import OffsetTracker, RecordRef, TopicPartitionKey
 from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
@@ -66,7 +67,6 @@ from stream.kafka.backend import Header, KafkaBackend, KafkaRecord
 from stream.kafka.client_config import producer_config
 from stream.kafka.confluent import ConfluentBackend
 from stream.kafka.deadletters import DeadLetterPublisher
-from stream.kafka.lag import PartitionProgress, progress_of
 from stream.kafka.source import KafkaSource
 from stream.observability.health import Vitals
 from stream.observability.metrics import Metrics

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from stream.clock import FakeClock
+from stream.core.lag import PartitionProgress
 from stream.core.offsets import TopicPartitionKey
 from stream.kafka.backend import KafkaRecord
-from stream.kafka.lag import PartitionProgress
 from stream.kafka.memory import MemoryBroker
 from stream.kafka.source import KafkaSource
 from stream.observability.metrics import Metrics

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from stream.clock import FakeClock
+from stream.core.lag import PartitionLag, PartitionProgress, partition_lag, progress_of
 from stream.core.offsets import OffsetTracker, RecordRef
-from stream.kafka.lag import PartitionLag, PartitionProgress, partition_lag, progress_of
 
 TP = ("t", 0)
 IDLE = ("t", 1)
