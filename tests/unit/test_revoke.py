@@ -34,12 +34,14 @@ from stream.demo.generator import Target, transition
 from stream.kafka.memory import MemoryBroker
 from stream.pipeline.processor import Pipeline
 from stream.sandbox import SandboxAccount, SandboxAddressBook, SandboxSettings, run_sandbox
+from stream.sandbox.journal import JournalEntry
 from stream.sandbox.server import Sandbox
 from stream.settings import Settings
 from tests.support.processes import PASSWORD, password_env, write_config
 
 USER = "revoke@apiconnector.com"
 BOOK = 77
+OTHER_BOOK = 78  # a second book of the account: its flushes run beside BOOK's
 TOPIC = "transitions"
 GROUP = "ddsync"
 NEVER = 1_000_000_000  # windows that do not close during a test (next boundary in 2033)
@@ -96,13 +98,20 @@ class World:
         await owner.poll()
         return owner
 
-    def produce(self, partition: int, email: str, action: str, profile: str | None = None) -> None:
+    def produce(
+        self,
+        partition: int,
+        email: str,
+        action: str,
+        profile: str | None = None,
+        book: int = BOOK,
+    ) -> None:
         profile = profile or email.split("@")[0]
         value = transition(
             event_id=uuid.uuid4().hex,
             profile_id=profile,
             email=email,
-            target=Target("main", BOOK),
+            target=Target("main", book),
             action=action,
             occurred_at=datetime.now(UTC),
         )
@@ -124,6 +133,10 @@ class World:
         return self.sandbox.members(USER, BOOK)
 
 
+def _carries(entry: JournalEntry, email: str) -> bool:
+    return email in orjson.dumps(entry.body).decode()
+
+
 async def until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
     """Wait for the sandbox's HTTP exchanges (the event loop's I/O) until ``check()``."""
     deadline = time.monotonic() + seconds
@@ -141,7 +154,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         password=PASSWORD,
         region="r1",
         import_delay_seconds=JOB_SECONDS,
-        address_books=(SandboxAddressBook(BOOK, "revoke"),),
+        address_books=(
+            SandboxAddressBook(BOOK, "revoke"),
+            SandboxAddressBook(OTHER_BOOK, "revoke-other"),
+        ),
     )
     async with run_sandbox(SandboxSettings(accounts=(account,), port=0, clock=clock)) as sandbox:
         config = write_config(
@@ -292,6 +308,39 @@ async def test_a_request_in_the_air_at_the_revoke_is_followed_into_its_job(world
     await asyncio.wait_for(revoking, 30)
     assert world.committed(MOVED) == 1
     assert world.members() == {"x@example.com", "y@example.com"}
+
+
+async def test_an_operation_stopped_by_the_revoke_restarts_without_the_revoked_contacts(
+    world: World,
+) -> None:
+    """An operation the revoke stopped may start again while the revoke still waits (here for
+    an accepted job of another book): from then on the revoked partitions' contacts are no
+    longer ours, although their records are still open until the revoke forgets them."""
+    old = await world.owner(revoke_job_seconds=3.0)
+    # x's import is accepted and runs until the clock moves: the revoke will wait for it.
+    world.produce(MOVED, "x@example.com", "add")
+    await old.read()
+    await until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
+    # w's import, in another book, is retried (every call answered 503): between its attempts
+    # it is stopped without anything to wait for, and its next attempt starts it again.
+    world.sandbox.faults.update({"fail_next": 1_000_000})
+    world.produce(MOVED, "w@example.com", "add", book=OTHER_BOOK)
+    await old.read()
+    await until(lambda: any(_carries(e, "w@example.com") for e in world.sandbox.journal), "w sent")
+    await world.owner()
+    await old.poll()  # the revoke: 0.2 s of flush, then up to 3 s for x's job
+    sent = len(world.sandbox.journal)
+    world.sandbox.faults.update({"fail_next": 0})
+    await until(
+        lambda: (
+            "w@example.com" in world.imported()
+            or all(b.address_book_id != OTHER_BOOK for b in old.pipeline.dispatcher.batches)
+        ),
+        "w's flush over",
+    )
+    assert not any(_carries(e, "w@example.com") for e in world.sandbox.journal[sent:])
+    assert "w@example.com" not in world.imported(), "w was sent after its partition was revoked"
+    assert world.committed(MOVED) == 0
 
 
 async def test_a_lost_partition_is_not_sent_for_any_more(world: World) -> None:
