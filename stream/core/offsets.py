@@ -30,6 +30,9 @@ Contract:
   consumption times are kept as one stamp per :data:`STAMP_RESOLUTION` of reading, not one per
   record.
 
+The pipeline keeps it inside :class:`stream.core.ledger.Ledger`, which holds each open record's
+original and the partitions being revoked in step with it.
+
 Not thread-safe: call it from one thread (or one event loop).
 """
 
