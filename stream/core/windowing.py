@@ -147,7 +147,7 @@ class Batch:
 class Dropped:
     """What :meth:`Windower.drop_partitions` took out of the buffers.
 
-    ``dropped``: records of the revoked partitions. Leave them open (the tracker forgets them on
+    ``dropped``: records of the revoked partitions. Leave them open (the ledger forgets them on
     revoke); the partitions' new owner reads them again from the last committed offset.
 
     ``superseded``: records of partitions still owned whose contact's winning record was dropped.

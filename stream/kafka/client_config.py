@@ -30,7 +30,7 @@ DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 # Keys of [kafka.consumer] that say how to reach the cluster; every client needs them.
 CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "client.", "socket.", "broker.address.")
 
-# Offsets move only when records are final (manual commits of what the tracker allows), and
+# Offsets move only when records are final (manual commits of what the ledger allows), and
 # revokes are incremental so a rebalance does not stop every partition at once.
 GUARANTEED_CONSUMER: Mapping[str, Any] = {
     "enable.auto.commit": False,

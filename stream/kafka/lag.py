@@ -26,7 +26,7 @@ Contract:
   :meth:`LagMonitor.forget` from the rebalance callbacks.
 * A revoked or lost partition's series are removed, so label values stay bounded by the
   assignment; a partition whose position is not known yet has no lag series until it is.
-* The tracker is read through ``progress``, a callable that runs on the tracker's own thread
+* The ledger is read through ``progress``, a callable that runs on the ledger's own thread
   (the pipeline's event loop) and returns :func:`stream.core.lag.progress_of`.
 """
 
@@ -97,7 +97,7 @@ class LagMonitor:
             log.warning("could not sample consumer lag (tried again later): %s", exc)
 
     def sample(self, *, paused: bool) -> None:
-        """Read positions, end offsets and the tracker's progress; set the gauges."""
+        """Read positions, end offsets and the ledger's progress; set the gauges."""
         keys = sorted(self._owned)
         positions = self._consumer.position(keys)
         self._refresh_ends(keys, paused=paused)

@@ -2,7 +2,7 @@
 
 Everything that touches the consumer (poll, pause, resume, commit, rebalance callbacks) happens
 in this thread, so a commit can never interleave with a revocation: a revoked partition's final
-commit is made inside its revoke callback, and afterwards the tracker no longer offers it.
+commit is made inside its revoke callback, and afterwards the ledger no longer offers it.
 
 The consumer comes from a factory (:mod:`stream.kafka.backend`): confluent-kafka's by default,
 an in-memory broker's (:mod:`stream.kafka.memory`) in tests. One turn of the loop is
@@ -21,7 +21,7 @@ thread and must be thread-safe:
   committed at most about once every ``commit_interval`` seconds, and ``committed`` confirms
   those the broker took.
 * ``progress`` (every few seconds, for the lag metrics of :mod:`stream.kafka.lag`) returns what the
-  offset tracker knows of each owned partition.
+  ledger of open records knows of each owned partition.
 * ``should_pause`` is asked every loop: True pauses every assigned partition (backpressure or an
   open circuit breaker); the consumer keeps polling so the group keeps it as a member.
 """

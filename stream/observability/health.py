@@ -38,7 +38,7 @@ import orjson
 
 from stream.clock import Clock
 from stream.core.breaker import DeadLetterBreaker
-from stream.core.offsets import OffsetTracker
+from stream.core.ledger import Ledger
 from stream.core.suspensions import Suspensions
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Monitored(Protocol):
     @property
     def vitals(self) -> Vitals: ...
     @property
-    def tracker(self) -> OffsetTracker: ...
+    def ledger(self) -> Ledger: ...
     @property
     def breaker(self) -> DeadLetterBreaker: ...
     @property
@@ -184,12 +184,12 @@ class Health:
 
     @classmethod
     def of(cls, pipeline: Monitored, liveness_timeout: float) -> Health:
-        tracker = pipeline.tracker
+        ledger = pipeline.ledger
         return cls(
             pipeline.vitals,
             liveness_timeout=liveness_timeout,
             # Asked from the HTTP thread: the snapshot is copied in C, under the GIL, at once.
-            assigned=lambda: len(tracker.owned),
+            assigned=lambda: len(ledger.owned),
             breaker=pipeline.breaker,
             suspensions=pipeline.suspensions,
         )

@@ -1,2 +1,2 @@
-"""The running service: the processor that wires source, windows, dispatch and dead letters on
-the event loop, one DotDigital client per connector, and the bounded shutdown."""
+"""The running service: the processor that composes source, ingest, dispatch, outcomes and
+rebalances on the event loop, one DotDigital client per connector, and the bounded shutdown."""

@@ -7,6 +7,9 @@ Contract:
   (``shutdown_flush_seconds``), dead-letter acknowledgements at least
   :data:`~stream.settings.SHUTDOWN_DRAIN_SECONDS` more when there is room, the final commit and
   leaving the group what remains up to ``commit_deadline``, just before ``deadline``.
+* :class:`Stopping` is the shutdown as every part of the pipeline sees it: asked for once
+  (the bound counts from the first :meth:`Stopping.stop`), its budget, and whether the last
+  flushes started (:attr:`Stopping.closing`). A revoke waits no longer than its flush deadline.
 * :class:`Watchdog` is the last resort: armed when the shutdown is asked for, it ends the
   process at ``deadline`` with :data:`ABANDONED` (logged) if it is still running, whatever is
   blocked (a consumer close that waits for a broker, a stuck thread). Offsets are committed
@@ -71,6 +74,40 @@ class ShutdownBudget:
         their own even when the flushes used theirs up, unless the final commit needs them."""
         latest = self.commit_deadline - SHUTDOWN_COMMIT_SECONDS
         return max(min(max(self.flush_deadline, now + SHUTDOWN_DRAIN_SECONDS), latest), now)
+
+
+class Stopping:
+    """A pipeline's shutdown, shared by the parts that must keep to its bound. On one event
+    loop; :meth:`stop` is safe from a signal handler on it."""
+
+    def __init__(self, clock: Clock, batching: BatchingSettings) -> None:
+        self._clock = clock
+        self._batching = batching
+        self._asked = asyncio.Event()
+        # Counted from the first stop().
+        self.budget: ShutdownBudget | None = None
+        # The consumer thread ended and the last flushes started: a revoke flushes no more.
+        self.closing = False
+
+    def stop(self) -> None:
+        """Ask for the shutdown; the bound counts from the first call."""
+        if self.budget is None:
+            self.budget = ShutdownBudget.starting(self._clock, self._batching)
+        self._asked.set()
+
+    @property
+    def asked(self) -> bool:
+        return self._asked.is_set()
+
+    async def wait(self) -> None:
+        """Return once the shutdown was asked for."""
+        await self._asked.wait()
+
+    async def flush_deadline_passed(self) -> None:
+        """Return once the shutdown was asked for and its flush deadline passed."""
+        await self._asked.wait()
+        assert self.budget is not None
+        await self._clock.sleep(self.budget.flush_deadline - self._clock.monotonic())
 
 
 def in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:

@@ -146,15 +146,15 @@ def test_a_congested_dead_letter_topic_pauses_consumption_until_the_backlog_drai
     pipeline = Pipeline(Settings(kafka=KafkaSettings(bootstrap_servers="k:9092"), connectors={}))
     pipeline.dead_letters = harness.publisher
     harness.publish(0)
-    pipeline._update_pause()
+    pipeline.ingest.update_pause()
     assert not pipeline.should_pause(), "one letter in librdkafka's queue is no congestion"
     harness.publish(1)
-    pipeline._update_pause()
+    pipeline.ingest.update_pause()
     assert pipeline.should_pause()
     harness.producer.broker_up = True
     harness.publisher.poll(0)
     harness.publisher.poll(0)
-    pipeline._update_pause()
+    pipeline.ingest.update_pause()
     assert not pipeline.should_pause()
     assert harness.acknowledged == [0, 1]
 

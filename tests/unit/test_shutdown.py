@@ -107,14 +107,17 @@ class FakeSource:
 
 
 def pipeline_with(clock: FakeClock, dispatcher: StuckDispatcher, **batching: float) -> Pipeline:
-    pipeline = Pipeline(settings(**batching), clock=clock)
-    pipeline.dispatcher = dispatcher  # type: ignore[assignment]
+    pipeline = Pipeline(
+        settings(**batching),
+        clock=clock,
+        dispatcher=lambda _outcomes: dispatcher,  # type: ignore[arg-type,return-value]
+    )
     pipeline.dead_letters = NoDeadLetters()  # type: ignore[assignment]
-    pipeline._assign([TP, OTHER])
+    pipeline.rebalance.assign([TP, OTHER])
     # Offsets 0..2 read; 0 is final, 1 and 2 are still being sent.
     for offset in range(3):
-        assert pipeline.tracker.consumed(RecordRef("t", 0, offset))
-    pipeline.tracker.finished(RecordRef("t", 0, 0))
+        assert pipeline.ledger.open(RecordRef("t", 0, offset), (None, b"{}", ()))
+    pipeline.ledger.settle(RecordRef("t", 0, 0))
     return pipeline
 
 
@@ -148,7 +151,7 @@ async def test_a_stop_cuts_a_revoke_waiting_for_a_stuck_dotdigital_short() -> No
         clock, StuckDispatcher(), revoke_flush_seconds=86_400, revoke_job_seconds=86_400
     )
     started = clock.monotonic()
-    revoke = asyncio.ensure_future(pipeline._revoke([TP]))
+    revoke = asyncio.ensure_future(pipeline.rebalance.revoke([TP]))
     await asyncio.sleep(0)
     assert not revoke.done()
     pipeline.stop()
@@ -166,7 +169,7 @@ async def test_a_revoke_starting_during_a_shutdown_waits_no_longer_than_its_flus
     pipeline = pipeline_with(clock, StuckDispatcher(), revoke_job_seconds=86_400)
     pipeline.stop()
     clock.advance(BatchingSettings.shutdown_flush_seconds + 1)
-    positions = await asyncio.wait_for(pipeline._revoke([TP]), GUARD_SECONDS)
+    positions = await asyncio.wait_for(pipeline.rebalance.revoke([TP]), GUARD_SECONDS)
     assert positions == {TP: 1}
 
 
@@ -182,7 +185,7 @@ async def test_a_final_commit_and_close_that_hang_are_abandoned_at_the_bound() -
     pipeline.source = source  # type: ignore[assignment]
     started = time.monotonic()
     try:
-        await asyncio.wait_for(pipeline._shutdown(), GUARD_SECONDS)
+        await asyncio.wait_for(pipeline.close(), GUARD_SECONDS)
     finally:
         source.released.set()
     assert time.monotonic() - started < SHORT["shutdown_timeout_seconds"] + 0.5
@@ -194,7 +197,7 @@ async def test_a_consumer_thread_that_does_not_end_is_not_committed_for() -> Non
     pipeline = pipeline_with(FakeClock(), IdleDispatcher(), **SHORT)
     source = FakeSource(thread_ends=False)
     pipeline.source = source  # type: ignore[assignment]
-    await asyncio.wait_for(pipeline._shutdown(), GUARD_SECONDS)
+    await asyncio.wait_for(pipeline.close(), GUARD_SECONDS)
     assert pipeline.abandoned
     assert source.committed == [], "the consumer is still in use by its thread"
 
@@ -205,7 +208,7 @@ async def test_a_shutdown_with_stuck_flushes_abandons_them_and_commits_what_is_f
     pipeline = pipeline_with(clock, dispatcher, **SHORT)
     source = FakeSource()
     pipeline.source = source  # type: ignore[assignment]
-    await asyncio.wait_for(pipeline._shutdown(), GUARD_SECONDS)
+    await asyncio.wait_for(pipeline.close(), GUARD_SECONDS)
     assert dispatcher.cancelled
     assert not pipeline.abandoned
     assert source.committed == [{TP: 1}]
