@@ -144,12 +144,6 @@ class Pipeline:
         self.source: KafkaSource | None = None
 
     @property
-    def tracker(self) -> Ledger:
-        """The ledger, under the name it had as an offset tracker (tests read it so); new code
-        reads :attr:`ledger`."""
-        return self.ledger
-
-    @property
     def dead_letters(self) -> DeadLetterPublisher | None:
         """The dead-letter producer, made by :meth:`open`."""
         return self.letters.publisher

@@ -107,7 +107,7 @@ class Harness:
     async def pipeline(self) -> AsyncIterator[Pipeline]:
         pipeline = Pipeline(self.settings)
         task = asyncio.create_task(pipeline.run())
-        await eventually(lambda: bool(pipeline.tracker.owned) or task.done(), 30, "no assignment")
+        await eventually(lambda: bool(pipeline.ledger.owned) or task.done(), 30, "no assignment")
         try:
             yield pipeline
         finally:

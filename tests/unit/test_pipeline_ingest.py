@@ -70,11 +70,11 @@ async def test_a_record_whose_headers_cannot_be_read_is_dead_lettered_with_its_r
     pipeline.open()
     await pipeline.poll()  # assigned, read, dead-lettered: the letter's first delivery fails
     ref = RecordRef("source", 0, 0)
-    assert pipeline.tracker.is_open(ref), "open until the dead letter is acknowledged"
+    assert pipeline.ledger.is_open(ref), "open until the dead letter is acknowledged"
     clock.advance(1.0)  # the letter's backoff
     await pipeline.poll()  # published again
     await pipeline.poll()  # acknowledged
-    assert not pipeline.tracker.is_open(ref)
+    assert not pipeline.ledger.is_open(ref)
     (written,) = broker.records("dlq", 0)
     assert (written.key, written.value) == (b"profile-1", b'{"event_id": "e"}')
     letter = DeadLetter.from_headers(written.headers or ())

@@ -210,14 +210,14 @@ async def test_a_batch_queued_behind_a_slow_flush_sends_nothing_of_a_revoked_par
     world.produce(MOVED, "x@example.com", "remove")
     await new.read()
     await new.idle()
-    assert new.pipeline.tracker.committable() == {(TOPIC, MOVED): 2}
+    assert new.pipeline.ledger.committable() == {(TOPIC, MOVED): 2}
 
     # The slow flush ends; the old owner's queued batch must not add x back.
     world.clock.advance(JOB_SECONDS + 1)
     await old.idle()
     assert world.members() == {"y@example.com"}
     assert world.imported() == ["y@example.com"], "x was sent after its partition was revoked"
-    assert old.pipeline.tracker.open_records == 0
+    assert old.pipeline.ledger.open_records == 0
 
 
 async def test_a_job_already_accepted_is_awaited_inside_the_revoke(world: World) -> None:
@@ -355,11 +355,11 @@ async def test_a_lost_partition_is_not_sent_for_any_more(world: World) -> None:
     (member,) = world.broker.members(GROUP)
     world.broker.expire(GROUP, member)
     await old.poll()
-    assert not old.pipeline.tracker.owned
+    assert not old.pipeline.ledger.owned
     sent = len(world.sandbox.journal)
     await asyncio.wait_for(old.idle(), 30)
     assert len(world.sandbox.journal) <= sent + 1, "at most the request already in the air"
-    assert old.pipeline.tracker.open_records == 0
+    assert old.pipeline.ledger.open_records == 0
     assert old.pipeline.dead_letters is not None
     assert old.pipeline.dead_letters.pending == 0
     assert world.committed(MOVED) is None
@@ -391,7 +391,7 @@ async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_r
     # The old owner applies the newer transition (x leaves) after the revoke.
     world.clock.advance(JOB_SECONDS + 1)
     await old.idle()
-    assert old.pipeline.tracker.open_records == 0
+    assert old.pipeline.ledger.open_records == 0
 
     # The new owner reads from the committed offset; what it read again there would be applied
     # after the old owner's removal.
@@ -436,7 +436,7 @@ async def test_an_older_record_kept_is_not_sent_after_a_newer_one_revoked(
     world.clock.advance(JOB_SECONDS + 1)
     await old.idle()
     assert world.members() == {"y@example.com"}, "x's older entry applied last"
-    assert old.pipeline.tracker.committable() == {(TOPIC, KEPT): 2}
+    assert old.pipeline.ledger.committable() == {(TOPIC, KEPT): 2}
 
 
 async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
@@ -464,7 +464,7 @@ async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
     await new.idle()
     await old.idle()
     assert world.members() == set()
-    assert old.pipeline.tracker.committable() == {(TOPIC, KEPT): 1}
+    assert old.pipeline.ledger.committable() == {(TOPIC, KEPT): 1}
 
 
 async def test_a_superseded_record_below_an_open_one_is_reread_and_says_so(

@@ -159,7 +159,7 @@ async def test_a_stop_cuts_a_revoke_waiting_for_a_stuck_dotdigital_short() -> No
     # What is final is committed with the revoke; the records still being sent are not.
     assert positions == {TP: 1}
     assert clock.monotonic() - started <= BatchingSettings.shutdown_flush_seconds
-    assert not pipeline.tracker.owns(TP)
+    assert not pipeline.ledger.owns(TP)
 
 
 async def test_a_revoke_starting_during_a_shutdown_waits_no_longer_than_its_flush_deadline() -> (
