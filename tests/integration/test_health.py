@@ -45,9 +45,9 @@ from tests.support.processes import (
     SandboxProcess,
     password_env,
     produce,
-    wait_until,
     write_config,
 )
+from tests.support.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,9 @@ def wait_for_report(
         return status == want
 
     try:
-        wait_until(answered, seconds, f"{path} did not answer {want}", process, 0.1)
+        wait_until(
+            answered, seconds, f"{path} did not answer {want}", process=process, interval=0.1
+        )
     except AssertionError as error:
         raise AssertionError(f"{error}; last answer: {last}") from None
     answer: dict[str, Any] = last[1]
@@ -277,8 +279,7 @@ async def test_readiness_needs_partitions(
             second = Running(settings)
             # The second joined the group (a rebalance gave it nothing: the first keeps the
             # only partition, sticky), and is live but not ready.
-            await asyncio.to_thread(
-                wait_until,
+            await eventually(
                 lambda: any(r.getMessage() == "assigned nothing" for r in caplog.records),
                 30,
                 "the second member was never given its (empty) assignment",

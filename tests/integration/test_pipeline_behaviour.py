@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from stream.sandbox.server import Sandbox
 from stream.settings import Settings
 from tests.conftest import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, produce, write_config
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,14 +75,6 @@ def removals(sandbox: Sandbox) -> list[list[int]]:
 
 def lookups(sandbox: Sandbox, email: str) -> int:
     return sum(1 for e in sandbox.journal if e.path == f"/contacts/v3/email/{email}")
-
-
-async def eventually(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {seconds} s")
-        await asyncio.sleep(0.1)
 
 
 async def window_just_opened(window_seconds: float) -> None:

@@ -38,9 +38,9 @@ from tests.support.processes import (
     password_env,
     produce,
     read_topic,
-    wait_until,
     write_config,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,9 @@ class Scenario:
 
     def wait_caught_up(self, timeout: float) -> None:
         try:
-            wait_until(self.caught_up, timeout, "committed offsets did not reach the end", None, 1)
+            wait_until(
+                self.caught_up, timeout, "committed offsets did not reach the end", interval=1
+            )
         except AssertionError:
             for process in self.processes:
                 print(process.output()[-5000:])
@@ -261,7 +263,9 @@ def test_a_crash_loses_nothing(
     first = scenario.start_ddsync()
     # Produce only once it consumes: a slow start would otherwise meet a backlog it takes in
     # one window, and the crash would land after the stream instead of in it.
-    wait_until(lambda: "assigned" in first.output(), 60, "no partitions assigned", first.process)
+    wait_until(
+        lambda: "assigned" in first.output(), 60, "no partitions assigned", process=first.process
+    )
     producer.start()
 
     def committed_total() -> int:
@@ -273,7 +277,9 @@ def test_a_crash_loses_nothing(
             return 0
         return sum(max(c, 0) for c in committed)
 
-    wait_until(lambda: committed_total() >= 2000, 120, "no progress", first.process, 0.2)
+    wait_until(
+        lambda: committed_total() >= 2000, 120, "no progress", process=first.process, interval=0.2
+    )
     first.kill()  # SIGKILL: no flush, no commit, no goodbye
     done_before = committed_total()
     assert done_before < len(records) // 2, "the crash came too late to test anything"
@@ -457,7 +463,7 @@ def test_one_flapping_rejected_contact_weighs_once_in_the_breaker(
         )
         return sum(max(c, 0) for c in committed) == sum(ends) == 200  # one key: one partition
 
-    wait_until(flushed, 60, "the flapping contact was not flushed", process.process)
+    wait_until(flushed, 60, "the flapping contact was not flushed", process=process.process)
     time.sleep(1)  # a tick: the pipeline notices an open breaker on its next one
     output = process.output()
     assert "circuit breaker OPEN" not in output, output[-3000:]
@@ -510,7 +516,7 @@ def test_the_circuit_breaker_stops_consuming(
     process = scenario.start_ddsync()
     wait_until(
         lambda: "circuit breaker OPEN" in process.output(), 60, "the breaker did not open",
-        process.process,
+        process=process.process,
     )  # fmt: skip
     time.sleep(3)
     assert process.alive(), "the process should stay up (metrics, an operator's look)"
@@ -590,7 +596,7 @@ def test_a_realistic_backlog_with_the_default_breaker_syncs_exactly(
             "ddsync_records_dead_lettered_total", 0
         ) >= sum(1 for r in bad if r.bad != "rejected")
 
-    wait_until(consumed, 120, "the backlog was not read", process.process)
+    wait_until(consumed, 120, "the backlog was not read", process=process.process)
     assert "circuit breaker OPEN" not in process.output()
     assert scrape(port)["ddsync_dead_letter_circuit_open"] == 0
     assert process.terminate() == 0, process.output()[-3000:]  # flushes what the windows hold
@@ -617,7 +623,7 @@ def test_a_wrong_password_for_the_only_connector_opens_the_default_breaker(
     process = scenario.start_ddsync()
     wait_until(
         lambda: "circuit breaker OPEN" in process.output(), 120, "the breaker did not open",
-        process.process,
+        process=process.process,
     )  # fmt: skip
     time.sleep(2)  # dead letters decided before it opened reach the topic
     assert process.alive(), "the process stays up for an operator to look"

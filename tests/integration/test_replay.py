@@ -48,9 +48,9 @@ from tests.support.processes import (
     password_env,
     produce,
     read_topic,
-    wait_until,
     write_config,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -42,9 +42,9 @@ from tests.support.processes import (
     password_env,
     produce,
     read_topic,
-    wait_until,
     write_config,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +181,10 @@ def synced(
     began = time.monotonic()
     process = DdsyncProcess(config, workdir / "ddsync.log", environment())
     try:
-        wait_until(caught_up, 50, "committed offsets did not reach the end", process.process, 0.5)
+        wait_until(
+            caught_up, 50, "committed offsets did not reach the end",
+            process=process.process, interval=0.5,
+        )  # fmt: skip
         elapsed = time.monotonic() - began
         assert process.terminate() == ExitCode.OK, process.output()[-3000:]
     except AssertionError:

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.demo.generator import DemoRecord
 from stream.dotdigital import normalize_email
+from tests.support.waiting import wait_until
 
 PASSWORD = "sandbox-secret-password"
 
@@ -60,7 +61,7 @@ class SandboxProcess:
         ]  # fmt: skip
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(ready.exists, 30, "the sandbox did not start", self.process)
+        wait_until(ready.exists, 30, "the sandbox did not start", process=self.process)
         info = json.loads(ready.read_text())
         self.urls: dict[str, str] = info["urls"]
         self.discovery_url: str = info["discovery_url"]
@@ -122,23 +123,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
-
-
-def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    message: str,
-    process: subprocess.Popen[bytes] | None = None,
-    interval: float = 0.2,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{message}: the process exited with {process.returncode}")
-        time.sleep(interval)
-    raise AssertionError(f"{message} within {timeout} s")
 
 
 def write_config(
