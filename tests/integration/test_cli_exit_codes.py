@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stream.exitcodes import ExitCode
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import PASSWORD, Account, SandboxProcess, password_env, write_config
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from stream.kafka.client_config import producer_config
 from stream.kafka.deadletters import DeadLetterPublisher
 from stream.observability.metrics import Metrics
 from stream.settings import KafkaSettings
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 
 pytestmark = pytest.mark.integration
 

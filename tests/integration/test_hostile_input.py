@@ -35,7 +35,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import PASSWORD, password_env, write_config
 from tests.support.rawkafka import RawRecord, produce_raw
 from tests.support.waiting import eventually

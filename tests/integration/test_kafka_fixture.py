@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 
 pytestmark = pytest.mark.integration
 

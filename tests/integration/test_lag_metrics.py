@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from stream.observability.metrics import Metrics
-from tests.conftest import KafkaCluster
-from tests.integration.test_pipeline_behaviour import NEVER, eventually, harness, record
+from tests.support.kafka import KafkaCluster
+from tests.support.pipeline_harness import NEVER, harness, record
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -23,11 +23,11 @@ import yaml
 
 from stream import __version__
 from stream.demo.generator import Target, generate
-from tests.conftest import KafkaCluster
-from tests.integration.test_health import wait_for_report
-from tests.integration.test_pipeline_e2e import PARTITIONS, Scenario, free_port
-from tests.support.processes import Account
+from tests.support.health import wait_for_report
+from tests.support.kafka import KafkaCluster
+from tests.support.processes import Account, free_port
 from tests.support.prometheus import PrometheusProcess, require_binary
+from tests.support.scenario import PARTITIONS, Scenario
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration

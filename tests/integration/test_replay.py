@@ -39,7 +39,7 @@ from stream.replay.runner import (
     run_replay,
 )
 from stream.settings import DeadLetterSettings, KafkaSettings, Settings
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
     DdsyncProcess,

@@ -31,7 +31,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from stream.core.deadletter_format import H_REASON, H_REPLAY_COUNT
 from stream.demo.generator import DemoRecord, Target, generate
 from stream.exitcodes import ExitCode
-from tests.integration.test_pipeline_e2e import EXPECTED_REASON
 from tests.support.processes import (
     PASSWORD,
     Account,
@@ -44,6 +43,7 @@ from tests.support.processes import (
     read_topic,
     write_config,
 )
+from tests.support.scenario import EXPECTED_REASON
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from confluent_kafka import Producer
 from stream.demo.generator import Target, transition
 from stream.exitcodes import ExitCode
 from stream.settings import BatchingSettings, DispatchSettings
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
     DdsyncProcess,

@@ -13,7 +13,7 @@ import pytest
 
 from stream.config import load_settings
 from stream.kafka.topics import Cluster, ensure_topics
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import DdsyncProcess, password_env, write_config
 from tests.support.waiting import wait_until
 

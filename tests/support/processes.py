@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +113,25 @@ class DdsyncProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def run_with_config(
+    tmp_path: Path, text: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ddsync run`` on a configuration that should never get as far as Kafka."""
+    config = tmp_path / "ddsync.toml"
+    config.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a process to bind)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
