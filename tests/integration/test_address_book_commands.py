@@ -33,7 +33,7 @@ from stream.sandbox import (
     run_sandbox,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox, pytest.mark.process]
 
 PASSWORD = "Tr0ub4dor&3-very-secret"
 USER = "apiuser-cli@apiconnector.com"

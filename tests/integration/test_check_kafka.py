@@ -27,7 +27,7 @@ from tests.support.processes import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 USER = "apiuser-check@apiconnector.com"
 

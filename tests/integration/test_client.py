@@ -58,7 +58,7 @@ from tests.support.client_sandbox import (
 )
 from tests.support.openapi import validate_exchange, validate_request
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 
 def calls(sb: Sandbox, method: str, prefix: str) -> list[JournalEntry]:

@@ -31,7 +31,7 @@ from tests.support.client_sandbox import (
     fast_retry,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 NAME = "main"
 

@@ -38,7 +38,7 @@ from stream.sandbox import (
 )
 from stream.settings import ConnectorSettings, Secret
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 PASSWORD = "suspension-Password-3"
 USERS = {"good": "apiuser-good@apiconnector.com", "locked": "apiuser-locked@apiconnector.com"}

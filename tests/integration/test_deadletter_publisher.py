@@ -19,7 +19,7 @@ from stream.observability.metrics import Metrics
 from stream.settings import KafkaSettings
 from tests.support.kafka import KafkaCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 
 def letter(ref: RecordRef) -> DeadLetter:

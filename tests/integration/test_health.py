@@ -51,7 +51,7 @@ from tests.support.processes import (
 )
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 USER = "health@apiconnector.com"
 # librdkafka statistics every second, so a broker check reacts within a second or two.

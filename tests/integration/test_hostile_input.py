@@ -40,7 +40,7 @@ from tests.support.processes import PASSWORD, password_env, write_config
 from tests.support.rawkafka import RawRecord, produce_raw
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox]
 
 USER = "hostile@apiconnector.com"
 BOOK = 777

@@ -17,7 +17,7 @@ from tests.support.kafka import KafkaCluster
 from tests.support.pipeline_harness import NEVER, harness, record
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox]
 
 PARTITIONS = 2  # the harness's topic
 READ = 20  # read before the pause

@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.kafka,
     pytest.mark.skipif(not localkafka.can_run_locally(), reason="needs a JDK and Maven"),
 ]
 

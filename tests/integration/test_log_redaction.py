@@ -21,6 +21,7 @@ from stream.logs import configure_logging
 from stream.pipeline.clients import client_config
 from stream.settings import ConnectorSettings, Secret
 
+# A real HTTP server in this process: no broker, no sandbox, no subprocess.
 pytestmark = pytest.mark.integration
 
 PASSWORD = "pa55-word-that-must-never-show"

@@ -36,7 +36,7 @@ from tests.support.processes import (
 from tests.support.scenario import PARTITIONS, Scenario
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from tests.support.prometheus import PrometheusProcess, require_binary
 from tests.support.scenario import PARTITIONS, Scenario
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "ddsync-rules.yml"
 JOB = "ddsync"

@@ -52,7 +52,7 @@ from tests.support.processes import (
 )
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 FAILED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NO_OFFSET = -1001

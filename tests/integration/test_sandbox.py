@@ -22,7 +22,7 @@ from stream.sandbox import (
 from tests.support import Api, basic_auth, validate_journal
 from tests.support.openapi import validate_error_body, validate_response
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 EU = "eu@apiconnector.com"
 US = "us@apiconnector.com"

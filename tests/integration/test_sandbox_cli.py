@@ -22,7 +22,7 @@ from stream.sandbox import DEMO_PASSWORD, DEMO_USERNAME
 from tests.support import basic_auth
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox, pytest.mark.process]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ from stream.sandbox import (
 from tests.support import Api, validate_journal
 from tests.support.openapi import validate_error_body
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 USER = "limits@apiconnector.com"
 PASSWORD = "pw"

@@ -46,7 +46,7 @@ from tests.support.processes import (
 from tests.support.scenario import EXPECTED_REASON
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 KAFKA_USER = "ddsync"
 KAFKA_PASSWORD = "kafka-sasl-secret-4d1f9c"

@@ -43,7 +43,7 @@ from tests.support.processes import (
 )
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 BOUND = BatchingSettings.shutdown_timeout_seconds
 PARTITIONS = 4

@@ -17,7 +17,7 @@ from tests.support.kafka import KafkaCluster
 from tests.support.processes import DdsyncProcess, password_env, write_config
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.process]
 
 
 def config_for(

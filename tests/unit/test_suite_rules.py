@@ -4,11 +4,14 @@
   tests share lives in ``tests/support/``.
 * Fixtures shared between modules live in ``tests/support/`` modules that ``tests/conftest.py``
   registers with ``pytest_plugins``; a conftest defines none itself.
+* A module's ``pytestmark`` says what it needs (``kafka``, ``sandbox``, ``process``; and
+  ``integration`` in ``tests/integration``), as far as its source shows; unit tests need none.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +145,129 @@ def test_shared_fixtures_are_support_modules_registered_in_the_conftest() -> Non
         if _fixtures(ast.parse(path.read_text(encoding="utf-8")))
     ]
     assert sorted(registered) == sorted(with_fixtures)
+
+
+# -- markers by need ---------------------------------------------------------------------------
+
+NEEDS = ("kafka", "sandbox", "process")
+# What a module's source shows it needs: modules it imports, names it uses, parameters it takes
+# (fixtures), and ``"-m", "stream..."`` in a command line.
+_NEED_SIGNS: dict[str, dict[str, set[str]]] = {
+    "kafka": {
+        "modules": {
+            "localkafka",
+            "tests.chaos.harness",
+            "tests.support.kafka",
+            "tests.support.pipeline_harness",
+        },
+        "names": {"KafkaCluster"},
+        "parameters": {"kafka"},
+        "commands": set(),
+    },
+    "sandbox": {
+        "modules": {
+            "tests.chaos.harness",
+            "tests.support.client_sandbox",
+            "tests.support.pipeline_harness",
+            "tests.support.scenario",
+        },
+        "names": {"run_sandbox", "SandboxProcess"},
+        "parameters": {"sandbox"},
+        "commands": {"stream.sandbox"},
+    },
+    "process": {
+        "modules": {"tests.chaos.harness", "tests.support.scenario"},
+        "names": {"DdsyncProcess", "SandboxProcess", "run_with_config"},
+        "parameters": set(),
+        "commands": {"stream", "stream.sandbox"},
+    },
+}
+# Files others are editing, which get their markers when merged: path -> the markers they need.
+PENDING_MARKS: dict[str, set[str]] = {
+    "tests/integration/test_revoke.py": {"integration", "kafka", "sandbox"},
+    "tests/integration/test_pipeline_behaviour.py": {"integration", "kafka", "sandbox"},
+}
+
+
+def _marks(node: ast.AST) -> set[str]:
+    return {
+        sub.attr
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Attribute) and ast.unparse(sub.value) == "pytest.mark"
+    }
+
+
+def module_marks(tree: ast.Module) -> set[str]:
+    """The markers of the module-level ``pytestmark``."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
+        ):
+            return _marks(node.value)
+    return set()
+
+
+def needs_seen(tree: ast.Module) -> set[str]:
+    modules = {name for _, name in _imported(tree, "tests.x")}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    parameters = {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+    commands: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List | ast.Tuple | ast.Call):
+            items = node.elts if isinstance(node, ast.List | ast.Tuple) else node.args
+            values = [i.value if isinstance(i, ast.Constant) else None for i in items]
+            commands |= {str(b) for a, b in itertools.pairwise(values) if a == "-m"}
+    seen = {"modules": modules, "names": names, "parameters": parameters, "commands": commands}
+    return {
+        need
+        for need, signs in _NEED_SIGNS.items()
+        if any(seen[kind] & signs[kind] for kind in seen)
+    }
+
+
+@pytest.mark.parametrize(
+    ("source", "needs"),
+    [
+        ("def test(kafka: KafkaCluster) -> None: ...", {"kafka"}),
+        ("import localkafka", {"kafka"}),
+        ("from tests.support.pipeline_harness import harness", {"kafka", "sandbox"}),
+        ("from tests.support.scenario import Scenario", {"sandbox", "process"}),
+        ("harness = Harness(capacity=2)", set()),
+        ("async def test(sandbox): ...", {"sandbox"}),
+        ("async with run_sandbox(settings) as sb: ...", {"sandbox"}),
+        ("SandboxProcess(path, accounts)", {"sandbox", "process"}),
+        ("run([sys.executable, '-m', 'stream', 'run'])", {"process"}),
+        ("exec(sys.executable, '-m', 'stream.sandbox')", {"sandbox", "process"}),
+        ("run([sys.executable, '-c', 'import stream'])", set()),
+        ("def test(clock: FakeClock) -> None: ...", set()),
+    ],
+)
+def test_the_need_signs_find_what_they_should(source: str, needs: set[str]) -> None:
+    assert needs_seen(ast.parse(source)) == needs
+
+
+def test_every_module_is_marked_with_what_it_needs() -> None:
+    wrong: dict[str, str] = {}
+    for path in all_test_modules():
+        where = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        marks = module_marks(tree)
+        if where in PENDING_MARKS:
+            continue
+        if where.startswith("tests/unit/"):
+            used = _marks(tree) & {"integration", *NEEDS}
+            if used or needs_seen(tree):
+                wrong[where] = f"a unit test needs nothing outside the process: {used}"
+        elif where.startswith("tests/integration/") and "integration" not in marks:
+            wrong[where] = "pytestmark lacks pytest.mark.integration"
+        elif missing := needs_seen(tree) - marks:
+            wrong[where] = f"pytestmark lacks {sorted(missing)}"
+    assert wrong == {}
+
+
+def test_pending_marks_are_still_pending() -> None:
+    for where, wanted in PENDING_MARKS.items():
+        path = ROOT / where
+        if path.exists():
+            marks = module_marks(ast.parse(path.read_text(encoding="utf-8")))
+            assert marks != wanted, f"{where} is marked now: remove it from PENDING_MARKS"
