@@ -7,6 +7,11 @@ module (``tests/unit/test_suite_rules.py`` checks it).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what __getattr__ below hands out
+    from tests.support.kafka import KafkaCluster as KafkaCluster
+
 pytest_plugins = [
     "tests.support.kafka",  # kafka: a real broker for the session
     "tests.support.client_sandbox",  # clock, sandbox: the client tests' accounts on a FakeClock

@@ -898,7 +898,7 @@ async def scripted_url() -> AsyncIterator[tuple[str, list[Scripted]]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}", holder
     finally:

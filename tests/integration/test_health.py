@@ -262,7 +262,11 @@ async def test_readiness_needs_partitions(
 
 
 def start_ddsync(
-    tmp_path: Path, bootstrap: str, topic: str, dead_letter_topic: str, **config: Any
+    tmp_path: Path,
+    bootstrap: str,
+    topic: str,
+    dead_letter_topic: str,
+    extra: str = "",
 ) -> tuple[DdsyncProcess, SandboxProcess, int]:
     account = Account(USER, "r1", (1,))
     sandbox = SandboxProcess(tmp_path, [account])
@@ -276,7 +280,7 @@ def start_ddsync(
         connectors={"main": (USER, sandbox.discovery_url)},
         window_seconds=1.0,
         metrics_port=port,
-        **config,
+        extra=extra,
     )
     env = {password_env("main"): PASSWORD, **FAST_STATISTICS}
     return DdsyncProcess(path, tmp_path / "ddsync.log", env), sandbox, port

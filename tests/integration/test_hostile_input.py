@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +35,7 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
-from tests.support.kafka import KafkaCluster
+from tests.support.kafka import KafkaCluster, headers_of
 from tests.support.processes import PASSWORD, password_env, write_config
 from tests.support.rawkafka import RawRecord, produce_raw
 from tests.support.waiting import eventually
@@ -192,7 +192,7 @@ async def _run(kafka: KafkaCluster, tmp_path: Path, hostile: list[RawRecord]) ->
 
     offsets = []
     for letter in letters:
-        headers = letter.headers() or []
+        headers = headers_of(letter)
         restored = DeadLetter.from_headers(headers)
         assert restored.source_topic == topic
         assert restored.reason in set(Reason)

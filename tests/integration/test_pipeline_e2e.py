@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,7 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, p
 
 
 @pytest.fixture
-def scenarios() -> list[Scenario]:
+def scenarios() -> Iterator[list[Scenario]]:
     made: list[Scenario] = []
     yield made
     for scenario in made:
@@ -145,9 +146,13 @@ def test_a_crash_loses_nothing(
     records = list(generate(targets, 10_000, profiles=1500, bad_share=0.01, seed=5))
     # A steady stream (about 10 s of it), so that the crash lands in the middle of it.
     chunks = [records[i : i + 500] for i in range(0, len(records), 500)]
-    producer = threading.Thread(
-        target=lambda: [scenario.produce(chunk) or time.sleep(0.5) for chunk in chunks]
-    )
+
+    def produce_steadily() -> None:
+        for chunk in chunks:
+            scenario.produce(chunk)
+            time.sleep(0.5)
+
+    producer = threading.Thread(target=produce_steadily)
     first = scenario.start_ddsync()
     # Produce only once it consumes: a slow start would otherwise meet a backlog it takes in
     # one window, and the crash would land after the stream instead of in it.
@@ -259,7 +264,7 @@ def test_a_wrong_password_dead_letters_one_connector_only(
     # Coalescing is per window: a contact's latest transition of each window is dead-lettered
     # and covers the earlier ones. Epoch-aligned windows can cut the backlog anywhere, so a
     # contact and book may own one letter per window it appeared in, never a record twice.
-    letter_ids = [orjson.loads(letter.value)["event_id"] for letter in letters]
+    letter_ids = [letter.event()["event_id"] for letter in letters]
     assert len(letter_ids) == len(set(letter_ids)), "a record was dead-lettered twice"
     broken_by_id = {orjson.loads(r.value)["event_id"]: r for r in broken_records}
     assert set(letter_ids) <= set(broken_by_id)
@@ -310,7 +315,7 @@ def test_a_broken_connector_carrying_most_traffic_does_not_stop_the_other(
     assert {letter.header("ddsync.connector_id") for letter in letters} == {"broken"}
     second_wave = {orjson.loads(r.value)["event_id"] for r in records[2000:]}
     for letter in letters:
-        if orjson.loads(letter.value)["event_id"] in second_wave:
+        if letter.event()["event_id"] in second_wave:
             assert letter.header(H_REASON) == Reason.CONNECTOR_SUSPENDED.value
 
 

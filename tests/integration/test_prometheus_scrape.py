@@ -10,6 +10,7 @@ and ``/healthz`` and ``/ready`` answer 200 with JSON once ddsync holds partition
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 import urllib.request
@@ -98,10 +99,14 @@ def test_a_real_prometheus_scrapes_ddsync_and_evaluates_its_rules(
     # above zero (a counter's first sample alone gives no rate).
     records = list(generate([Target("main", b) for b in books], 400, bad_share=0.05, seed=8))
     consumed = f'sum(ddsync_records_consumed_total{{job="{JOB}"}})'
+
+    def seen(count: int) -> bool:
+        return total(prometheus, consumed) == count
+
     for upto in (200, len(records)):
         scenario.produce(records[upto - 200 : upto])
         wait_until(
-            lambda upto=upto: total(prometheus, consumed) == upto,
+            functools.partial(seen, upto),
             120,
             f"Prometheus did not see {upto} records consumed",
         )

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -149,10 +150,10 @@ class Setup:
         producer.produce(self.dlq, key=key, value=b"{}", headers=headers)
         assert producer.flush(30) == 0
 
-    def options(self, **overrides: object) -> ReplayOptions:
-        fields: dict[str, object] = {"group": self.group}
+    def options(self, **overrides: Any) -> ReplayOptions:
+        fields: dict[str, Any] = {"group": self.group}
         fields.update(overrides)
-        return ReplayOptions(**fields)  # type: ignore[arg-type]
+        return ReplayOptions(**fields)
 
     def read(self, topic: str) -> list[Read]:
         """Everything on ``topic`` up to its current end (assign, no group: fast and exact)."""

@@ -113,7 +113,7 @@ def start_ddsync(
     group: str,
     sandbox: SandboxProcess,
     name: str,
-    **config: object,
+    requests_per_minute: int | None = None,
 ) -> DdsyncProcess:
     path = write_config(
         workdir / f"{name}.toml",
@@ -124,7 +124,7 @@ def start_ddsync(
         connectors={"main": (USER, sandbox.discovery_url)},
         window_seconds=1.0,
         retry_timeout_seconds=DispatchSettings.retry_timeout_seconds,
-        **config,  # type: ignore[arg-type]
+        requests_per_minute=requests_per_minute,
     )
     return DdsyncProcess(
         path, workdir / f"{name}.log", {password_env("main"): "sandbox-secret-password"}

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -51,9 +52,19 @@ class KafkaCluster:
         return name
 
 
+def headers_of(message: Message) -> list[tuple[str, str | bytes | None]]:
+    """A consumed record's headers, in order: confluent-kafka hands them over as a list of
+    ``(name, value)`` (its type also allows a dict, which only a producer is given)."""
+    headers = message.headers()
+    if headers is None:
+        return []
+    assert isinstance(headers, list), headers
+    return headers
+
+
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         client = docker.from_env(timeout=3)
         client.ping()

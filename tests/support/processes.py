@@ -19,13 +19,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.demo.generator import DemoRecord
 from stream.dotdigital import normalize_email
+from tests.support.kafka import headers_of
 from tests.support.waiting import wait_until
 
 PASSWORD = "sandbox-secret-password"
@@ -143,6 +144,21 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+class ConfigOptions(TypedDict, total=False):
+    """The optional settings of :func:`write_config`, for helpers that pass them on."""
+
+    max_contacts: int
+    window_seconds: float
+    retry_timeout_seconds: float
+    requests_per_minute: int | None
+    max_buffered_records: int
+    metrics_port: int | None
+    extra: str
+    kafka_extra: str
+    consumer_extra: Mapping[str, str] | None
+    secrets_env: Mapping[str, str] | None
 
 
 def write_config(
@@ -271,6 +287,11 @@ class DeadLetterRecord:
     def header(self, name: str) -> str:
         return self.headers[name].decode()
 
+    def event(self) -> Any:
+        """The value decoded as JSON (the transition a dead letter carries)."""
+        assert self.value is not None, "a record without a value"
+        return orjson.loads(self.value)
+
 
 def read_topic(
     bootstrap: str,
@@ -303,7 +324,7 @@ def read_topic(
             message = consumer.poll(0.5)
             if message is None or message.error() is not None:
                 continue
-            headers = {k: v for k, v in (message.headers() or []) if v is not None}
+            headers = {k: v for k, v in headers_of(message) if isinstance(v, bytes)}
             found.append(DeadLetterRecord(message.key(), message.value(), headers))
     finally:
         consumer.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Unpack
 
 from confluent_kafka import KafkaException
 
@@ -21,6 +22,7 @@ from stream.demo.generator import DemoRecord
 from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
+    ConfigOptions,
     DdsyncProcess,
     SandboxProcess,
     committed_and_end,
@@ -43,6 +45,12 @@ EXPECTED_REASON = {
 }
 
 
+def expected_reason(record: DemoRecord) -> Reason:
+    """The dead-letter reason of a bad record (``record.bad`` names its kind)."""
+    assert record.bad is not None, "a good record has no dead-letter reason"
+    return EXPECTED_REASON[record.bad]
+
+
 class Scenario:
     """A topic, a dead-letter topic, a group, a sandbox and a config file for one test."""
 
@@ -52,7 +60,7 @@ class Scenario:
         workdir: Path,
         accounts: dict[str, Account],
         *sandbox_args: str,
-        **config: object,
+        **config: Unpack[ConfigOptions],
     ) -> None:
         self.kafka = kafka
         self.workdir = workdir
@@ -72,7 +80,7 @@ class Scenario:
                 name: (account.username, self.sandbox.discovery_url)
                 for name, account in accounts.items()
             },
-            **config,  # type: ignore[arg-type]
+            **config,
         )
         self.env = {password_env(name): a.password for name, a in accounts.items()}
         self.processes: list[DdsyncProcess] = []
@@ -119,7 +127,7 @@ class Scenario:
         bad = [r for r in records if r.bad]
         letters = read_topic(self.kafka.bootstrap_servers, self.dead_letter_topic, len(bad))
         got = Counter((letter.key, letter.value, letter.header(H_REASON)) for letter in letters)
-        want = Counter((r.key, r.value, EXPECTED_REASON[r.bad].value) for r in bad)
+        want = Counter((r.key, r.value, expected_reason(r).value) for r in bad)
         if repeats:
             assert set(got) == set(want)
         else:

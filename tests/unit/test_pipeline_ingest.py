@@ -4,11 +4,14 @@ consumer thread (which would die, restart, and read the same record again: a cra
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from confluent_kafka import Message
 
 from stream.core.deadletter_format import DeadLetter
 from stream.core.offsets import RecordRef
 from stream.core.reasons import Reason
+from stream.kafka.deadletters import DeadLetterPublisher
 from stream.pipeline.processor import Pipeline
 from stream.settings import ConnectorSettings, KafkaSettings, Secret, Settings
 
@@ -54,9 +57,9 @@ def test_a_record_whose_headers_cannot_be_read_is_dead_lettered_with_its_reason(
         Settings(kafka=KafkaSettings(bootstrap_servers="k:9092"), connectors={"main": connector})
     )
     recorder = Recorder()
-    pipeline.dead_letters = recorder  # type: ignore[assignment]
+    pipeline.dead_letters = cast(DeadLetterPublisher, recorder)  # publish() is all it needs
     pipeline._assign([("source", 0)])
-    pipeline._ingest([UnreadableHeaders()])  # type: ignore[list-item]
+    pipeline._ingest([cast(Message, UnreadableHeaders())])
     ((ref, key, value, headers, letter),) = recorder.published
     assert ref == RecordRef("source", 0, 5)
     assert (key, value, headers) == (b"profile-1", b'{"event_id": "e"}', [])
