@@ -513,13 +513,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "down":
             print("stopped" if stop(args.state_dir) else "no local broker was running")
         else:
-            state = read_state(args.state_dir)
-            if state is None or not _alive(state.pid):
+            found = read_state(args.state_dir)
+            if found is None or not _alive(found.pid):
                 print("not running")
                 return 1
-            sasl = state.sasl_bootstrap_servers
+            sasl = found.sasl_bootstrap_servers
             print(
-                f"running: pid {state.pid} at {state.bootstrap_servers}"
+                f"running: pid {found.pid} at {found.bootstrap_servers}"
                 + (f" (SASL_PLAINTEXT at {sasl})" if sasl else "")
             )
     except LocalKafkaError as exc:

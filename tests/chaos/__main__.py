@@ -7,6 +7,7 @@ import argparse
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.chaos.harness import ChaosSettings, run
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
-    changes = {
+    changes: dict[str, Any] = {
         name: value
         for name, value in (
             ("records", args.records),

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream.core.deadletter_format import H_ADDRESS_BOOK_ID, H_CONNECTOR_ID, H_REASON
 from stream.core.reasons import Reason
@@ -596,7 +596,9 @@ class _Run:
                     if message.error() is not None:
                         continue
                     out.append(message)
-                    if message.offset() >= end - 1:
+                    offset = message.offset()
+                    assert offset is not None, message
+                    if offset >= end - 1:
                         break
         finally:
             consumer.close()

@@ -16,6 +16,9 @@ import pytest
 
 from tests.chaos.harness import ChaosSettings, run
 
+# Both start a broker of their own, the sandbox and ddsync as processes.
+pytestmark = [pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
+
 SEED = int(os.environ.get("CHAOS_SEED", "12"))
 
 

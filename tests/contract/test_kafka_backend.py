@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import confluent_kafka
 import pytest
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from stream.core.offsets import TopicPartitionKey
 from stream.kafka.backend import (
@@ -37,7 +37,7 @@ from stream.kafka.client_config import consumer_config, producer_config
 from stream.kafka.confluent import ConfluentBackend
 from stream.kafka.memory import MemoryBroker, MemoryConsumer
 from stream.settings import KafkaSettings
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 
 # Short enough for a test to outwait (librdkafka wants it at least session.timeout.ms, which
 # the broker wants at least 6 s).
@@ -45,9 +45,12 @@ MAX_POLL_INTERVAL_MS = 6000
 
 
 class Cluster(Protocol):
-    backend: KafkaBackend
-    bootstrap_servers: str
-    poll_timeout: float
+    @property
+    def backend(self) -> KafkaBackend: ...
+    @property
+    def bootstrap_servers(self) -> str: ...
+    @property
+    def poll_timeout(self) -> float: ...
 
     def topic(self, partitions: int = 1, *, max_message_bytes: int | None = None) -> str: ...
 
@@ -153,10 +156,10 @@ class World:
         topic: str,
         *,
         on_revoke: Callable[[Member, list[TopicPartitionKey]], None] | None = None,
-        **config: Any,
+        config: Mapping[str, Any] | None = None,
     ) -> Member:
         consumer = self.cluster.backend.consumer(
-            {**consumer_config(self.settings(group)), **config}
+            {**consumer_config(self.settings(group)), **(config or {})}
         )
         self.consumers.append(consumer)
         member = Member(consumer)
@@ -190,7 +193,9 @@ class World:
                 consumer.close()
 
 
-@pytest.fixture(params=[pytest.param("confluent", marks=pytest.mark.integration), "memory"])
+@pytest.fixture(
+    params=[pytest.param("confluent", marks=[pytest.mark.integration, pytest.mark.kafka]), "memory"]
+)
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     cluster: Cluster
     if request.param == "memory":
@@ -392,7 +397,7 @@ def test_a_member_that_stopped_polling_loses_everything_then_joins_again(world: 
     member = world.member(
         group(),
         topic,
-        **{"session.timeout.ms": 6000, "max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
+        config={"session.timeout.ms": 6000, "max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
     )
     world.drive([member], lambda: len(member.assigned()) == 2, "assigned both partitions")
     world.cluster.expire(member)

@@ -116,8 +116,8 @@ def promql_problems(expr: str, recorded: frozenset[str] = frozenset()) -> list[s
     used_labels: set[str] = set()
     for name, matchers in _SELECTOR.findall(expr):
         labels = set(_MATCHER_LABEL.findall(_STRING.sub('""', matchers)))
-        known = EXPORTED.get(name, frozenset()) | TARGET_LABELS
-        problems += [f"{name} has no label {label!r}" for label in sorted(labels - known)]
+        allowed = EXPORTED.get(name, frozenset()) | TARGET_LABELS
+        problems += [f"{name} has no label {label!r}" for label in sorted(labels - allowed)]
     bare = _STRING.sub('""', expr)
     bare = re.sub(r"\{[^}]*\}", "", bare)
     metric_labels: set[str] = set()
@@ -184,13 +184,15 @@ def promtool() -> str:
     return path
 
 
-def run_promtool(promtool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_promtool(
+    promtool: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
 
 
-def assert_ok(result: subprocess.CompletedProcess) -> None:
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, f"{result.args}:\n{result.stdout}\n{result.stderr}"
 
 
@@ -496,6 +498,7 @@ def secret_example() -> dict[str, Any]:
 
 
 def container() -> dict[str, Any]:
+    only: dict[str, Any]
     (only,) = resources()["Deployment"]["spec"]["template"]["spec"]["containers"]
     return only
 
@@ -954,7 +957,7 @@ def manifests_to_validate() -> list[dict[str, Any]]:
 
 def run_kubeconform(
     kubeconform: str, schemas: Path, version: str, documents: list[dict[str, Any]], tmp: Path
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     path = tmp / f"manifests-{version}.yaml"
     path.write_text(yaml.safe_dump_all(documents), encoding="utf-8")
     location = (

@@ -33,7 +33,7 @@ from stream.sandbox import (
     run_sandbox,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox, pytest.mark.process]
 
 PASSWORD = "Tr0ub4dor&3-very-secret"
 USER = "apiuser-cli@apiconnector.com"
@@ -158,9 +158,10 @@ async def test_check_reports_credentials_region_and_budget(
     result = await ddsync("check", "--skip-kafka", "--config", str(write_config(tmp_path, sandbox)))
     assert result.status == 0, result.stderr
     assert "credentials accepted" in result.stdout
-    fields = dict(
-        (part.strip() for part in line.split(":", 1)) for line in result.stdout.splitlines()
-    )
+    fields = {
+        name.strip(): value.strip()
+        for name, value in (line.split(":", 1) for line in result.stdout.splitlines())
+    }
     assert fields["endpoint"] == f"{sandbox.urls['r2']} (detected via {sandbox.discovery_url})"
     assert fields["add budget"] == "75 requests/minute, 75 available"
     assert fields["remove budget"] == "35 requests/minute, 35 available"

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from stream.demo.generator import Target, generate
 from stream.exitcodes import ExitCode
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     PASSWORD,
     Account,
@@ -27,7 +27,7 @@ from tests.support.processes import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 USER = "apiuser-check@apiconnector.com"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from stream.exitcodes import ExitCode
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import PASSWORD, Account, SandboxProcess, password_env, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 USER = "apiuser-exit@apiconnector.com"
 # Every command that takes --config, with what it needs besides.

@@ -1,8 +1,9 @@
 """The DotDigital client against the sandbox, over real HTTP.
 
 The client and the sandbox share one FakeClock: rate-limit windows, job delays, backoff and
-polling all run on it, so a test that waits out a minute's budget takes milliseconds. HTTP is
-real (aiohttp over localhost sockets). Every request the client sends is checked against
+polling all run on it, so a test that waits out a minute's budget takes milliseconds (the
+``clock`` and ``sandbox`` fixtures and the accounts are in ``tests/support/client_sandbox.py``).
+HTTP is real (aiohttp over localhost sockets). Every request the client sends is checked against
 DotDigital's published OpenAPI specifications (``tests/support/openapi.py``).
 """
 
@@ -26,7 +27,6 @@ from stream.dotdigital import (
     ImportFailedError,
     PermanentError,
     RetriesExhausted,
-    RetryPolicy,
     ThrottledError,
     TransientError,
     UnrecognizedNotFoundError,
@@ -42,95 +42,23 @@ from stream.sandbox import (
     run_sandbox,
 )
 from stream.settings import ConnectorSettings, Secret
+from tests.support.client_sandbox import (
+    BOOK_A,
+    BOOK_B,
+    FLAT,
+    PASSWORD,
+    STUCK,
+    STUCK_BOOK,
+    TIGHT,
+    TIGHT_BOOK,
+    USER,
+    connect,
+    connector,
+    fast_retry,
+)
 from tests.support.openapi import validate_exchange, validate_request
 
-pytestmark = pytest.mark.integration
-
-PASSWORD = "correct-Horse-battery-staple-42"
-USER = "apiuser-main@apiconnector.com"  # lives in r2: detection has something to find
-TIGHT = "apiuser-tight@apiconnector.com"  # r1, tiny per-minute budgets
-FLAT = "apiuser-flat@apiconnector.com"  # r1, flat (hourly) scheme
-STUCK = "apiuser-stuck@apiconnector.com"  # r1, imports that never finish
-BOOK_A, BOOK_B, TIGHT_BOOK, STUCK_BOOK = 501, 502, 601, 701
-
-
-def accounts() -> list[SandboxAccount]:
-    return [
-        SandboxAccount(
-            USER,
-            PASSWORD,
-            region="r2",
-            account_id=10,
-            import_delay_seconds=0.4,
-            deletion_delay_seconds=0.3,
-            address_books=(
-                SandboxAddressBook(BOOK_A, "Audience A"),
-                SandboxAddressBook(BOOK_B, "Audience B", "Public"),
-            ),
-        ),
-        SandboxAccount(
-            TIGHT,
-            PASSWORD,
-            region="r1",
-            account_id=11,
-            add_per_minute=2,
-            remove_per_minute=1,
-            address_books=(SandboxAddressBook(TIGHT_BOOK, "Tight"),),
-        ),
-        SandboxAccount(
-            FLAT, PASSWORD, region="r1", account_id=12, rate_limit_scheme="flat", flat_per_hour=3
-        ),
-        SandboxAccount(
-            STUCK,
-            PASSWORD,
-            region="r1",
-            account_id=13,
-            import_delay_seconds=1e9,
-            address_books=(SandboxAddressBook(STUCK_BOOK, "Stuck"),),
-        ),
-    ]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def sandbox(clock: FakeClock) -> AsyncIterator[Sandbox]:
-    async with run_sandbox(SandboxSettings(accounts=accounts(), clock=clock)) as sb:
-        yield sb
-
-
-def connector(sb: Sandbox, username: str = USER, **overrides: Any) -> ConnectorSettings:
-    fields: dict[str, Any] = {
-        "name": "test",
-        "username": username,
-        "password": Secret(PASSWORD),
-        "discovery_endpoint": sb.discovery_url,
-        # Fail fast if something hangs instead of waiting DotDigital's 121 s.
-        "request_timeout_seconds": 10.0,
-    }
-    fields.update(overrides)
-    return ConnectorSettings(**fields)
-
-
-def fast_retry(**overrides: Any) -> RetryPolicy:
-    return RetryPolicy(**{"total_seconds": 600.0, "random": lambda: 0.5, **overrides})
-
-
-async def connect(
-    sb: Sandbox,
-    clock: FakeClock,
-    username: str = USER,
-    retry: RetryPolicy | None = None,
-    **overrides: Any,
-) -> DotDigitalClient:
-    return await DotDigitalClient.connect(
-        client_config(connector(sb, username, **overrides)),
-        clock=clock,
-        retry=retry or fast_retry(),
-    )
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 
 def calls(sb: Sandbox, method: str, prefix: str) -> list[JournalEntry]:
@@ -970,7 +898,7 @@ async def scripted_url() -> AsyncIterator[tuple[str, list[Scripted]]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}", holder
     finally:

@@ -39,7 +39,7 @@ from stream.sandbox import (
 )
 from stream.settings import ConnectorSettings, Secret
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 PASSWORD = "correct-Horse-battery-staple-42"
 USER = "apiuser-hostile@apiconnector.com"

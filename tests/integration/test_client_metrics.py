@@ -1,8 +1,9 @@
 """The DotDigital traffic series, from a client talking to the sandbox over real HTTP.
 
-As in ``test_client.py``, the client and the sandbox share one FakeClock (rate-limit windows and
-backoff take no real time); the client reports through the same observer the pipeline uses, and
-the series are read from the registry.
+As in ``test_client.py``, the client and the sandbox share one FakeClock (the ``clock`` and
+``sandbox`` fixtures of ``tests/support/client_sandbox.py``): rate-limit windows and backoff take
+no real time. The client reports through the same observer the pipeline uses, and the series
+are read from the registry.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import client_config
 from stream.sandbox import Sandbox
-from tests.integration import test_client
-from tests.integration.test_client import (
+from tests.support.client_sandbox import (
     BOOK_A,
     FLAT,
     STUCK,
@@ -31,13 +31,9 @@ from tests.integration.test_client import (
     fast_retry,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 NAME = "main"
-
-# test_client's fixtures: one FakeClock shared by the client and an in-process sandbox.
-clock = test_client.clock
-sandbox = test_client.sandbox
 
 
 async def observed(

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 
@@ -22,8 +23,10 @@ from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Trigger
 from stream.dotdigital import (
     AuthenticationError,
+    DotDigitalClient,
     Operation,
     RetriesExhausted,
+    RetryPolicy,
     TransientError,
 )
 from stream.observability.metrics import Metrics
@@ -38,7 +41,7 @@ from stream.sandbox import (
 )
 from stream.settings import ConnectorSettings, Secret
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 PASSWORD = "suspension-Password-3"
 USERS = {"good": "apiuser-good@apiconnector.com", "locked": "apiuser-locked@apiconnector.com"}
@@ -191,8 +194,11 @@ class _Pool:
     def __init__(self) -> None:
         self.client = _Client()
 
-    async def get(self, *args: object, **kwargs: object) -> _Client:
-        return self.client
+    async def get(
+        self, connector_id: str, *, retry: RetryPolicy, deadline: float
+    ) -> DotDigitalClient:
+        # A stand-in client with the two calls the dispatcher makes of it.
+        return cast(DotDigitalClient, self.client)
 
 
 async def test_a_budget_spent_while_the_account_fails_is_not_sent_not_exhausted() -> None:
@@ -203,7 +209,7 @@ async def test_a_budget_spent_while_the_account_fails_is_not_sent_not_exhausted(
     recorder = Recorder()
     suspensions = Suspensions(("locked", "good"), clock, PROBE)
     dispatcher = Dispatcher(
-        _Pool(),  # type: ignore[arg-type]
+        _Pool(),
         recorder,
         retry_timeout=30.0,
         clock=clock,

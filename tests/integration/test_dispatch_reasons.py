@@ -32,7 +32,7 @@ from stream.sandbox import (
 from stream.settings import ConnectorSettings, Secret
 from tests.support import basic_auth
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 USER = "apiuser-dispatch@apiconnector.com"
 PASSWORD = "dispatch-Password-7"

@@ -36,74 +36,30 @@ from stream.sandbox import (
     run_sandbox,
 )
 from stream.settings import Settings
-from tests.conftest import KafkaCluster
-from tests.integration.test_pipeline_e2e import run_with_config
+from tests.support.health import get, report, wait_for_report
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     PASSWORD,
     Account,
     DdsyncProcess,
     SandboxProcess,
+    free_port,
     password_env,
     produce,
-    wait_until,
+    run_with_config,
     write_config,
 )
+from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 USER = "health@apiconnector.com"
 # librdkafka statistics every second, so a broker check reacts within a second or two.
 FAST_STATISTICS = {"DDSYNC__KAFKA__CONSUMER__statistics.interval.ms": "1000"}
 
 
-def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of ``GET path``; 4xx/5xx are answers, not errors."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-def report(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    status, headers, body = get(port, path)
-    assert headers["Content-Type"].startswith("application/json"), headers
-    answer: dict[str, Any] = orjson.loads(body)
-    assert answer["status"] == ("ok" if status == 200 else "failing"), (status, answer)
-    return status, answer
-
-
 def failing(answer: dict[str, Any]) -> set[str]:
     return {name for name, check in answer["checks"].items() if check["status"] != "ok"}
-
-
-def wait_for_report(
-    port: int, path: str, want: int, seconds: float, process: Any = None
-) -> dict[str, Any]:
-    """Poll ``path`` until it answers ``want``; the last answer goes into the failure."""
-    last: list[Any] = []
-
-    def answered() -> bool:
-        try:
-            status, answer = report(port, path)
-        except OSError as exc:  # not listening yet
-            last[:] = [exc]
-            return False
-        last[:] = [status, answer]
-        return status == want
-
-    try:
-        wait_until(answered, seconds, f"{path} did not answer {want}", process, 0.1)
-    except AssertionError as error:
-        raise AssertionError(f"{error}; last answer: {last}") from None
-    answer: dict[str, Any] = last[1]
-    return answer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the server alone ---------------------------------------------------------------------------
@@ -277,8 +233,7 @@ async def test_readiness_needs_partitions(
             second = Running(settings)
             # The second joined the group (a rebalance gave it nothing: the first keeps the
             # only partition, sticky), and is live but not ready.
-            await asyncio.to_thread(
-                wait_until,
+            await eventually(
                 lambda: any(r.getMessage() == "assigned nothing" for r in caplog.records),
                 30,
                 "the second member was never given its (empty) assignment",
@@ -307,7 +262,11 @@ async def test_readiness_needs_partitions(
 
 
 def start_ddsync(
-    tmp_path: Path, bootstrap: str, topic: str, dead_letter_topic: str, **config: Any
+    tmp_path: Path,
+    bootstrap: str,
+    topic: str,
+    dead_letter_topic: str,
+    extra: str = "",
 ) -> tuple[DdsyncProcess, SandboxProcess, int]:
     account = Account(USER, "r1", (1,))
     sandbox = SandboxProcess(tmp_path, [account])
@@ -321,7 +280,7 @@ def start_ddsync(
         connectors={"main": (USER, sandbox.discovery_url)},
         window_seconds=1.0,
         metrics_port=port,
-        **config,
+        extra=extra,
     )
     env = {password_env("main"): PASSWORD, **FAST_STATISTICS}
     return DdsyncProcess(path, tmp_path / "ddsync.log", env), sandbox, port

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -35,11 +35,12 @@ from stream.sandbox import (
     SandboxSettings,
     run_sandbox,
 )
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster, headers_of
 from tests.support.processes import PASSWORD, password_env, write_config
 from tests.support.rawkafka import RawRecord, produce_raw
+from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox]
 
 USER = "hostile@apiconnector.com"
 BOOK = 777
@@ -176,12 +177,14 @@ async def _run(kafka: KafkaCluster, tmp_path: Path, hostile: list[RawRecord]) ->
             letters = await asyncio.to_thread(
                 read, kafka, ddsync.kafka.dead_letter_topic, len(hostile), 60
             )
-            await _eventually(
-                lambda: sandbox.members(USER, BOOK) == {"sentinel@example.com"}, 30, "sentinel"
-            )
-            await _eventually(
-                lambda: committed(kafka, group, topic) == len(hostile) + 1, 30, "commit past all"
-            )
+            await eventually(
+                lambda: sandbox.members(USER, BOOK) == {"sentinel@example.com"}, 30, "no sentinel",
+                interval=0.3, blocking=True,
+            )  # fmt: skip
+            await eventually(
+                lambda: committed(kafka, group, topic) == len(hostile) + 1, 30,
+                "no commit past all", interval=0.3, blocking=True,
+            )  # fmt: skip
             assert not task.done(), "the pipeline stopped"
         finally:
             pipeline.stop()
@@ -189,7 +192,7 @@ async def _run(kafka: KafkaCluster, tmp_path: Path, hostile: list[RawRecord]) ->
 
     offsets = []
     for letter in letters:
-        headers = letter.headers() or []
+        headers = headers_of(letter)
         restored = DeadLetter.from_headers(headers)
         assert restored.source_topic == topic
         assert restored.reason in set(Reason)
@@ -231,11 +234,3 @@ def committed(kafka: KafkaCluster, group: str, topic: str) -> int:
         return int(position.offset)
     finally:
         consumer.close()
-
-
-async def _eventually(check: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {seconds} s")
-        await asyncio.sleep(0.3)

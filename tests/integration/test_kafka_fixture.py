@@ -8,9 +8,9 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 RECORDS = 10_000
 PARTITIONS = 3
@@ -39,7 +39,11 @@ def _consume(consumer: Consumer, limit: int, timeout: float = 60.0) -> list[tupl
             idle += 1
             continue
         assert message.error() is None, message.error()
-        seen.append((message.partition(), message.offset(), message.value()))
+        partition, offset, value = message.partition(), message.offset(), message.value()
+        assert partition is not None, message
+        assert offset is not None, message
+        assert value is not None, message
+        seen.append((partition, offset, value))
     return seen
 
 
@@ -83,7 +87,7 @@ def test_second_member_resumes_at_committed_offsets(kafka: KafkaCluster) -> None
     by_partition: dict[int, list[int]] = defaultdict(list)
     for partition, offset, _ in half + rest:
         by_partition[partition].append(offset)
-    ends = {}
+    ends: dict[int, int] = {}
     for partition in range(PARTITIONS):
         _, high = second.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         ends[partition] = high
@@ -91,6 +95,6 @@ def test_second_member_resumes_at_committed_offsets(kafka: KafkaCluster) -> None
     second.commit(
         offsets=[TopicPartition(topic, p, o) for p, o in ends.items()], asynchronous=False
     )
-    committed = second.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
-    assert {tp.partition: tp.offset for tp in committed} == ends
+    positions = second.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+    assert {tp.partition: tp.offset for tp in positions} == ends
     second.close()

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from stream.observability.metrics import Metrics
-from tests.conftest import KafkaCluster
-from tests.integration.test_pipeline_behaviour import NEVER, eventually, harness, record
+from tests.support.kafka import KafkaCluster
+from tests.support.pipeline_harness import NEVER, harness, record
+from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox]
 
 PARTITIONS = 2  # the harness's topic
 READ = 20  # read before the pause

@@ -8,10 +8,11 @@ from pathlib import Path
 import localkafka
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.kafka,
     pytest.mark.skipif(not localkafka.can_run_locally(), reason="needs a JDK and Maven"),
 ]
 
@@ -43,7 +44,7 @@ def test_a_resumed_broker_keeps_records_and_committed_offsets(tmp_path: Path) ->
             committed = consumer.committed([TopicPartition("kept", 0)], timeout=60)
             assert committed[0].offset == 2
             consumer.assign([TopicPartition("kept", 0, 0)])
-            values = []
+            values: list[bytes | None] = []
             while len(values) < 3:
                 message = consumer.poll(30)
                 assert message is not None, f"only {values} came back"

@@ -21,6 +21,7 @@ from stream.logs import configure_logging
 from stream.pipeline.clients import client_config
 from stream.settings import ConnectorSettings, Secret
 
+# A real HTTP server in this process: no broker, no sandbox, no subprocess.
 pytestmark = pytest.mark.integration
 
 PASSWORD = "pa55-word-that-must-never-show"
@@ -61,7 +62,7 @@ async def echo_url(password: str) -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 

@@ -7,16 +7,12 @@ dead-letter topic with the right reason, and the committed offsets reached the e
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,123 +24,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.core.deadletter_format import H_REASON
 from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord, Target, generate, realistic, transition
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
-    DdsyncProcess,
-    SandboxProcess,
     committed_and_end,
     expected_membership,
+    free_port,
     password_env,
-    produce,
     read_topic,
-    wait_until,
-    write_config,
+    run_with_config,
 )
+from tests.support.scenario import PARTITIONS, Scenario
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
-
-PARTITIONS = 6
-EXPECTED_REASON = {
-    "not_json": Reason.INVALID_EVENT,
-    "wrong_shape": Reason.INVALID_EVENT,
-    "missing_identifier": Reason.MISSING_IDENTIFIER,
-    "malformed_email": Reason.MISSING_IDENTIFIER,
-    "unknown_connector": Reason.UNKNOWN_CONNECTOR,
-    "rejected": Reason.CONTACT_REJECTED,
-}
-
-
-class Scenario:
-    """A topic, a dead-letter topic, a group, a sandbox and a config file for one test."""
-
-    def __init__(
-        self,
-        kafka: KafkaCluster,
-        workdir: Path,
-        accounts: dict[str, Account],
-        *sandbox_args: str,
-        **config: object,
-    ) -> None:
-        self.kafka = kafka
-        self.workdir = workdir
-        self.accounts = accounts
-        self.topic = kafka.create_topic(partitions=PARTITIONS)
-        # Not created here: ddsync creates its dead-letter topic at start, as in production.
-        self.dead_letter_topic = kafka.unique_topic("dlq")
-        self.group = f"ddsync-{uuid.uuid4().hex[:8]}"
-        self.sandbox = SandboxProcess(workdir, accounts.values(), *sandbox_args)
-        self.config = write_config(
-            workdir / "ddsync.toml",
-            bootstrap=kafka.bootstrap_servers,
-            topics=[self.topic],
-            dead_letter_topic=self.dead_letter_topic,
-            group=self.group,
-            connectors={
-                name: (account.username, self.sandbox.discovery_url)
-                for name, account in accounts.items()
-            },
-            **config,  # type: ignore[arg-type]
-        )
-        self.env = {password_env(name): a.password for name, a in accounts.items()}
-        self.processes: list[DdsyncProcess] = []
-
-    def start_ddsync(self) -> DdsyncProcess:
-        log = self.workdir / f"ddsync-{len(self.processes)}.log"
-        process = DdsyncProcess(self.config, log, self.env)
-        self.processes.append(process)
-        return process
-
-    def produce(self, records: list[DemoRecord]) -> None:
-        produce(self.kafka.bootstrap_servers, self.topic, records)
-
-    def caught_up(self) -> bool:
-        try:
-            committed, ends = committed_and_end(
-                self.kafka.bootstrap_servers, self.group, self.topic, PARTITIONS
-            )
-        except KafkaException:  # e.g. the group coordinator is still being elected
-            return False
-        return committed == ends
-
-    def wait_caught_up(self, timeout: float) -> None:
-        try:
-            wait_until(self.caught_up, timeout, "committed offsets did not reach the end", None, 1)
-        except AssertionError:
-            for process in self.processes:
-                print(process.output()[-5000:])
-            raise
-
-    def assert_membership(self, records: list[DemoRecord]) -> None:
-        expected = expected_membership(records)
-        for name, account in self.accounts.items():
-            for book in account.address_books:
-                members = self.sandbox.members(account.username, book)
-                assert members == expected.get((name, book), set()), f"{name}/{book} differs"
-
-    def assert_dead_letters(self, records: list[DemoRecord], *, repeats: bool = False) -> int:
-        """Every bad record is on the dead-letter topic with its reason, and nothing else is;
-        with ``repeats`` (after a crash or a rebalance) some may be there twice. Returns how
-        many were written more than once."""
-        bad = [r for r in records if r.bad]
-        letters = read_topic(self.kafka.bootstrap_servers, self.dead_letter_topic, len(bad))
-        got = Counter((letter.key, letter.value, letter.header(H_REASON)) for letter in letters)
-        want = Counter((r.key, r.value, EXPECTED_REASON[r.bad].value) for r in bad)
-        if repeats:
-            assert set(got) == set(want)
-        else:
-            assert got == want
-        return sum(got.values()) - len(got)
-
-    def close(self) -> None:
-        for process in self.processes:
-            if process.alive():
-                process.kill()
-        self.sandbox.stop()
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 
 @pytest.fixture
-def scenarios() -> list[Scenario]:
+def scenarios() -> Iterator[list[Scenario]]:
     made: list[Scenario] = []
     yield made
     for scenario in made:
@@ -177,12 +74,6 @@ def test_twenty_thousand_transitions_over_two_hundred_books(
 
     scenario.assert_membership(records)
     scenario.assert_dead_letters(records)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int, by: tuple[str, str] | None = None) -> dict[str, float]:
@@ -255,13 +146,19 @@ def test_a_crash_loses_nothing(
     records = list(generate(targets, 10_000, profiles=1500, bad_share=0.01, seed=5))
     # A steady stream (about 10 s of it), so that the crash lands in the middle of it.
     chunks = [records[i : i + 500] for i in range(0, len(records), 500)]
-    producer = threading.Thread(
-        target=lambda: [scenario.produce(chunk) or time.sleep(0.5) for chunk in chunks]
-    )
+
+    def produce_steadily() -> None:
+        for chunk in chunks:
+            scenario.produce(chunk)
+            time.sleep(0.5)
+
+    producer = threading.Thread(target=produce_steadily)
     first = scenario.start_ddsync()
     # Produce only once it consumes: a slow start would otherwise meet a backlog it takes in
     # one window, and the crash would land after the stream instead of in it.
-    wait_until(lambda: "assigned" in first.output(), 60, "no partitions assigned", first.process)
+    wait_until(
+        lambda: "assigned" in first.output(), 60, "no partitions assigned", process=first.process
+    )
     producer.start()
 
     def committed_total() -> int:
@@ -273,7 +170,9 @@ def test_a_crash_loses_nothing(
             return 0
         return sum(max(c, 0) for c in committed)
 
-    wait_until(lambda: committed_total() >= 2000, 120, "no progress", first.process, 0.2)
+    wait_until(
+        lambda: committed_total() >= 2000, 120, "no progress", process=first.process, interval=0.2
+    )
     first.kill()  # SIGKILL: no flush, no commit, no goodbye
     done_before = committed_total()
     assert done_before < len(records) // 2, "the crash came too late to test anything"
@@ -365,7 +264,7 @@ def test_a_wrong_password_dead_letters_one_connector_only(
     # Coalescing is per window: a contact's latest transition of each window is dead-lettered
     # and covers the earlier ones. Epoch-aligned windows can cut the backlog anywhere, so a
     # contact and book may own one letter per window it appeared in, never a record twice.
-    letter_ids = [orjson.loads(letter.value)["event_id"] for letter in letters]
+    letter_ids = [letter.event()["event_id"] for letter in letters]
     assert len(letter_ids) == len(set(letter_ids)), "a record was dead-lettered twice"
     broken_by_id = {orjson.loads(r.value)["event_id"]: r for r in broken_records}
     assert set(letter_ids) <= set(broken_by_id)
@@ -416,7 +315,7 @@ def test_a_broken_connector_carrying_most_traffic_does_not_stop_the_other(
     assert {letter.header("ddsync.connector_id") for letter in letters} == {"broken"}
     second_wave = {orjson.loads(r.value)["event_id"] for r in records[2000:]}
     for letter in letters:
-        if orjson.loads(letter.value)["event_id"] in second_wave:
+        if letter.event()["event_id"] in second_wave:
             assert letter.header(H_REASON) == Reason.CONNECTOR_SUSPENDED.value
 
 
@@ -457,7 +356,7 @@ def test_one_flapping_rejected_contact_weighs_once_in_the_breaker(
         )
         return sum(max(c, 0) for c in committed) == sum(ends) == 200  # one key: one partition
 
-    wait_until(flushed, 60, "the flapping contact was not flushed", process.process)
+    wait_until(flushed, 60, "the flapping contact was not flushed", process=process.process)
     time.sleep(1)  # a tick: the pipeline notices an open breaker on its next one
     output = process.output()
     assert "circuit breaker OPEN" not in output, output[-3000:]
@@ -510,7 +409,7 @@ def test_the_circuit_breaker_stops_consuming(
     process = scenario.start_ddsync()
     wait_until(
         lambda: "circuit breaker OPEN" in process.output(), 60, "the breaker did not open",
-        process.process,
+        process=process.process,
     )  # fmt: skip
     time.sleep(3)
     assert process.alive(), "the process should stay up (metrics, an operator's look)"
@@ -522,18 +421,6 @@ def test_the_circuit_breaker_stops_consuming(
     letters = read_topic(kafka.bootstrap_servers, scenario.dead_letter_topic, 1, timeout=10)
     assert len(letters) <= 200
     assert process.terminate() == 0
-
-
-def run_with_config(
-    tmp_path: Path, text: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``ddsync run`` on a configuration that should never get as far as Kafka."""
-    config = tmp_path / "ddsync.toml"
-    config.write_text(text)
-    return subprocess.run(
-        [sys.executable, "-m", "stream", "run", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})},
-    )  # fmt: skip
 
 
 def test_a_bad_configuration_fails_with_one_clear_line(tmp_path: Path) -> None:
@@ -590,7 +477,7 @@ def test_a_realistic_backlog_with_the_default_breaker_syncs_exactly(
             "ddsync_records_dead_lettered_total", 0
         ) >= sum(1 for r in bad if r.bad != "rejected")
 
-    wait_until(consumed, 120, "the backlog was not read", process.process)
+    wait_until(consumed, 120, "the backlog was not read", process=process.process)
     assert "circuit breaker OPEN" not in process.output()
     assert scrape(port)["ddsync_dead_letter_circuit_open"] == 0
     assert process.terminate() == 0, process.output()[-3000:]  # flushes what the windows hold
@@ -617,7 +504,7 @@ def test_a_wrong_password_for_the_only_connector_opens_the_default_breaker(
     process = scenario.start_ddsync()
     wait_until(
         lambda: "circuit breaker OPEN" in process.output(), 120, "the breaker did not open",
-        process.process,
+        process=process.process,
     )  # fmt: skip
     time.sleep(2)  # dead letters decided before it opened reach the topic
     assert process.alive(), "the process stays up for an operator to look"

@@ -10,6 +10,7 @@ and ``/healthz`` and ``/ready`` answer 200 with JSON once ddsync holds partition
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 import urllib.request
@@ -23,13 +24,14 @@ import yaml
 
 from stream import __version__
 from stream.demo.generator import Target, generate
-from tests.conftest import KafkaCluster
-from tests.integration.test_health import wait_for_report
-from tests.integration.test_pipeline_e2e import PARTITIONS, Scenario, free_port
-from tests.support.processes import Account
-from tests.support.prometheus import PrometheusProcess, poll, require_binary
+from tests.support.health import wait_for_report
+from tests.support.kafka import KafkaCluster
+from tests.support.processes import Account, free_port
+from tests.support.prometheus import PrometheusProcess, require_binary
+from tests.support.scenario import PARTITIONS, Scenario
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "ddsync-rules.yml"
 JOB = "ddsync"
@@ -79,7 +81,7 @@ def test_a_real_prometheus_scrapes_ddsync_and_evaluates_its_rules(
         rule_files=[RULES],
     )  # fmt: skip
     cleanup.callback(prometheus.stop)
-    poll(lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), 60, "ddsync was never scraped")
+    wait_until(lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), 60, "ddsync was never scraped")
     first_scrape = time.monotonic() - prometheus.started
     print(
         f"\nprometheus: ready {prometheus.ready_seconds:.2f} s after start, "
@@ -97,10 +99,14 @@ def test_a_real_prometheus_scrapes_ddsync_and_evaluates_its_rules(
     # above zero (a counter's first sample alone gives no rate).
     records = list(generate([Target("main", b) for b in books], 400, bad_share=0.05, seed=8))
     consumed = f'sum(ddsync_records_consumed_total{{job="{JOB}"}})'
+
+    def seen(count: int) -> bool:
+        return total(prometheus, consumed) == count
+
     for upto in (200, len(records)):
         scenario.produce(records[upto - 200 : upto])
-        poll(
-            lambda upto=upto: total(prometheus, consumed) == upto,
+        wait_until(
+            functools.partial(seen, upto),
             120,
             f"Prometheus did not see {upto} records consumed",
         )
@@ -116,7 +122,7 @@ def test_a_real_prometheus_scrapes_ddsync_and_evaluates_its_rules(
     assert labels(assigned)["instance"] == instance
     assert value(assigned) == PARTITIONS
     # Lag is sampled every 5 s: wait for a sample taken after everything was read.
-    lag = poll(
+    lag = wait_until(
         lambda: [
             s
             for s in prometheus.query(f'ddsync_partition_read_lag_records{{job="{JOB}"}} == 0')
@@ -137,7 +143,7 @@ def test_a_real_prometheus_scrapes_ddsync_and_evaluates_its_rules(
     assert value(memory) > 0
 
     # A recording rule of ddsync-rules.yml produced a series from what ddsync exported.
-    (rate,) = poll(
+    (rate,) = wait_until(
         lambda: prometheus.query(f'ddsync:records_consumed:rate5m{{job="{JOB}"}} > 0'),
         30,
         "the recording rule ddsync:records_consumed:rate5m gave no rate",
@@ -158,7 +164,7 @@ def test_a_real_prometheus_scrapes_ddsync_and_evaluates_its_rules(
         )
         return groups if evaluated else []
 
-    groups = poll(rule_groups, 30, "not every rule was evaluated")
+    groups = wait_until(rule_groups, 30, "not every rule was evaluated")
     wanted = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     # The API lists groups by name, not in the file's order.
     assert sorted((g["name"], g["file"]) for g in groups) == sorted(

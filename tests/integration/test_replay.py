@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -33,7 +34,7 @@ from stream.replay.decide import ReplayFilter
 from stream.replay.report import ReplayProgress, StopReason
 from stream.replay.runner import Replayer, ReplayError, ReplayOptions, run_replay
 from stream.settings import DeadLetterSettings, KafkaSettings, Settings
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
     DdsyncProcess,
@@ -42,11 +43,11 @@ from tests.support.processes import (
     password_env,
     produce,
     read_topic,
-    wait_until,
     write_config,
 )
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 FAILED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NO_OFFSET = -1001
@@ -143,10 +144,10 @@ class Setup:
         producer.produce(self.dlq, key=key, value=b"{}", headers=headers)
         assert producer.flush(30) == 0
 
-    def options(self, **overrides: object) -> ReplayOptions:
-        fields: dict[str, object] = {"group": self.group}
+    def options(self, **overrides: Any) -> ReplayOptions:
+        fields: dict[str, Any] = {"group": self.group}
         fields.update(overrides)
-        return ReplayOptions(**fields)  # type: ignore[arg-type]
+        return ReplayOptions(**fields)
 
     def read(self, topic: str) -> list[Read]:
         """Everything on ``topic`` up to its current end (assign, no group: fast and exact)."""

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ from stream.sandbox import (
 from tests.support import Api, basic_auth, validate_journal
 from tests.support.openapi import validate_error_body, validate_response
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 EU = "eu@apiconnector.com"
 US = "us@apiconnector.com"
@@ -31,7 +32,7 @@ AUTH_DENIED = {"message": "Authorization has been denied for this request."}
 BOOK_NOT_FOUND = {"message": "Error: ERROR_ADDRESSBOOK_NOT_FOUND"}
 
 
-def accounts(**eu: object) -> list[SandboxAccount]:
+def accounts(**eu: Any) -> list[SandboxAccount]:
     return [
         SandboxAccount(
             EU,
@@ -39,7 +40,7 @@ def accounts(**eu: object) -> list[SandboxAccount]:
             region="r1",
             account_id=11,
             address_books=(SandboxAddressBook(501, "Seeded"),),
-            **eu,  # type: ignore[arg-type]
+            **eu,
         ),
         SandboxAccount(US, PASSWORD, region="r2", account_id=12, import_delay_seconds=0),
     ]
@@ -85,7 +86,7 @@ async def create_book(api: Api, name: str) -> int:
     return book_id
 
 
-async def import_and_wait(api: Api, contacts: list[dict[str, object]]) -> dict[str, object]:
+async def import_and_wait(api: Api, contacts: list[dict[str, object]]) -> dict[str, Any]:
     reply = await api.call("PUT", "/contacts/v3/import", {"contacts": contacts})
     assert reply.status == 202, reply.text
     import_id = reply.body["importId"]
@@ -93,7 +94,8 @@ async def import_and_wait(api: Api, contacts: list[dict[str, object]]) -> dict[s
         status = await api.call("GET", f"/contacts/v3/import/{import_id}")
         assert status.status == 200
         if status.body["status"] == "Finished":
-            return status.body  # type: ignore[no-any-return]
+            report: dict[str, Any] = status.body
+            return report
         await asyncio.sleep(0.01)
     raise AssertionError("import never finished")
 
@@ -374,7 +376,7 @@ async def test_import_updates_existing_contacts_case_insensitively(
 ) -> None:
     a, b = await create_book(eu, "A"), await create_book(eu, "B")
     first = await import_and_wait(eu, [contact("x@example.com", a)])
-    contact_id = first["created"][0]["contactId"]  # type: ignore[index]
+    contact_id = first["created"][0]["contactId"]
     second = await import_and_wait(eu, [contact("X@EXAMPLE.COM", b)])
     assert second["created"] == []
     assert second["updated"] == [
@@ -401,7 +403,7 @@ async def test_import_reports_per_contact_failures(sandbox: Sandbox, eu: Api) ->
     )
     codes = [
         (failure["identifiers"].get("email"), failure["failures"][0]["failureCode"])
-        for failure in result["failures"]  # type: ignore[attr-defined]
+        for failure in result["failures"]
     ]
     assert codes == [
         ("bad@", "invalidEmail"),
@@ -411,8 +413,8 @@ async def test_import_reports_per_contact_failures(sandbox: Sandbox, eu: Api) ->
         (None, "noValidIdentifiers"),
         (None, "invalidMatchIdentifier"),
     ]
-    assert result["summary"]["duplicateIdentifiers"] == 2  # type: ignore[index]
-    assert result["summary"]["invalidEntries"] == 4  # type: ignore[index]
+    assert result["summary"]["duplicateIdentifiers"] == 2
+    assert result["summary"]["invalidEntries"] == 4
     assert sandbox.members(EU, book) == {"good@example.com"}
     # A failed contact is not created at all.
     assert (await eu.call("GET", "/contacts/v3/email/nolist@example.com")).status == 404
@@ -430,7 +432,7 @@ async def test_import_stores_data_fields_and_null_clears(eu: Api) -> None:
 async def test_import_by_contact_id(eu: Api) -> None:
     book = await create_book(eu, "ById")
     created = await import_and_wait(eu, [contact("byid@example.com")])
-    contact_id = created["created"][0]["contactId"]  # type: ignore[index]
+    contact_id = created["created"][0]["contactId"]
     result = await import_and_wait(
         eu,
         [
@@ -442,8 +444,8 @@ async def test_import_by_contact_id(eu: Api) -> None:
             {"matchIdentifier": "contactId", "identifiers": {"contactId": 1}, "lists": [book]},
         ],
     )
-    assert [u["contactId"] for u in result["updated"]] == [contact_id]  # type: ignore[attr-defined]
-    assert result["failures"][0]["failures"][0]["failureCode"] == "invalidContactId"  # type: ignore[index]
+    assert [u["contactId"] for u in result["updated"]] == [contact_id]
+    assert result["failures"][0]["failures"][0]["failureCode"] == "invalidContactId"
 
 
 @pytest.mark.parametrize(
@@ -482,7 +484,7 @@ async def test_import_of_another_account_is_not_visible(eu: Api, us: Api) -> Non
 async def test_lookup_by_email_and_contact_id(eu: Api) -> None:
     book = await create_book(eu, "Lookup")
     result = await import_and_wait(eu, [contact("look@example.com", book, 501)])
-    contact_id = result["created"][0]["contactId"]  # type: ignore[index]
+    contact_id = result["created"][0]["contactId"]
     for path in (
         "/contacts/v3/email/look@example.com",
         "/contacts/v3/email/LOOK@EXAMPLE.COM",
@@ -529,7 +531,7 @@ async def test_lookup_malformed_email_is_400(eu: Api) -> None:
 async def test_bulk_removal_takes_membership_not_contacts(sandbox: Sandbox, eu: Api) -> None:
     book = await create_book(eu, "Removal")
     result = await import_and_wait(eu, [contact(f"r{i}@example.com", book, 501) for i in range(3)])
-    ids = [c["contactId"] for c in result["created"]]  # type: ignore[attr-defined]
+    ids = [c["contactId"] for c in result["created"]]
     reply = await eu.call(
         "POST", f"/v2/address-books/{book}/contacts/delete", [ids[0], ids[1], 424242]
     )
@@ -584,7 +586,7 @@ async def test_delayed_removal_is_started_until_done(
 async def test_single_removal(sandbox: Sandbox, eu: Api) -> None:
     book = await create_book(eu, "Single")
     result = await import_and_wait(eu, [contact("one@example.com", book)])
-    contact_id = result["created"][0]["contactId"]  # type: ignore[index]
+    contact_id = result["created"][0]["contactId"]
     path = f"/v2/address-books/{book}/contacts/{contact_id}"
     assert (await eu.call("DELETE", path)).status == 204
     assert sandbox.members(EU, book) == set()

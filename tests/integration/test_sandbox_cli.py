@@ -20,8 +20,9 @@ import pytest
 from stream.cli.sandbox import add_parser
 from stream.sandbox import DEMO_PASSWORD, DEMO_USERNAME
 from tests.support import basic_auth
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox, pytest.mark.process]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,14 +55,14 @@ def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subp
 
 
 def wait_ready(process: subprocess.Popen[str], ready: Path, timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"sandbox exited early: {process.communicate()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("sandbox did not become ready")
-        time.sleep(0.01)
+    try:
+        wait_until(
+            ready.exists, timeout, "the sandbox did not become ready", process=process,
+            interval=0.01,
+        )  # fmt: skip
+    except AssertionError as error:
+        process.kill()
+        raise AssertionError(f"{error}: {process.communicate()}") from None
     info: dict[str, Any] = json.loads(ready.read_text())
     return info
 

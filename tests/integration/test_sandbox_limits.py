@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,7 +24,7 @@ from stream.sandbox import (
 from tests.support import Api, validate_journal
 from tests.support.openapi import validate_error_body
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 USER = "limits@apiconnector.com"
 PASSWORD = "pw"
@@ -38,13 +39,13 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def account(**kwargs: object) -> SandboxAccount:
-    base: dict[str, object] = {
+def account(**kwargs: Any) -> SandboxAccount:
+    base: dict[str, Any] = {
         "import_delay_seconds": 0,
         "address_books": (SandboxAddressBook(77, "Book"),),
     }
     base.update(kwargs)
-    return SandboxAccount(USER, PASSWORD, **base)  # type: ignore[arg-type]
+    return SandboxAccount(USER, PASSWORD, **base)
 
 
 # -- tiered ----------------------------------------------------------------------------------

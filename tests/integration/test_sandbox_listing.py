@@ -22,7 +22,7 @@ from stream.sandbox import (
 from tests.support import Api, validate_journal
 from tests.support.openapi import validate_error_body, validate_response
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 USER = "lister@apiconnector.com"
 OTHER = "other@apiconnector.com"

@@ -26,12 +26,11 @@ import localkafka
 import orjson
 import pytest
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream.core.deadletter_format import H_REASON, H_REPLAY_COUNT
 from stream.demo.generator import DemoRecord, Target, generate
 from stream.exitcodes import ExitCode
-from tests.integration.test_pipeline_e2e import EXPECTED_REASON
 from tests.support.processes import (
     PASSWORD,
     Account,
@@ -42,11 +41,12 @@ from tests.support.processes import (
     password_env,
     produce,
     read_topic,
-    wait_until,
     write_config,
 )
+from tests.support.scenario import EXPECTED_REASON, expected_reason
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 KAFKA_USER = "ddsync"
 KAFKA_PASSWORD = "kafka-sasl-secret-4d1f9c"
@@ -181,7 +181,10 @@ def synced(
     began = time.monotonic()
     process = DdsyncProcess(config, workdir / "ddsync.log", environment())
     try:
-        wait_until(caught_up, 50, "committed offsets did not reach the end", process.process, 0.5)
+        wait_until(
+            caught_up, 50, "committed offsets did not reach the end",
+            process=process.process, interval=0.5,
+        )  # fmt: skip
         elapsed = time.monotonic() - began
         assert process.terminate() == ExitCode.OK, process.output()[-3000:]
     except AssertionError:
@@ -209,7 +212,7 @@ def test_run_syncs_dead_letters_and_commits_over_sasl(
         secured.bootstrap, synced.dead_letter_topic, len(synced.bad), 30, secured.client()
     )
     got = Counter((letter.key, letter.value, letter.header(H_REASON)) for letter in letters)
-    want = Counter((r.key, r.value, EXPECTED_REASON[r.bad].value) for r in synced.bad)
+    want = Counter((r.key, r.value, expected_reason(r).value) for r in synced.bad)
     assert got == want
     assert KAFKA_PASSWORD not in synced.output
 

@@ -31,7 +31,7 @@ from confluent_kafka import Producer
 from stream.demo.generator import Target, transition
 from stream.exitcodes import ExitCode
 from stream.settings import BatchingSettings, DispatchSettings
-from tests.conftest import KafkaCluster
+from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
     DdsyncProcess,
@@ -39,11 +39,11 @@ from tests.support.processes import (
     committed_and_end,
     password_env,
     read_topic,
-    wait_until,
     write_config,
 )
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, pytest.mark.process]
 
 BOUND = BatchingSettings.shutdown_timeout_seconds
 PARTITIONS = 4
@@ -113,7 +113,7 @@ def start_ddsync(
     group: str,
     sandbox: SandboxProcess,
     name: str,
-    **config: object,
+    requests_per_minute: int | None = None,
 ) -> DdsyncProcess:
     path = write_config(
         workdir / f"{name}.toml",
@@ -124,7 +124,7 @@ def start_ddsync(
         connectors={"main": (USER, sandbox.discovery_url)},
         window_seconds=1.0,
         retry_timeout_seconds=DispatchSettings.retry_timeout_seconds,
-        **config,  # type: ignore[arg-type]
+        requests_per_minute=requests_per_minute,
     )
     return DdsyncProcess(
         path, workdir / f"{name}.log", {password_env("main"): "sandbox-secret-password"}
@@ -169,11 +169,13 @@ def test_sigterm_inside_a_revoke_waiting_for_a_stuck_dotdigital(
     data = Input(kafka.bootstrap_servers, topic)
     first = start_ddsync(tmp_path, kafka.bootstrap_servers, topic, dlq, group, sandbox, "first")
     processes.append(first)
-    wait_until(lambda: imports_accepted(sandbox) >= PARTITIONS, 60, "imports", first.process)
+    wait_until(
+        lambda: imports_accepted(sandbox) >= PARTITIONS, 60, "imports", process=first.process
+    )
     # A second member joins: the first gives up half its partitions, inside a revoke that waits.
     second = start_ddsync(tmp_path, kafka.bootstrap_servers, topic, dlq, group, sandbox, "second")
     processes.append(second)
-    wait_until(lambda: "revoked " in first.output(), 60, "a revoke", first.process)
+    wait_until(lambda: "revoked " in first.output(), 60, "a revoke", process=first.process)
     time.sleep(2)
     assert "shutting down" not in first.output()
     status, seconds = terminate_timed(first)
@@ -202,7 +204,7 @@ def test_sigterm_while_every_flush_waits_for_the_rate_limiter(
         requests_per_minute=1,
     )  # fmt: skip
     processes.append(ddsync)
-    wait_until(lambda: imports_accepted(sandbox) >= 1, 60, "an import", ddsync.process)
+    wait_until(lambda: imports_accepted(sandbox) >= 1, 60, "an import", process=ddsync.process)
     time.sleep(3)
     status, seconds = terminate_timed(ddsync)
     print(f"\nSIGTERM while throttled: exit {status} after {seconds:.1f} s")
@@ -231,13 +233,18 @@ def test_sigterm_while_the_broker_does_not_answer(
             tmp_path, cluster.bootstrap_servers, topic, dlq, group, sandbox, "broker-down"
         )
         processes.append(ddsync)
-        wait_until(lambda: imports_accepted(sandbox) >= PARTITIONS, 60, "imports", ddsync.process)
+        wait_until(
+            lambda: imports_accepted(sandbox) >= PARTITIONS, 60, "imports", process=ddsync.process
+        )
         # The broker stops answering without closing its connections: commits and the group
         # leave wait for it.
         os.kill(broker.pid, signal.SIGSTOP)
         frozen = True
         wait_until(
-            lambda: all(sandbox.members(USER, book) for book in BOOKS), 30, "synced", ddsync.process
+            lambda: all(sandbox.members(USER, book) for book in BOOKS),
+            30,
+            "synced",
+            process=ddsync.process,
         )
         time.sleep(2)  # a commit of the synced records is waiting for the broker
         status, seconds = terminate_timed(ddsync)
@@ -277,7 +284,7 @@ def test_sigterm_while_dotdigital_does_not_answer(
             tmp_path, kafka.bootstrap_servers, topic, dlq, group, sandbox, "unreachable"
         )
         processes.append(ddsync)
-        wait_until(lambda: "assigned " in ddsync.output(), 60, "assigned", ddsync.process)
+        wait_until(lambda: "assigned " in ddsync.output(), 60, "assigned", process=ddsync.process)
         time.sleep(5)  # windows closed: every flush waits for DotDigital
         status, seconds = terminate_timed(ddsync)
     finally:

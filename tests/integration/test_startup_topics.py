@@ -13,10 +13,11 @@ import pytest
 
 from stream.config import load_settings
 from stream.kafka.topics import Cluster, ensure_topics
-from tests.conftest import KafkaCluster
-from tests.support.processes import DdsyncProcess, password_env, wait_until, write_config
+from tests.support.kafka import KafkaCluster
+from tests.support.processes import DdsyncProcess, password_env, write_config
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.process]
 
 
 def config_for(
@@ -65,7 +66,7 @@ def test_a_missing_dead_letter_topic_is_created_at_start(
     try:
         wait_until(
             lambda: "assigned" in process.output(), 60, "ddsync did not start consuming",
-            process.process,
+            process=process.process,
         )  # fmt: skip
         assert f"created dead-letter topic {dead_letters} (3 partitions)" in process.output()
         assert partitions_of(kafka, config, dead_letters) == 3

@@ -10,21 +10,24 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.demo.generator import DemoRecord
 from stream.dotdigital import normalize_email
+from tests.support.kafka import headers_of
+from tests.support.waiting import wait_until
 
 PASSWORD = "sandbox-secret-password"
 
@@ -60,7 +63,7 @@ class SandboxProcess:
         ]  # fmt: skip
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(ready.exists, 30, "the sandbox did not start", self.process)
+        wait_until(ready.exists, 30, "the sandbox did not start", process=self.process)
         info = json.loads(ready.read_text())
         self.urls: dict[str, str] = info["urls"]
         self.discovery_url: str = info["discovery_url"]
@@ -113,6 +116,25 @@ class DdsyncProcess:
         return self.log.read_text(errors="replace")
 
 
+def run_with_config(
+    tmp_path: Path, text: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ddsync run`` on a configuration that should never get as far as Kafka."""
+    config = tmp_path / "ddsync.toml"
+    config.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a process to bind)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
     if process.poll() is not None:
         return
@@ -124,21 +146,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
         process.wait(10)
 
 
-def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    message: str,
-    process: subprocess.Popen[bytes] | None = None,
-    interval: float = 0.2,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{message}: the process exited with {process.returncode}")
-        time.sleep(interval)
-    raise AssertionError(f"{message} within {timeout} s")
+class ConfigOptions(TypedDict, total=False):
+    """The optional settings of :func:`write_config`, for helpers that pass them on."""
+
+    max_contacts: int
+    window_seconds: float
+    retry_timeout_seconds: float
+    requests_per_minute: int | None
+    max_buffered_records: int
+    metrics_port: int | None
+    extra: str
+    kafka_extra: str
+    consumer_extra: Mapping[str, str] | None
+    secrets_env: Mapping[str, str] | None
 
 
 def write_config(
@@ -267,6 +287,11 @@ class DeadLetterRecord:
     def header(self, name: str) -> str:
         return self.headers[name].decode()
 
+    def event(self) -> Any:
+        """The value decoded as JSON (the transition a dead letter carries)."""
+        assert self.value is not None, "a record without a value"
+        return orjson.loads(self.value)
+
 
 def read_topic(
     bootstrap: str,
@@ -299,7 +324,7 @@ def read_topic(
             message = consumer.poll(0.5)
             if message is None or message.error() is not None:
                 continue
-            headers = {k: v for k, v in (message.headers() or []) if v is not None}
+            headers = {k: v for k, v in headers_of(message) if isinstance(v, bytes)}
             found.append(DeadLetterRecord(message.key(), message.value(), headers))
     finally:
         consumer.close()

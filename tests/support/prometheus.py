@@ -13,15 +13,14 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.support.processes import stop_process, wait_until
-
-T = TypeVar("T")
+from tests.support.processes import stop_process
+from tests.support.waiting import wait_until
 
 
 def require_binary(name: str) -> str:
@@ -33,19 +32,6 @@ def require_binary(name: str) -> str:
             "(apt-get install -y prometheus). This test cannot run without it."
         )
     return path
-
-
-def poll(fetch: Callable[[], T], timeout: float, message: str, interval: float = 0.25) -> T:
-    """The first truthy value ``fetch`` returns within ``timeout`` seconds; else an
-    AssertionError with ``message`` and the last value seen (so a failure shows what was there)."""
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} within {timeout} s; last seen: {value!r}")
-        time.sleep(interval)
-        value = fetch()
-    return value
 
 
 class PrometheusProcess:
@@ -99,7 +85,9 @@ class PrometheusProcess:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_until(self._ready, ready_timeout, "prometheus did not become ready", self.process)
+            wait_until(
+                self._ready, ready_timeout, "prometheus did not become ready", process=self.process
+            )
         except BaseException as error:
             self.stop()
             raise AssertionError(f"{error}\n{self.output()[-3000:]}") from None

@@ -116,9 +116,9 @@ def _produce_one(lib: ctypes.CDLL, producer: int, topic: str, record: RawRecord)
         lib.rd_kafka_header_add(headers, name, len(name), value, 0 if value is None else len(value))
     arguments.append((_VTYPE_HEADERS, "ptr", headers))
     vus = (_VU * len(arguments))()
-    for vu, (vtype, member, data) in zip(vus, arguments, strict=True):
+    for vu, (vtype, member, argument) in zip(vus, arguments, strict=True):
         vu.vtype = vtype
-        setattr(vu.u, member, data)
+        setattr(vu.u, member, argument)
     failure = lib.rd_kafka_produceva(producer, vus, len(arguments))
     if failure:
         lib.rd_kafka_headers_destroy(headers)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from stream.clock import FakeClock
-from stream.dotdigital.budgets import MAX_SCOPES, Budgets
+from stream.dotdigital.budgets import MAX_SCOPES, Budget, Budgets
 from stream.dotdigital.ratelimit import RateLimiter
 
-STARTING = {"add": 75, "remove": 35, "other": 600}
+STARTING: dict[Budget, int] = {"add": 75, "remove": 35, "other": 600}
 
 
 def tier(scope: str, limit: int, remaining: int) -> dict[str, str]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -22,8 +23,8 @@ from stream.redaction import redact
 FAILED_AT = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
 
-def make(**overrides: object) -> DeadLetter:
-    fields: dict[str, object] = {
+def make(**overrides: Any) -> DeadLetter:
+    fields: dict[str, Any] = {
         "reason": Reason.CONTACT_REJECTED,
         "error_code": "ERROR_CONTACT_INVALID",
         "error_message": "email address is not valid",
@@ -38,7 +39,7 @@ def make(**overrides: object) -> DeadLetter:
         "event_id": "evt-1",
     }
     fields.update(overrides)
-    return DeadLetter(**fields)  # type: ignore[arg-type]
+    return DeadLetter(**fields)
 
 
 def test_reason_values_are_the_documented_strings() -> None:

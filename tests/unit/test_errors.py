@@ -117,7 +117,9 @@ def test_concurrency_cap_is_told_apart_from_the_call_rate() -> None:
     error = error_from_response(429, v3("contacts:tooManyActiveImports", "wait"), what="PUT /i")
     assert isinstance(error, ThrottledError)
     assert error.concurrency_cap
-    assert not error_from_response(429, b"", what="PUT /i").concurrency_cap  # type: ignore[attr-defined]
+    rate = error_from_response(429, b"", what="PUT /i")
+    assert isinstance(rate, ThrottledError)
+    assert not rate.concurrency_cap
 
 
 @pytest.mark.parametrize(

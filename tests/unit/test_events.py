@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -591,6 +591,7 @@ def _as_bytes(value: Any) -> bytes:
     )
 )
 def test_any_value_decodes_to_a_valid_transition_or_raises_invalid_record(raw: bytes) -> None:
+    rejected: InvalidRecord | None
     try:
         transition = decode_transition(raw, _Everything())
     except InvalidRecord as invalid:

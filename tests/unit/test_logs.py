@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 import orjson
@@ -14,7 +14,8 @@ import pytest
 from stream.clock import FakeClock
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact, Trigger
-from stream.logs import configure_logging, log_context
+from stream.dotdigital import Operation
+from stream.logs import LogFormat, configure_logging, log_context
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool
 from stream.pipeline.dispatch import Dispatcher, Failure
@@ -55,7 +56,9 @@ def test_json_lines_have_time_level_logger_message_and_the_exception() -> None:
     )
     assert isinstance(first["time"], str)
     assert first["time"].endswith("Z")
-    assert datetime.fromisoformat(first["time"]).utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    offset = datetime.fromisoformat(first["time"]).utcoffset()
+    assert offset is not None
+    assert offset.total_seconds() == 0
     assert second["level"] == "ERROR"
     assert "RuntimeError: boom" in str(second["exception"])
     assert "Traceback" in str(second["exception"])
@@ -89,15 +92,15 @@ async def _log_later(log: logging.Logger) -> None:
 
 
 def test_unknown_context_field_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown log context fields"), log_context(account="x"):  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown log context fields"), log_context(account="x"):
         pass
 
 
 @pytest.mark.usefixtures("root_logging")
 @pytest.mark.parametrize("log_format", ["text", "json"])
-def test_email_addresses_never_reach_a_line(log_format: str) -> None:
+def test_email_addresses_never_reach_a_line(log_format: LogFormat) -> None:
     out = io.StringIO()
-    configure_logging("INFO", log_format, out)  # type: ignore[arg-type]
+    configure_logging("INFO", log_format, out)
     log = logging.getLogger("stream.test")
     log.warning("rejected %s", "Jane.Doe+vip@Example.co.uk")
     try:
@@ -120,11 +123,19 @@ def test_redact_leaves_text_without_an_address_alone() -> None:
 
 
 class _Listener:
-    def synced(self, batch: Batch, operation: str, contacts: object) -> None:
+    """A DispatchListener for a batch without contacts: nothing may reach it."""
+
+    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
         raise AssertionError("an empty batch syncs nothing")
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
         raise AssertionError("an empty batch fails nothing")
+
+    def holds(self, contact: Contact) -> bool:
+        raise AssertionError("an empty batch asks about no contact")
+
+    def dropped(self, batch: Batch, contact: Contact) -> None:
+        raise AssertionError("an empty batch drops nothing")
 
 
 @pytest.mark.usefixtures("root_logging")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -33,8 +34,8 @@ from stream.settings import KafkaSettings, Settings
 DLQ = "ddsync.dlq"
 
 
-def letter(**overrides: object) -> DeadLetter:
-    fields: dict[str, object] = {
+def letter(**overrides: Any) -> DeadLetter:
+    fields: dict[str, Any] = {
         "reason": Reason.RETRIES_EXHAUSTED,
         "error_code": "HTTP_503",
         "error_message": "person@example.com: service unavailable",
@@ -47,7 +48,7 @@ def letter(**overrides: object) -> DeadLetter:
         "address_book_id": 100,
     }
     fields.update(overrides)
-    return DeadLetter(**fields)  # type: ignore[arg-type]
+    return DeadLetter(**fields)
 
 
 def headers(**overrides: object) -> list[tuple[str, bytes | str | None]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,13 +175,13 @@ def test_rate_limiter_windows_are_calendar_minutes() -> None:
     assert limiter.calls_in_last_hour(account) == 3
 
 
-def _state(**kwargs: object) -> tuple[SandboxState, FakeClock]:
+def _state(**kwargs: Any) -> tuple[SandboxState, FakeClock]:
     clock = FakeClock(START)
     account = SandboxAccount(
         "u",
         "p",
         address_books=(SandboxAddressBook(1, "B"),),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     return SandboxState([account], clock, retained_jobs=3), clock
 
@@ -299,11 +300,13 @@ def _imported(account: AccountState, items: list[object]) -> list[int]:
     return [c["contactId"] for c in result["created"] + result["updated"]]
 
 
-def _page_through(account: AccountState, **query: object) -> list[list[int]]:
+def _page_through(
+    account: AccountState, *, limit: int, list_id: int | None = None
+) -> list[list[int]]:
     pages: list[list[int]] = []
     after = 0
     while True:
-        page, more = account.list_contacts(ContactQuery(after=after, **query))  # type: ignore[arg-type]
+        page, more = account.list_contacts(ContactQuery(after=after, limit=limit, list_id=list_id))
         pages.append([c.id for c in page])
         if not more:
             return pages
@@ -409,8 +412,9 @@ def test_created_and_modified_filters_compare_whole_seconds() -> None:
     _imported(account, _items("early@x.com", dataFields={"N": 1}))
     created = int(START + 0.5 + 60)
 
-    def ids(**query: float) -> list[int]:
-        page, _ = account.list_contacts(ContactQuery(**query))  # type: ignore[arg-type]
+    def ids(*, created_from: float | None = None, modified_from: float | None = None) -> list[int]:
+        query = ContactQuery(created_from=created_from, modified_from=modified_from)
+        page, _ = account.list_contacts(query)
         return [c.id for c in page]
 
     assert ids(created_from=created) == late

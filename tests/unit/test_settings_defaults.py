@@ -64,7 +64,11 @@ def write(tmp_path: Path, text: str) -> Path:
 def sections() -> dict[str, type[Any]]:
     """Each ``[section]`` of the file that is one dataclass, by name."""
     hints = typing.get_type_hints(Settings)
-    return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+    return {
+        name: hint
+        for name, hint in hints.items()
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint)
+    }
 
 
 def table_of(section: str) -> str:
@@ -107,9 +111,11 @@ def other_value(hint: Any, default: object) -> object:
     if kind is bool:
         return not default
     if kind is int:
-        return 2 if default is None else default + 1  # type: ignore[operator]
+        assert default is None or isinstance(default, int)
+        return 2 if default is None else default + 1
     if kind is float:
-        return round(default * 0.99, 6)  # type: ignore[operator]
+        assert isinstance(default, int | float)
+        return round(default * 0.99, 6)
     if kind is str:
         return "https://other.example" if http_url in metadata else f"{default or 'other'}-x"
     if kind is tuple:
@@ -119,7 +125,7 @@ def other_value(hint: Any, default: object) -> object:
 
 def all_fields() -> list[tuple[str, dataclasses.Field[Any], Any]]:
     """(section, field, type hint with its constraints) of every setting of the file."""
-    every = [*sections().items(), ("connectors", ConnectorSettings)]
+    every: list[tuple[str, type[Any]]] = [*sections().items(), ("connectors", ConnectorSettings)]
     return [
         (section, field, typing.get_type_hints(cls, include_extras=True)[field.name])
         for section, cls in every

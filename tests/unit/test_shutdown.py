@@ -13,10 +13,14 @@ import dataclasses
 import threading
 import time
 from collections.abc import Collection, Mapping
+from typing import TypedDict, Unpack, cast
 
 from stream.clock import FakeClock
 from stream.config import parse_settings
 from stream.core.offsets import RecordRef, TopicPartitionKey
+from stream.kafka.deadletters import DeadLetterPublisher
+from stream.kafka.source import KafkaSource
+from stream.pipeline.dispatch import Dispatcher
 from stream.pipeline.processor import Pipeline
 from stream.pipeline.shutdown import ABANDONED, EXIT_MARGIN_SECONDS, ShutdownBudget, Watchdog
 from stream.settings import BatchingSettings, Settings
@@ -27,7 +31,16 @@ OTHER: TopicPartitionKey = ("t", 1)
 GUARD_SECONDS = 5.0
 
 
-def settings(**batching: float) -> Settings:
+class Bounds(TypedDict, total=False):
+    """The settings these tests shorten or lengthen: the bounds of a revoke and a shutdown."""
+
+    revoke_flush_seconds: float
+    revoke_job_seconds: float
+    shutdown_flush_seconds: float
+    shutdown_timeout_seconds: float
+
+
+def settings(**batching: Unpack[Bounds]) -> Settings:
     raw = {
         "kafka": {"bootstrap_servers": "127.0.0.1:1", "topics": ["t"]},
         "connectors": {"main": {"username": "u@apiconnector.com", "password_env": "PW"}},
@@ -106,13 +119,16 @@ class FakeSource:
             self.released.wait()
 
 
-def pipeline_with(clock: FakeClock, dispatcher: StuckDispatcher, **batching: float) -> Pipeline:
+def pipeline_with(
+    clock: FakeClock, dispatcher: StuckDispatcher, **batching: Unpack[Bounds]
+) -> Pipeline:
+    # Stand-ins with the members the pipeline reaches in these tests.
     pipeline = Pipeline(
         settings(**batching),
         clock=clock,
-        dispatcher=lambda _outcomes: dispatcher,  # type: ignore[arg-type,return-value]
+        dispatcher=lambda _outcomes: cast(Dispatcher, dispatcher),
     )
-    pipeline.dead_letters = NoDeadLetters()  # type: ignore[assignment]
+    pipeline.dead_letters = cast(DeadLetterPublisher, NoDeadLetters())
     pipeline.rebalance.assign([TP, OTHER])
     # Offsets 0..2 read; 0 is final, 1 and 2 are still being sent.
     for offset in range(3):
@@ -176,13 +192,13 @@ async def test_a_revoke_starting_during_a_shutdown_waits_no_longer_than_its_flus
 # -- the end of a shutdown -----------------------------------------------------------------------
 
 # Real seconds: the waits on the consumer's threads are real; the bound is made short.
-SHORT = {"shutdown_flush_seconds": 0.05, "shutdown_timeout_seconds": 0.6}
+SHORT: Bounds = {"shutdown_flush_seconds": 0.05, "shutdown_timeout_seconds": 0.6}
 
 
 async def test_a_final_commit_and_close_that_hang_are_abandoned_at_the_bound() -> None:
     pipeline = pipeline_with(FakeClock(), IdleDispatcher(), **SHORT)
     source = FakeSource(close_hangs=True)
-    pipeline.source = source  # type: ignore[assignment]
+    pipeline.source = cast(KafkaSource, source)
     started = time.monotonic()
     try:
         await asyncio.wait_for(pipeline.close(), GUARD_SECONDS)
@@ -196,7 +212,7 @@ async def test_a_final_commit_and_close_that_hang_are_abandoned_at_the_bound() -
 async def test_a_consumer_thread_that_does_not_end_is_not_committed_for() -> None:
     pipeline = pipeline_with(FakeClock(), IdleDispatcher(), **SHORT)
     source = FakeSource(thread_ends=False)
-    pipeline.source = source  # type: ignore[assignment]
+    pipeline.source = cast(KafkaSource, source)
     await asyncio.wait_for(pipeline.close(), GUARD_SECONDS)
     assert pipeline.abandoned
     assert source.committed == [], "the consumer is still in use by its thread"
@@ -207,7 +223,7 @@ async def test_a_shutdown_with_stuck_flushes_abandons_them_and_commits_what_is_f
     dispatcher = StuckDispatcher()
     pipeline = pipeline_with(clock, dispatcher, **SHORT)
     source = FakeSource()
-    pipeline.source = source  # type: ignore[assignment]
+    pipeline.source = cast(KafkaSource, source)
     await asyncio.wait_for(pipeline.close(), GUARD_SECONDS)
     assert dispatcher.cancelled
     assert not pipeline.abandoned

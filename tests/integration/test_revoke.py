@@ -39,6 +39,9 @@ from stream.sandbox.server import Sandbox
 from stream.settings import Settings
 from tests.support.processes import PASSWORD, password_env, write_config
 
+# The broker is in memory; DotDigital is the sandbox over loopback HTTP.
+pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
+
 USER = "revoke@apiconnector.com"
 BOOK = 77
 OTHER_BOOK = 78  # a second book of the account: its flushes run beside BOOK's
