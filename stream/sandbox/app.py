@@ -45,6 +45,9 @@ from stream.sandbox.state import AccountState
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONTROL_PREFIX = "/_sandbox/"
+# The largest request body an application accepts (the biggest import DotDigital takes, and
+# more).
+MAX_BODY_BYTES = 64 * 1024 * 1024
 _REMOVE_PATH = re.compile(r"^/v2/address-books/[^/]+/contacts/(delete|[^/]+)$")
 
 
@@ -168,7 +171,7 @@ def _http_exception(exc: web.HTTPException) -> web.StreamResponse:
 
 def build_app(core: SandboxCore, region: str) -> web.Application:
     """The application serving one region's host."""
-    app = web.Application(middlewares=[_api_middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[_api_middleware], client_max_size=MAX_BODY_BYTES)
     app[CORE] = core
     app[REGION] = region
     add_routes(app)
