@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from stream.clock import Clock
 from stream.dotdigital import DotDigitalClient, RetryPolicy
 from stream.dotdigital.config import ClientConfig
+from stream.dotdigital.transport import Transport
 from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
 from stream.settings import ConnectorSettings
@@ -50,8 +51,12 @@ class ClientPool:
         *,
         clock: Clock,
         metrics: Metrics | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        """``transport`` carries every client's requests (each client's own aiohttp one unless
+        given; the caller then closes it)."""
         self._connectors = connectors
+        self._transport = transport
         self._clock = clock
         self._metrics = metrics
         self._clients: dict[str, DotDigitalClient] = {}
@@ -70,6 +75,7 @@ class ClientPool:
                 m = self._metrics
                 client = await DotDigitalClient.connect(
                     client_config(self._connectors[connector_id]),
+                    transport=self._transport,
                     clock=self._clock,
                     retry=retry,
                     deadline=deadline,

@@ -48,6 +48,7 @@ from stream.core.ledger import Ledger
 from stream.core.offsets import TopicPartitionKey
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Windower
+from stream.dotdigital.transport import Transport
 from stream.kafka.backend import KafkaBackend, KafkaRecord
 from stream.kafka.client_config import producer_config
 from stream.kafka.confluent import ConfluentBackend
@@ -78,11 +79,14 @@ class Pipeline:
         metrics: Metrics | None = None,
         kafka: KafkaBackend | None = None,
         dispatcher: Callable[[DispatchListener], Dispatcher] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         """``kafka`` makes the consumer and the dead-letter producer: confluent-kafka's
         clients of ``settings.kafka``'s cluster unless given (an in-memory broker in tests).
         ``dispatcher`` makes the dispatcher that reports to the given listener: one over the
-        connectors' DotDigital clients unless given (a stand-in in tests)."""
+        connectors' DotDigital clients unless given (a stand-in in tests). ``transport``
+        carries those clients' requests: each client's own aiohttp one unless given (the
+        in-process sandbox's in tests; the caller closes it)."""
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
@@ -96,7 +100,9 @@ class Pipeline:
         self.metrics.buffered_records.set_function(lambda: ledger.open_records)
         self.metrics.window_seconds.set(batching.window_seconds)
         self.breaker = DeadLetterBreaker.from_settings(settings.dead_letter)
-        self.clients = ClientPool(settings.connectors, clock=self.clock, metrics=self.metrics)
+        self.clients = ClientPool(
+            settings.connectors, clock=self.clock, metrics=self.metrics, transport=transport
+        )
         self.suspensions = Suspensions(
             settings.connectors, self.clock, settings.dispatch.suspension_probe_seconds
         )

@@ -18,11 +18,20 @@ Contract:
   request's ``timeout`` (real time: the sandbox's latency fault sleeps in real time),
   ``dropped`` when the sandbox drops the connection (its ``drop`` fault).
 * :meth:`SandboxTransport.close` waits for the requests still being handled.
+
+For tests that drive a client turn by turn, it also keeps the requests it received
+(:attr:`~SandboxTransport.received`), can hold requests in the air (:meth:`~SandboxTransport.hold`:
+sent, not yet at the sandbox, until :meth:`~SandboxTransport.release`), and waits for a condition
+on the sandbox's state by waking at each request received or answered rather than by polling
+(:meth:`~SandboxTransport.until`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -71,13 +80,69 @@ class SandboxTransport:
     def __init__(self, apps: dict[tuple[str, int], web.Application]) -> None:
         self._apps = dict(apps)
         # Strong references: a request the caller stopped waiting for is still being handled.
-        self._handling: set[asyncio.Task[web.StreamResponse]] = set()
+        self._handling: set[asyncio.Task[tuple[web.StreamResponse, _Connection]]] = set()
+        self.received: list[Request] = []
+        """Every request sent to a region, oldest first (held ones included)."""
+        self._gate: asyncio.Event | None = None
+        self._moved = asyncio.Event()
+
+    def hold(self) -> None:
+        """Requests sent from now on stay in the air (received, not yet at the sandbox) until
+        :meth:`release`."""
+        if self._gate is None:
+            self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        """Let the held requests reach the sandbox, and the next ones go straight through."""
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
+    async def until(self, check: Callable[[], object], what: str, seconds: float = 30) -> None:
+        """Return once ``check()`` is truthy, checking it again each time a request is received
+        or answered; ``AssertionError`` naming ``what`` if it is not within ``seconds`` (real
+        time: a bound against a hang, not a wait)."""
+        deadline = time.monotonic() + seconds
+        while not check():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{what} within {seconds:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), left)
+
+    def _changed(self) -> None:
+        # Wake every waiter of :meth:`until`; the next change sets a fresh event.
+        self._moved.set()
+        self._moved = asyncio.Event()
 
     async def send(self, request: Request) -> Response:
         url = URL(request.url, encoded=True)
         app = self._apps.get((url.host or "", url.port or 80))
         if app is None:
             raise TransportError("unreachable", f"no sandbox region at {url.host}:{url.port}")
+        self.received.append(request)
+        self._changed()
+        handling = asyncio.create_task(self._handle(app, request, url, self._gate))
+        self._handling.add(handling)
+        handling.add_done_callback(self._answered)
+        try:
+            answer, connection = await asyncio.wait_for(asyncio.shield(handling), request.timeout)
+        except TimeoutError:
+            raise TransportError("timeout", f"no response within {request.timeout:g}s") from None
+        if connection.closed:
+            raise TransportError("dropped", "the server closed the connection without answering")
+        return _response(answer)
+
+    def _answered(self, handling: asyncio.Task[tuple[web.StreamResponse, _Connection]]) -> None:
+        self._handling.discard(handling)
+        self._changed()
+
+    @staticmethod
+    async def _handle(
+        app: web.Application, request: Request, url: URL, gate: asyncio.Event | None
+    ) -> tuple[web.StreamResponse, _Connection]:
+        if gate is not None:
+            await gate.wait()
         connection = _Connection()
         mocked = make_mocked_request(
             request.method,
@@ -90,19 +155,11 @@ class SandboxTransport:
         )
         # ``_handle`` is what aiohttp's own server calls for each request of an application:
         # routing, then the middleware chain, then the handler. There is no public way in.
-        handling = asyncio.create_task(app._handle(mocked))
-        self._handling.add(handling)
-        handling.add_done_callback(self._handling.discard)
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(handling), request.timeout)
-        except TimeoutError:
-            raise TransportError("timeout", f"no response within {request.timeout:g}s") from None
-        if connection.closed:
-            raise TransportError("dropped", "the server closed the connection without answering")
-        return _response(answer)
+        return await app._handle(mocked), connection
 
     async def close(self) -> None:
-        """Wait for the requests still being handled. Idempotent."""
+        """Release held requests and wait for those still being handled. Idempotent."""
+        self.release()
         while self._handling:
             await asyncio.gather(*self._handling, return_exceptions=True)
 

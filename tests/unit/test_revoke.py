@@ -7,10 +7,13 @@ the new owner join (the broker moves partition 0 to it) or the old one's session
 the revoke runs inside the old owner's next poll, as librdkafka runs it. What the revoke
 committed is read back from the broker, and the new owner reads from there.
 
-DotDigital is the in-process sandbox over HTTP on a fake clock: its imports finish only when the
-test advances it, so a "slow" flush is slow for as long as the test says. Nothing here sleeps;
-the only waits are for the sandbox's HTTP exchanges (and the revoke's own time bounds, which are
-real time, as in production).
+DotDigital is the sandbox in process (:mod:`stream.sandbox.transport`: each request goes through
+its aiohttp application, no socket) on a fake clock: its imports finish only when the test
+advances it, so a "slow" flush is slow for as long as the test says. Nothing here sleeps. A wait
+for DotDigital's side wakes at each request the sandbox receives or answers
+(:meth:`~stream.sandbox.transport.SandboxTransport.until`); the only waits in real time are for
+the revoke's own bounds, which are real time, as in production, and for what the pipeline does
+on them.
 """
 
 from __future__ import annotations
@@ -31,16 +34,15 @@ from stream.clock import FakeClock
 from stream.config import load_settings
 from stream.core.windowing import Trigger
 from stream.demo.generator import Target, transition
+from stream.dotdigital.transport import Request
 from stream.kafka.memory import MemoryBroker
 from stream.pipeline.processor import Pipeline
-from stream.sandbox import SandboxAccount, SandboxAddressBook, SandboxSettings, run_sandbox
+from stream.sandbox import Sandbox, SandboxAccount, SandboxAddressBook, SandboxSettings
 from stream.sandbox.journal import JournalEntry
-from stream.sandbox.server import Sandbox
+from stream.sandbox.transport import SandboxTransport, in_process_sandbox
 from stream.settings import Settings
 from tests.support.processes import PASSWORD, password_env, write_config
-
-# The broker is in memory; DotDigital is the sandbox over loopback HTTP.
-pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
+from tests.support.waiting import eventually
 
 USER = "revoke@apiconnector.com"
 BOOK = 77
@@ -56,8 +58,10 @@ MOVED, KEPT = 0, 1
 class Owner:
     """One instance's pipeline, polled by the test instead of a consumer thread."""
 
-    def __init__(self, settings: Settings, broker: MemoryBroker) -> None:
-        self.pipeline = Pipeline(settings, kafka=broker)
+    def __init__(
+        self, settings: Settings, broker: MemoryBroker, transport: SandboxTransport
+    ) -> None:
+        self.pipeline = Pipeline(settings, kafka=broker, transport=transport)
 
     async def poll(self) -> None:
         """One turn of its consumer: rebalances are served, records read."""
@@ -83,6 +87,7 @@ class Owner:
 @dataclasses.dataclass
 class World:
     sandbox: Sandbox
+    transport: SandboxTransport
     clock: FakeClock
     broker: MemoryBroker
     settings: Settings
@@ -95,7 +100,7 @@ class World:
             settings = dataclasses.replace(
                 settings, batching=dataclasses.replace(settings.batching, **batching)
             )
-        owner = Owner(settings, self.broker)
+        owner = Owner(settings, self.broker, self.transport)
         self.owners.append(owner)
         owner.pipeline.open()
         await owner.poll()
@@ -135,18 +140,21 @@ class World:
     def members(self) -> set[str]:
         return self.sandbox.members(USER, BOOK)
 
+    async def until(self, check: Callable[[], object], what: str) -> None:
+        """Wait for DotDigital's side: ``check()`` is tried again at each request the sandbox
+        receives or answers."""
+        await self.transport.until(check, what)
 
-def _carries(entry: JournalEntry, email: str) -> bool:
-    return email in orjson.dumps(entry.body).decode()
+
+def _carries(entry: JournalEntry | Request, email: str) -> bool:
+    body = entry.body if isinstance(entry, JournalEntry) else entry.json()
+    return email in orjson.dumps(body).decode()
 
 
-async def until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    """Wait for the sandbox's HTTP exchanges (the event loop's I/O) until ``check()``."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {seconds} s")
-        await asyncio.sleep(0.01)
+async def pipeline_until(check: Callable[[], object], what: str) -> None:
+    """Wait for what the pipeline does on the revoke's real-time bounds (its guards stopped,
+    its flushes over): no request marks it, so it is polled."""
+    await eventually(check, 30, what, interval=0.01)
 
 
 @pytest.fixture
@@ -162,7 +170,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             SandboxAddressBook(OTHER_BOOK, "revoke-other"),
         ),
     )
-    async with run_sandbox(SandboxSettings(accounts=(account,), port=0, clock=clock)) as sandbox:
+    sandbox, transport = in_process_sandbox(SandboxSettings(accounts=(account,), clock=clock))
+    try:
         config = write_config(
             tmp_path / "ddsync.toml",
             bootstrap="memory:9092",
@@ -185,12 +194,14 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         broker = MemoryBroker()
         broker.create_topic(TOPIC, partitions=2)
         broker.create_topic("dlq")
-        world = World(sandbox, clock, broker, settings)
+        world = World(sandbox, transport, clock, broker, settings)
         try:
             yield world
         finally:
             for each in world.owners:
                 await each.close()
+    finally:
+        await transport.close()
 
 
 async def test_a_batch_queued_behind_a_slow_flush_sends_nothing_of_a_revoked_partition(
@@ -200,7 +211,7 @@ async def test_a_batch_queued_behind_a_slow_flush_sends_nothing_of_a_revoked_par
     # A slow flush ahead: y's import is accepted and runs until the clock moves.
     world.produce(KEPT, "y@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
+    await world.until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
     # x enters on the partition that moves: its batch queues behind y's, in the same book.
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
@@ -227,12 +238,12 @@ async def test_a_job_already_accepted_is_awaited_inside_the_revoke(world: World)
     old = await world.owner()
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
+    await world.until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
     await world.owner()
     revoking = asyncio.create_task(old.poll())
     # Past the flush bound the revoke stops new requests, and waits for the accepted job.
     guards = old.pipeline.dispatcher._guards
-    await until(lambda: bool(guards) and all(g.revoked for g in guards), "guards revoked")
+    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
     assert not revoking.done()
     world.clock.advance(JOB_SECONDS + 1)
     await asyncio.wait_for(revoking, 30)
@@ -247,7 +258,7 @@ async def test_a_job_that_does_not_end_is_awaited_for_the_bound_only(
     old = await world.owner(revoke_job_seconds=1.0)
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
+    await world.until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
     await world.owner()
     started = time.monotonic()
     # The job never ends (the sandbox clock stands still): the revoke gives up at its bound
@@ -266,7 +277,7 @@ async def test_an_operation_still_retrying_stops_at_the_revoke(world: World) -> 
     world.sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
-    await until(lambda: len(world.sandbox.journal) >= 2, "x's import retried")
+    await world.until(lambda: len(world.sandbox.journal) >= 2, "x's import retried")
     await world.owner()
     await old.poll()
     assert world.committed(MOVED) == 0
@@ -278,7 +289,7 @@ async def test_an_operation_still_retrying_stops_at_the_revoke(world: World) -> 
     world.sandbox.faults.update({"fail_next": 0})
     world.produce(KEPT, "y@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
+    await world.until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
     world.clock.advance(JOB_SECONDS + 1)
     await old.idle()
     assert world.members() == {"y@example.com"}
@@ -294,18 +305,26 @@ async def test_a_request_in_the_air_at_the_revoke_is_followed_into_its_job(world
     # The client connects first (region detection), with y on the kept partition.
     world.produce(KEPT, "y@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
+    await world.until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
     world.clock.advance(JOB_SECONDS + 1)
     await old.idle()
-    # x's import is in the air when the revoke comes; DotDigital accepts it meanwhile.
-    world.sandbox.faults.update({"latency_seconds": 1.0})
+    # x's import is in the air when the revoke comes (sent, held short of the sandbox);
+    # DotDigital accepts it once the revoke has stopped new requests.
+    world.transport.hold()
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
+    await world.until(
+        lambda: any(_carries(r, "x@example.com") for r in world.transport.received),
+        "x's import sent",
+    )
     guards = old.pipeline.dispatcher._guards
-    await until(lambda: any(g._in_air for g in guards), "x's import in the air")
+    assert any(g._in_air for g in guards)
     await world.owner()
     revoking = asyncio.create_task(old.poll())
-    await until(lambda: world.imported()[-1:] == ["x@example.com"], "x's import accepted")
+    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
+    assert not revoking.done(), "the revoke waits for the request in the air"
+    world.transport.release()
+    await world.until(lambda: world.imported()[-1:] == ["x@example.com"], "x's import accepted")
     # The revoke now waits for the accepted job (its bound is 5 s), not for the request alone.
     world.clock.advance(JOB_SECONDS + 1)
     await asyncio.wait_for(revoking, 30)
@@ -323,18 +342,20 @@ async def test_an_operation_stopped_by_the_revoke_restarts_without_the_revoked_c
     # x's import is accepted and runs until the clock moves: the revoke will wait for it.
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
+    await world.until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
     # w's import, in another book, is retried (every call answered 503): between its attempts
     # it is stopped without anything to wait for, and its next attempt starts it again.
     world.sandbox.faults.update({"fail_next": 1_000_000})
     world.produce(MOVED, "w@example.com", "add", book=OTHER_BOOK)
     await old.read()
-    await until(lambda: any(_carries(e, "w@example.com") for e in world.sandbox.journal), "w sent")
+    await world.until(
+        lambda: any(_carries(e, "w@example.com") for e in world.sandbox.journal), "w sent"
+    )
     await world.owner()
     await old.poll()  # the revoke: 0.2 s of flush, then up to 3 s for x's job
     sent = len(world.sandbox.journal)
     world.sandbox.faults.update({"fail_next": 0})
-    await until(
+    await pipeline_until(
         lambda: (
             "w@example.com" in world.imported()
             or all(b.address_book_id != OTHER_BOOK for b in old.pipeline.dispatcher.batches)
@@ -351,7 +372,7 @@ async def test_a_lost_partition_is_not_sent_for_any_more(world: World) -> None:
     world.sandbox.faults.update({"fail_next": 1_000_000})  # every call answered 503: retried
     world.produce(MOVED, "x@example.com", "add")
     await old.read()
-    await until(lambda: len(world.sandbox.journal) >= 2, "x's import retried")
+    await world.until(lambda: len(world.sandbox.journal) >= 2, "x's import retried")
     # Lost, not revoked: its session expired, another member may own its partitions already.
     # Nothing is waited for, and the retrying import stops before its next attempt instead of
     # retrying for its budget.
@@ -378,7 +399,7 @@ async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_r
     # A slow flush ahead keeps x's batch queued past the revoke bound.
     world.produce(KEPT, "y@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
+    await world.until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
     # x enters as profile a (partition moving), then leaves as profile b (partition kept): one
     # contact (its winner the removal, the entry superseded) or two batches, the removal's
     # queued behind.
@@ -399,7 +420,7 @@ async def test_a_record_superseded_from_a_kept_partition_is_committed_with_the_r
     # The new owner reads from the committed offset; what it read again there would be applied
     # after the old owner's removal.
     await new.read()
-    await until(
+    await pipeline_until(
         lambda: new.pipeline.dispatcher.in_flight == 0 or "x@example.com" in world.imported(),
         "the new owner idle or its import accepted",
     )
@@ -418,7 +439,7 @@ async def test_an_older_record_kept_is_not_sent_after_a_newer_one_revoked(
     old = await world.owner()
     world.produce(KEPT, "y@example.com", "add")
     await old.read()
-    await until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
+    await world.until(lambda: world.imported() == ["y@example.com"], "y's import accepted")
     # x enters as profile b (partition kept), then leaves as profile a (partition moving): two
     # batches queued behind y's slow import, the entry's first.
     world.produce(KEPT, "x@example.com", "add", profile="b")
@@ -450,14 +471,14 @@ async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
     # moves.
     world.produce(KEPT, "x@example.com", "add", profile="b")
     await old.read()
-    await until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
+    await world.until(lambda: world.imported() == ["x@example.com"], "x's import accepted")
     # x leaves as profile a (partition moving), queued behind; then that partition moves.
     world.produce(MOVED, "x@example.com", "remove", profile="a")
     await old.read()
     new = await world.owner()
     revoking = asyncio.create_task(old.poll())
     guards = old.pipeline.dispatcher._guards
-    await until(lambda: bool(guards) and all(g.revoked for g in guards), "guards revoked")
+    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
     # The entry's job would land after the new owner's removal: the revoke waits for it.
     assert not revoking.done()
     world.clock.advance(JOB_SECONDS + 1)
@@ -482,7 +503,7 @@ async def test_a_superseded_record_below_an_open_one_is_reread_and_says_so(
     world.produce(MOVED, "x@example.com", "add", profile="a")
     world.produce(KEPT, "x@example.com", "remove", profile="b")
     await old.read()
-    await until(lambda: len(world.sandbox.journal) >= 2, "z's import retried")
+    await world.until(lambda: len(world.sandbox.journal) >= 2, "z's import retried")
     await world.owner()
     await old.poll()
     assert world.committed(MOVED) == 0
