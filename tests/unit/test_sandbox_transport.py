@@ -3,7 +3,8 @@
 No socket: each request goes through the region's aiohttp application (faults, auth, rate
 limits, region, handler, journal) in the test's event loop. The client and the sandbox share a
 FakeClock, as over HTTP (``tests/integration/test_sandbox_transport.py`` checks that both ways
-give the same answers).
+give the same answers). What the transport adds for tests (requests held in the air, waiting on
+the sandbox's state) is tested last.
 """
 
 from __future__ import annotations
@@ -186,6 +187,26 @@ async def test_a_request_past_its_timeout_is_still_handled(world: World) -> None
     assert caught.value.kind == "timeout"
     await world.transport.close()  # as a server finishes a request whose client went away
     assert [e.status for e in world.sandbox.journal] == [401]
+
+
+async def test_a_held_request_reaches_the_sandbox_when_released(world: World) -> None:
+    world.transport.hold()
+    request = Request("GET", region_url("r1") + "/v2/account-info", timeout=5.0)
+    sending = asyncio.create_task(world.transport.send(request))
+    await world.transport.until(lambda: world.transport.received, "the request sent")
+    for _ in range(20):  # turns of the loop in which an unheld request would be answered
+        await asyncio.sleep(0)
+    assert not sending.done()
+    assert list(world.sandbox.journal) == []
+    world.transport.release()
+    await world.transport.until(lambda: world.sandbox.journal, "the request answered")
+    assert (await sending).status == 401
+    assert world.transport.received == [request]
+
+
+async def test_waiting_for_what_does_not_happen_fails_at_its_bound(world: World) -> None:
+    with pytest.raises(AssertionError, match=r"nothing within 0\.01 s"):
+        await world.transport.until(lambda: False, "nothing", seconds=0.01)
 
 
 def test_the_transport_is_exported_for_users_tests() -> None:
