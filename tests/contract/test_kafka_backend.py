@@ -44,6 +44,11 @@ from tests.support.kafka import KafkaCluster
 MAX_POLL_INTERVAL_MS = 6000
 
 
+# Members learn of a rebalance at their next heartbeat (3 s by default): sooner here, so that
+# the real broker's rebalances take a second or two instead of most of a test's time.
+FAST_GROUP: dict[str, Any] = {"heartbeat.interval.ms": 300}
+
+
 class Cluster(Protocol):
     @property
     def backend(self) -> KafkaBackend: ...
@@ -159,7 +164,7 @@ class World:
         config: Mapping[str, Any] | None = None,
     ) -> Member:
         consumer = self.cluster.backend.consumer(
-            {**consumer_config(self.settings(group)), **(config or {})}
+            {**consumer_config(self.settings(group)), **FAST_GROUP, **(config or {})}
         )
         self.consumers.append(consumer)
         member = Member(consumer)
