@@ -42,7 +42,7 @@ from stream.sandbox import (
     run_sandbox,
 )
 from stream.settings import ConnectorSettings, Secret
-from tests.support.client_sandbox import (
+from tests.support.client_accounts import (
     BOOK_A,
     BOOK_B,
     FLAT,

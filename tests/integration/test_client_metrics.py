@@ -19,7 +19,7 @@ from stream.observability.client_metrics import MetricsObserver
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import client_config
 from stream.sandbox import Sandbox
-from tests.support.client_sandbox import (
+from tests.support.client_accounts import (
     BOOK_A,
     FLAT,
     STUCK,

@@ -15,77 +15,50 @@ from typing import Any
 import pytest
 
 from stream.clock import FakeClock
-from stream.dotdigital import AuthenticationError, DotDigitalClient, RetryPolicy
+from stream.dotdigital import AuthenticationError, DotDigitalClient
 from stream.dotdigital.transport import Transport
-from stream.pipeline.clients import client_config
 from stream.sandbox import (
     Sandbox,
-    SandboxAccount,
-    SandboxAddressBook,
     SandboxSettings,
     run_sandbox,
 )
 from stream.sandbox.transport import in_process_sandbox
-from stream.settings import ConnectorSettings, Secret
+from stream.settings import Secret
+from tests.support.client_accounts import (
+    BOOK_A,
+    PASSWORD,
+    TIGHT,
+    TIGHT_BOOK,
+    USER,
+    accounts,
+    connect,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
-PASSWORD = "correct-Horse-battery-staple-42"
-USER = "apiuser-main@apiconnector.com"
-TIGHT = "apiuser-tight@apiconnector.com"
-BOOK, TIGHT_BOOK = 501, 601
+BOOK = BOOK_A
 
 
 def _settings(clock: FakeClock) -> SandboxSettings:
-    return SandboxSettings(
-        accounts=(
-            SandboxAccount(
-                USER,
-                PASSWORD,
-                region="r2",
-                import_delay_seconds=0.4,
-                deletion_delay_seconds=0.3,
-                address_books=(SandboxAddressBook(BOOK, "Audience"),),
-            ),
-            SandboxAccount(
-                TIGHT,
-                PASSWORD,
-                region="r1",
-                add_per_minute=2,
-                address_books=(SandboxAddressBook(TIGHT_BOOK, "Tight"),),
-            ),
-        ),
-        clock=clock,
-        seed=1,
-    )
+    return SandboxSettings(accounts=accounts(), clock=clock, seed=1)
 
 
 async def _session(sandbox: Sandbox, clock: FakeClock, transport: Transport | None) -> None:
-    async def connect(username: str, password: str = PASSWORD) -> DotDigitalClient:
-        connector = ConnectorSettings(
-            name="test",
-            username=username,
-            password=Secret(password),
-            discovery_endpoint=sandbox.discovery_url,
-            request_timeout_seconds=10.0,
-        )
-        return await DotDigitalClient.connect(
-            client_config(connector),
-            transport=transport,
-            clock=clock,
-            retry=RetryPolicy(total_seconds=600.0, random=lambda: 0.5),
+    async def connect_as(username: str, password: str = PASSWORD) -> DotDigitalClient:
+        return await connect(
+            sandbox, clock, username, transport=transport, password=Secret(password)
         )
 
-    async with await connect(USER) as client:
+    async with await connect_as(USER) as client:
         await client.import_contacts(BOOK, ["a@example.com", "b@example.com", "not-an-email"])
         await client.remove_contacts(BOOK, ["A@example.com"])
-    async with await connect(TIGHT) as client:
+    async with await connect_as(TIGHT) as client:
         # All three are sent before any answer tells the client that the budget is 2.
         await asyncio.gather(
             *(client.import_contacts(TIGHT_BOOK, [f"y{i}@example.com"]) for i in range(3))
         )
     with pytest.raises(AuthenticationError):
-        await connect(USER, "wrong-" + PASSWORD)
+        await connect_as(USER, "wrong-" + PASSWORD)
 
 
 def _comparable(sandbox: Sandbox) -> list[tuple[Any, ...]]:

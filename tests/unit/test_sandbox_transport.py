@@ -21,60 +21,41 @@ from stream.dotdigital import (
     AuthenticationError,
     DotDigitalClient,
     RetriesExhausted,
-    RetryPolicy,
     ThrottledError,
 )
 from stream.dotdigital.transport import Request, TransportError
-from stream.pipeline.clients import client_config
-from stream.sandbox import Sandbox, SandboxAccount, SandboxAddressBook, SandboxSettings
+from stream.sandbox import Sandbox, SandboxSettings
 from stream.sandbox.transport import SandboxTransport, in_process_sandbox, region_url
-from stream.settings import ConnectorSettings, Secret
+from stream.settings import Secret
 from stream.testing import SandboxTransport as ExportedTransport
+from tests.support.client_accounts import (
+    BOOK_A,
+    PASSWORD,
+    TIGHT,
+    TIGHT_BOOK,
+    USER,
+    accounts,
+    connect,
+)
 
-PASSWORD = "correct-Horse-battery-staple-42"
-USER = "apiuser-main@apiconnector.com"  # lives in r2: detection has something to find
-TIGHT = "apiuser-tight@apiconnector.com"  # r1, two imports a minute
-BOOK, TIGHT_BOOK = 501, 601
+BOOK = BOOK_A
 
 
 class World:
     def __init__(self) -> None:
         self.clock = FakeClock()
-        accounts = (
-            SandboxAccount(
-                USER,
-                PASSWORD,
-                region="r2",
-                import_delay_seconds=0.4,
-                deletion_delay_seconds=0.3,
-                address_books=(SandboxAddressBook(BOOK, "Audience"),),
-            ),
-            SandboxAccount(
-                TIGHT,
-                PASSWORD,
-                region="r1",
-                add_per_minute=2,
-                address_books=(SandboxAddressBook(TIGHT_BOOK, "Tight"),),
-            ),
-        )
         self.sandbox: Sandbox
         self.sandbox, self.transport = in_process_sandbox(
-            SandboxSettings(accounts=accounts, clock=self.clock)
+            SandboxSettings(accounts=accounts(), clock=self.clock)
         )
 
     async def connect(self, username: str = USER, password: str = PASSWORD) -> DotDigitalClient:
-        connector = ConnectorSettings(
-            name="test",
-            username=username,
-            password=Secret(password),
-            discovery_endpoint=self.sandbox.discovery_url,
-            request_timeout_seconds=10.0,
-        )
-        return await DotDigitalClient.connect(
-            client_config(connector),
+        return await connect(
+            self.sandbox,
+            self.clock,
+            username,
             transport=self.transport,
-            clock=self.clock,
-            retry=RetryPolicy(total_seconds=600.0, random=lambda: 0.5),
+            password=Secret(password),
         )
 
     def calls(self, method: str, path: str) -> list[int | None]:
