@@ -157,6 +157,12 @@ async def pipeline_until(check: Callable[[], object], what: str) -> None:
     await eventually(check, 30, what, interval=0.01)
 
 
+async def guards_revoked(owner: Owner) -> None:
+    """Wait until the revoke under way in ``owner`` has stopped every send guard it holds."""
+    guards = owner.pipeline.dispatcher._guards
+    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
@@ -242,8 +248,7 @@ async def test_a_job_already_accepted_is_awaited_inside_the_revoke(world: World)
     await world.owner()
     revoking = asyncio.create_task(old.poll())
     # Past the flush bound the revoke stops new requests, and waits for the accepted job.
-    guards = old.pipeline.dispatcher._guards
-    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
+    await guards_revoked(old)
     assert not revoking.done()
     world.clock.advance(JOB_SECONDS + 1)
     await asyncio.wait_for(revoking, 30)
@@ -317,11 +322,10 @@ async def test_a_request_in_the_air_at_the_revoke_is_followed_into_its_job(world
         lambda: any(_carries(r, "x@example.com") for r in world.transport.received),
         "x's import sent",
     )
-    guards = old.pipeline.dispatcher._guards
-    assert any(g._in_air for g in guards)
+    assert any(g._in_air for g in old.pipeline.dispatcher._guards)
     await world.owner()
     revoking = asyncio.create_task(old.poll())
-    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
+    await guards_revoked(old)
     assert not revoking.done(), "the revoke waits for the request in the air"
     world.transport.release()
     await world.until(lambda: world.imported()[-1:] == ["x@example.com"], "x's import accepted")
@@ -477,8 +481,7 @@ async def test_a_job_accepted_for_a_yielded_record_is_awaited_inside_the_revoke(
     await old.read()
     new = await world.owner()
     revoking = asyncio.create_task(old.poll())
-    guards = old.pipeline.dispatcher._guards
-    await pipeline_until(lambda: guards and all(g.revoked for g in guards), "guards revoked")
+    await guards_revoked(old)
     # The entry's job would land after the new owner's removal: the revoke waits for it.
     assert not revoking.done()
     world.clock.advance(JOB_SECONDS + 1)
