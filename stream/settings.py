@@ -186,6 +186,20 @@ class ConnectorSettings:
 
 
 @dataclass(frozen=True)
+class RemovalGuardSettings:
+    # A flush's removals are held (dead-lettered as removal_guard, until an operator replays
+    # them) when, with what was removed from the same address book in the last
+    # ``window_seconds``, they exceed both ``share`` of the book and ``min_contacts``. An hour
+    # at a fifth of a book: far above the churn of an audience (a few percent a day), far
+    # below what an inverted filter does; small books (under 5,000) are left alone, since
+    # their turnover is proportionally higher and their loss small. See the README.
+    enabled: bool = True
+    share: Ratio = 0.2
+    min_contacts: PositiveInt = 1000
+    window_seconds: PositiveFloat = 3600.0
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from outside the pod
     # Not constrained: 0 binds a free port (see HttpServer.start).
@@ -205,4 +219,5 @@ class Settings:
     batching: BatchingSettings = BatchingSettings()
     dispatch: DispatchSettings = DispatchSettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
+    removal_guard: RemovalGuardSettings = RemovalGuardSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -17,7 +17,9 @@ Contract:
   :data:`MAX_MESSAGE_BYTES` / :data:`MAX_CODE_BYTES` of UTF-8) when it is built, so no caller can
   put an ``Authorization`` header or a password on the DLQ by accident.
 * Replays: the replay tool re-produces a record to its source topic with
-  :func:`replay_headers` (``ddsync.replay_count`` = previous count + 1); when that record is
+  :func:`replay_headers` (``ddsync.replay_count`` = previous count + 1, and
+  ``ddsync.replayed_reason`` = the reason it was dead-lettered for, read back by
+  :func:`replayed_reason_of`); when that record is
   dead-lettered again, :func:`replay_count_of` reads the count back off it, so the count survives
   the round trip and the replay tool can refuse records replayed too often.
 """
@@ -48,6 +50,9 @@ H_REPLAY_COUNT: Final = "ddsync.replay_count"
 # Only on a record too large for the dead-letter topic, written without its value: says what was
 # left out. Not a DeadLetter field: the replay tool refuses such a record (nothing to replay).
 H_VALUE_OMITTED: Final = "ddsync.value_omitted"
+# On a replayed source record (not a dead letter): the reason it was dead-lettered for, so that
+# what an operator released is not held again for the same reason (the mass-removal guard).
+H_REPLAYED_REASON: Final = "ddsync.replayed_reason"
 
 HEADER_NAMES: Final = (
     H_REASON,
@@ -202,8 +207,9 @@ def replay_headers(
     """Headers for re-producing a dead-lettered record to its source topic.
 
     Keeps ``original`` headers that are not ``ddsync.*`` and adds ``ddsync.replay_count`` =
-    ``dead_letter.replay_count + 1``. Deciding whether to refuse (too many replays) is the replay
-    tool's: refuse when ``dead_letter.replay_count`` has reached the setting
+    ``dead_letter.replay_count + 1`` and ``ddsync.replayed_reason`` = ``dead_letter.reason``.
+    Deciding whether to refuse (too many replays) is the replay tool's: refuse when
+    ``dead_letter.replay_count`` has reached the setting
     ``dead_letter.max_replays`` (:class:`stream.settings.DeadLetterSettings`).
     """
     kept = [
@@ -212,7 +218,25 @@ def replay_headers(
         if not name.startswith(HEADER_PREFIX) and value is not None
     ]
     kept.append((H_REPLAY_COUNT, str(dead_letter.replay_count + 1).encode("ascii")))
+    kept.append((H_REPLAYED_REASON, dead_letter.reason.value.encode("ascii")))
     return kept
+
+
+def replayed_reason_of(
+    headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None,
+) -> Reason | None:
+    """The reason a consumed record was dead-lettered for before it was replayed; None for an
+    original record or an unknown reason (never raises)."""
+    if not headers:
+        return None
+    try:
+        value = _header_map(headers).get(H_REPLAYED_REASON)
+    except MalformedDeadLetter:
+        return None
+    try:
+        return None if value is None else Reason(value)
+    except ValueError:
+        return None
 
 
 def _header_map(

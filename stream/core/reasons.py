@@ -27,5 +27,8 @@ class Reason(StrEnum):
     AUTH_FAILED = "auth_failed"
     # Not sent: the connector's account failed (stream.core.suspensions); replay once it works.
     CONNECTOR_SUSPENDED = "connector_suspended"
+    # Not sent: the flush would remove too much of its address book (stream.core.removal_guard);
+    # replaying the records releases them.
+    REMOVAL_GUARD = "removal_guard"
     # A defect in ddsync itself; the record is kept for replay once it is fixed.
     INTERNAL_ERROR = "internal_error"

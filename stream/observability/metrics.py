@@ -111,6 +111,13 @@ class Metrics:
             ["connector", "cause"],
             registry=r,
         )
+        self.removals_held = Counter(
+            "ddsync_removals_held",
+            "Removals the mass-removal guard held (dead-lettered as removal_guard) instead of "
+            "sending them; replaying them releases them.",
+            ["connector"],
+            registry=r,
+        )
         self.commits = Counter(
             "ddsync_offset_commits", "Offset commits sent to Kafka.", ["result"], registry=r
         )

@@ -37,6 +37,11 @@ Contract:
   ``connector_suspended``, naming the cause. :meth:`Dispatcher.probe` asks DotDigital whether a
   suspended connector's account works again (``GET /v2/account-info``, and for a book-gone
   suspension the books last seen gone) and resumes it on the first success.
+* **The mass-removal guard** (:mod:`stream.core.removal_guard`), when given: before a batch's
+  removals are sent, the book's size is asked (``GET /v2/address-books/{id}``); removals the
+  guard does not admit fail at once with ``removal_guard`` and are not sent. Contacts the
+  listener says an operator ``released`` (replayed after the guard held them) are sent
+  whatever the guard says, and count in its window like any removal sent.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from typing import Protocol
 from stream.clock import Clock
 from stream.core.offsets import TopicPartitionKey
 from stream.core.reasons import Reason
+from stream.core.removal_guard import RemovalGuard
 from stream.core.suspensions import Suspension, Suspensions
 from stream.core.windowing import Batch, Contact
 from stream.dotdigital import (
@@ -109,6 +115,10 @@ class DispatchListener(Protocol):
     def holds(self, contact: Contact) -> bool:
         """Whether this contact's winning record is still ours to send."""
 
+    def released(self, contact: Contact) -> bool:
+        """Whether an operator released this contact from the mass-removal guard (replayed it
+        after the guard held it)."""
+
     def dropped(self, batch: Batch, contact: Contact) -> None:
         """This contact was not sent: its winning record is no longer ours."""
 
@@ -123,8 +133,10 @@ class Dispatcher:
         clock: Clock,
         metrics: Metrics,
         suspensions: Suspensions,
+        removal_guard: RemovalGuard | None = None,
     ) -> None:
         self._clients = clients
+        self._removal_guard = removal_guard
         self._suspensions = suspensions
         self._listener = listener
         self._clock = clock
@@ -363,6 +375,10 @@ class Dispatcher:
                 )
                 rejected = outcome.rejected
             else:
+                contacts = await self._guarded_removals(client, batch, contacts)
+                if not contacts:
+                    return 0
+                emails = [c.email for c in contacts]
                 removal = await client.remove_contacts(
                     batch.address_book_id, emails, retry=self._retry
                 )
@@ -397,6 +413,8 @@ class Dispatcher:
             return 0
         self._suspensions.succeeded(batch.connector_id, batch.address_book_id)
         done = [c for c in contacts if c.email not in rejected]
+        if operation == "remove" and self._removal_guard is not None:
+            self._removal_guard.sent(batch.key, len(done))
         if done:
             self._listener.synced(batch, operation, done)
         for contact in contacts:
@@ -408,6 +426,37 @@ class Dispatcher:
                     Failure(Reason.CONTACT_REJECTED, rejection.failure_code, rejection.description),
                 )
         return len(done)
+
+    async def _guarded_removals(
+        self, client: DotDigitalClient, batch: Batch, contacts: Sequence[Contact]
+    ) -> Sequence[Contact]:
+        """The removals the guard lets through; the others are reported ``removal_guard``."""
+        guard = self._removal_guard
+        if guard is None:
+            return contacts
+        released = [c for c in contacts if self._listener.released(c)]
+        judged = [c for c in contacts if not self._listener.released(c)]
+        if not judged:
+            return contacts
+        book = await client.get_address_book(
+            batch.address_book_id, deadline=self._retry.deadline(self._clock)
+        )
+        verdict = guard.admits(batch.key, len(judged), book.contacts)
+        if verdict.admitted:
+            return contacts
+        log.error(
+            "address book %s (connector %s): %s; they go to the dead-letter topic as "
+            "removal_guard: check the audience, then replay them (ddsync replay --reason "
+            "removal_guard) to send them",
+            batch.address_book_id,
+            batch.connector_id,
+            verdict.describe(),
+        )
+        self._metrics.removals_held.labels(batch.connector_id).inc(len(judged))
+        failure = Failure(Reason.REMOVAL_GUARD, Reason.REMOVAL_GUARD.value, verdict.describe())
+        for contact in judged:
+            self._report_failure(batch, contact, failure)
+        return released
 
     def _suspend_on(self, batch: Batch, failure: Failure, *, account_level: bool) -> None:
         suspension = self._suspensions.failed(

@@ -36,9 +36,10 @@ from datetime import UTC, datetime
 
 from stream.clock import Clock
 from stream.core.breaker import DeadLetterBreaker
-from stream.core.deadletter_format import DeadLetter, replay_count_of
+from stream.core.deadletter_format import DeadLetter, replay_count_of, replayed_reason_of
 from stream.core.ledger import Ledger, Original
 from stream.core.offsets import RecordRef
+from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact
 from stream.dotdigital import Operation
@@ -165,6 +166,10 @@ class Outcomes:
 
     def holds(self, contact: Contact) -> bool:
         return self._ledger.holds(contact.winner)
+
+    def released(self, contact: Contact) -> bool:
+        original = self._ledger.original(contact.winner)
+        return original is not None and (replayed_reason_of(original[2]) is Reason.REMOVAL_GUARD)
 
     def dropped(self, batch: Batch, contact: Contact) -> None:
         # The new owner of the winner's partition reads it again; older records of the contact

@@ -46,6 +46,7 @@ from stream.core.breaker import DeadLetterBreaker
 from stream.core.lag import PartitionProgress, progress_of
 from stream.core.ledger import Ledger
 from stream.core.offsets import TopicPartitionKey
+from stream.core.removal_guard import removal_guard_of
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Windower
 from stream.dotdigital.transport import Transport
@@ -121,6 +122,7 @@ class Pipeline:
                 clock=self.clock,
                 metrics=self.metrics,
                 suspensions=self.suspensions,
+                removal_guard=removal_guard_of(settings.removal_guard, self.clock),
             )
         else:
             self.dispatcher = dispatcher(self.outcomes)

@@ -35,7 +35,9 @@ Contract:
   that partition no longer exists. A transition produced to the source partition while one
   batch is being produced is not seen: a copy of that batch may then override it.
 * A replayed record carries the original record's own headers plus ``ddsync.replay_count`` =
-  previous + 1 (:func:`stream.core.deadletter_format.replay_headers`); no other ``ddsync.*`` header.
+  previous + 1 and ``ddsync.replayed_reason`` = the reason of its dead letter
+  (:func:`stream.core.deadletter_format.replay_headers`); no other ``ddsync.*`` header. The
+  reason releases what the mass-removal guard held (:mod:`stream.core.removal_guard`).
 * Offsets: the replay has its own consumer group. It starts at the group's committed offsets (the
   earliest offset when there are none) and stops at the end offsets captured when it starts, so
   it terminates while new dead letters keep arriving. Offsets are committed batch by batch and

@@ -63,6 +63,9 @@ class Recorder:
     def holds(self, contact: Contact) -> bool:
         return True
 
+    def released(self, contact: Contact) -> bool:
+        return False
+
     def dropped(self, batch: Batch, contact: Contact) -> None:
         raise AssertionError("no revoke here")
 

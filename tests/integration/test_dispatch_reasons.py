@@ -57,6 +57,9 @@ class Recorder:
     def holds(self, contact: Contact) -> bool:
         return True  # one owner, no rebalance
 
+    def released(self, contact: Contact) -> bool:
+        return False
+
     def dropped(self, batch: Batch, contact: Contact) -> None:
         raise AssertionError(f"{contact.email} dropped without a revoke")
 

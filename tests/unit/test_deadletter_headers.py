@@ -15,6 +15,7 @@ from stream.core.deadletter_format import (
     MalformedDeadLetter,
     replay_count_of,
     replay_headers,
+    replayed_reason_of,
     truncate_utf8,
 )
 from stream.core.reasons import Reason
@@ -52,6 +53,7 @@ def test_reason_values_are_the_documented_strings() -> None:
         "retries_exhausted",
         "auth_failed",
         "connector_suspended",
+        "removal_guard",
         "import_failed",
         "removal_failed",
         "internal_error",
@@ -183,8 +185,30 @@ def test_replay_headers_increment_the_count_and_keep_foreign_headers() -> None:
     dead = make(replay_count=2)
     original = [("traceparent", b"00-abc"), ("ddsync.reason", b"contact_rejected")]
     headers = replay_headers(dead, original)
-    assert headers == [("traceparent", b"00-abc"), ("ddsync.replay_count", b"3")]
+    assert headers == [
+        ("traceparent", b"00-abc"),
+        ("ddsync.replay_count", b"3"),
+        ("ddsync.replayed_reason", dead.reason.value.encode()),
+    ]
     assert replay_count_of(headers) == 3
+    assert replayed_reason_of(headers) is dead.reason
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        (None, None),
+        ([("traceparent", b"x")], None),
+        ([("ddsync.replayed_reason", b"removal_guard")], Reason.REMOVAL_GUARD),
+        ([("ddsync.replayed_reason", "removal_guard")], Reason.REMOVAL_GUARD),
+        ([("ddsync.replayed_reason", b"no_such_reason")], None),
+        ([("ddsync.replayed_reason", b"\xff")], None),
+    ],
+)
+def test_replayed_reason_is_read_back_and_never_raises(
+    headers: list[tuple[str, bytes | str | None]] | None, reason: Reason | None
+) -> None:
+    assert replayed_reason_of(headers) is reason
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,9 @@ class _Listener:
     def holds(self, contact: Contact) -> bool:
         raise AssertionError("an empty batch asks about no contact")
 
+    def released(self, contact: Contact) -> bool:
+        return False
+
     def dropped(self, batch: Batch, contact: Contact) -> None:
         raise AssertionError("an empty batch drops nothing")
 
