@@ -113,6 +113,13 @@ class KafkaSettings:
     create_dead_letter_topic: bool = True
     dead_letter_partitions: PositiveInt | None = None
     dead_letter_replication_factor: PositiveInt | None = None
+    # Each contact's final outcome per address book, latest kept by compaction (README:
+    # "Outcomes topic"); created at start like the dead-letter topic, cleanup.policy=compact.
+    publish_outcomes: bool = True
+    outcomes_topic: str = "ddsync.outcomes"
+    create_outcomes_topic: bool = True
+    outcomes_partitions: PositiveInt | None = None
+    outcomes_replication_factor: PositiveInt | None = None
     consumer: LibrdkafkaTable = field(default_factory=dict)
     producer: LibrdkafkaTable = field(default_factory=dict)
     # librdkafka secrets, for the consumer and the producer alike.

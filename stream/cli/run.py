@@ -91,7 +91,10 @@ async def run(settings: Settings, *, hard_exit: Callable[[int], object] = exit_n
         for topic in await asyncio.to_thread(ensure_topics, settings.kafka):
             if topic.created:
                 log.info(
-                    "created dead-letter topic %s (%d partitions)", topic.name, topic.partitions
+                    "created %s topic %s (%d partitions)",
+                    "dead-letter" if topic.name == settings.kafka.dead_letter_topic else "outcomes",
+                    topic.name,
+                    topic.partitions,
                 )
     except TopicError as exc:
         print(f"ddsync: {exc}", file=sys.stderr)

@@ -79,12 +79,15 @@ class Imports:
         import_id, result = await self._import(call, names)
 
         imported_ids: dict[str, int] = {}
+        created_keys: set[str] = set()
         for section in ("created", "updated"):
             for item in result.get(section) or ():
                 key = email_of(item)
                 contact_id = item.get("contactId") if isinstance(item, Mapping) else None
                 if key in names.spellings and isinstance(contact_id, int):
                     imported_ids[key] = contact_id
+                    if section == "created":
+                        created_keys.add(key)
         failed: dict[str, tuple[str, str]] = {}
         for item in result.get("failures") or ():
             key = email_of(item)
@@ -101,6 +104,7 @@ class Imports:
             await self._books.get(call)
 
         imported: dict[str, int] = {}
+        created: set[str] = set()
         for key, spellings in names.spellings.items():
             contact_id = imported_ids.get(key)
             if contact_id is not None:
@@ -109,13 +113,17 @@ class Imports:
             if contact_id is not None and key not in failed:
                 for email in spellings:
                     imported[email] = contact_id
+                if key in created_keys:
+                    created.update(spellings)
                 continue
             code, description = failed.get(
                 key, (MISSING_FROM_RESULT, f"import {import_id} did not report this contact")
             )
             for email in spellings:
                 rejected[email] = Rejection(email, code, description)
-        return ImportOutcome(import_id=import_id, imported=imported, rejected=rejected)
+        return ImportOutcome(
+            import_id=import_id, imported=imported, rejected=rejected, created=frozenset(created)
+        )
 
     async def _import(self, call: BookCall, names: Names) -> tuple[str, Mapping[str, Any]]:
         """Send the import and poll it until it finishes: its id and its result."""

@@ -61,12 +61,15 @@ class ImportOutcome:
     """Per-contact result of :meth:`DotDigitalClient.import_contacts`.
 
     Every email passed in appears in exactly one of ``imported`` (email -> contactId) and
-    ``rejected`` (email -> :class:`Rejection`), keyed by the caller's own spelling.
+    ``rejected`` (email -> :class:`Rejection`), keyed by the caller's own spelling. ``created``
+    names those of ``imported`` that the import created (DotDigital's ``created`` section); the
+    others existed already (``updated``).
     """
 
     import_id: str | None
     imported: Mapping[str, int] = field(default_factory=dict)
     rejected: Mapping[str, Rejection] = field(default_factory=dict)
+    created: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ Contract of :func:`ensure_topics`:
   with ``kafka.dead_letter_partitions`` and ``kafka.dead_letter_replication_factor`` (absent:
   the broker's defaults, ``num.partitions`` and ``default.replication.factor``). Another
   instance creating it at the same moment is fine.
+* The outcomes topic, when ``kafka.publish_outcomes`` is on, likewise
+  (``kafka.create_outcomes_topic``, ``kafka.outcomes_partitions``,
+  ``kafka.outcomes_replication_factor``), created compacted
+  (``cleanup.policy=compact``): it keeps the latest outcome of each contact and book. An existing
+  topic is used as it is.
 * Anything else raises :class:`TopicError`, whose message is one line naming the topic and what
   to do. A cluster that cannot be reached raises it too, at once when it refused the credentials
   (an authentication error is not worth waiting out), else after ``timeout``.
@@ -45,21 +50,64 @@ class TopicState:
     created: bool = False
 
 
+@dataclass(frozen=True)
+class _Output:
+    """A topic ddsync writes to and may create: how, and which settings say so."""
+
+    what: str  # "dead-letter", "outcomes"
+    name: str
+    create: bool
+    setting: str  # the kafka.* prefix of its settings
+    partitions: int | None
+    replication: int | None
+    config: dict[str, str]
+
+
+def _outputs(settings: KafkaSettings) -> list[_Output]:
+    outputs = [
+        _Output(
+            "dead-letter",
+            settings.dead_letter_topic,
+            settings.create_dead_letter_topic,
+            "dead_letter",
+            settings.dead_letter_partitions,
+            settings.dead_letter_replication_factor,
+            {},
+        )
+    ]
+    if settings.publish_outcomes:
+        outputs.append(
+            _Output(
+                "outcomes",
+                settings.outcomes_topic,
+                settings.create_outcomes_topic,
+                "outcomes",
+                settings.outcomes_partitions,
+                settings.outcomes_replication_factor,
+                {"cleanup.policy": "compact"},
+            )
+        )
+    return outputs
+
+
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0) -> list[TopicState]:
-    """Check the source topics, create the dead-letter topic if it is missing and allowed;
-    the states of the source topics, then the dead-letter topic's."""
+    """Check the source topics, create the dead-letter topic (and the outcomes topic, when on)
+    if missing and allowed; the states of the source topics, then the dead-letter topic's, then
+    the outcomes topic's."""
     cluster = Cluster(settings)
-    states = cluster.describe_topics(timeout)
-    *sources, dead_letter = states
+    metadata = cluster.metadata(timeout)
+    sources = topic_states(metadata, settings)[:-1]
     for state in sources:
         if not state.partitions:
             raise TopicError(
                 f"source topic {state.name} does not exist on {settings.bootstrap_servers}: "
                 "create it, or fix kafka.topics"
             )
-    if not dead_letter.partitions:
-        dead_letter = _create_dead_letter_topic(cluster, timeout)
-    return [*sources, dead_letter]
+    outputs = []
+    for output in _outputs(settings):
+        state = _state(metadata, output.name)
+        outputs.append(state if state.partitions else _create(cluster, output, timeout))
+    return [*sources, *outputs]
 
 
 class Cluster:
@@ -105,28 +153,30 @@ class Cluster:
 
 def topic_states(metadata: Any, settings: KafkaSettings) -> list[TopicState]:
     """From ``metadata``: each source topic, then the dead-letter topic."""
-    states = []
-    for name in (*settings.topics, settings.dead_letter_topic):
-        topic = metadata.topics.get(name)
-        exists = topic is not None and topic.error is None and bool(topic.partitions)
-        states.append(TopicState(name, len(topic.partitions) if exists and topic else 0))
-    return states
+    return [_state(metadata, name) for name in (*settings.topics, settings.dead_letter_topic)]
 
 
-def _create_dead_letter_topic(cluster: Cluster, timeout: float) -> TopicState:
-    settings, admin = cluster.settings, cluster.admin
-    name = settings.dead_letter_topic
-    if not settings.create_dead_letter_topic:
+def _state(metadata: Any, name: str) -> TopicState:
+    topic = metadata.topics.get(name)
+    exists = topic is not None and topic.error is None and bool(topic.partitions)
+    return TopicState(name, len(topic.partitions) if exists and topic else 0)
+
+
+def _create(cluster: Cluster, output: _Output, timeout: float) -> TopicState:
+    name, setting = output.name, output.setting
+    if not output.create:
         raise TopicError(
-            f"dead-letter topic {name} does not exist: create it, or set "
-            "kafka.create_dead_letter_topic = true to let ddsync create it"
+            f"{output.what} topic {name} does not exist: create it, or set "
+            f"kafka.create_{setting}_topic = true to let ddsync create it"
         )
-    partitions = settings.dead_letter_partitions or BROKER_DEFAULT
-    replication = settings.dead_letter_replication_factor or BROKER_DEFAULT
-    future = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=replication)],
-        operation_timeout=timeout,
-        request_timeout=timeout,
+    topic = NewTopic(
+        name,
+        num_partitions=output.partitions or BROKER_DEFAULT,
+        replication_factor=output.replication or BROKER_DEFAULT,
+        config=output.config,
+    )
+    future = cluster.admin.create_topics(
+        [topic], operation_timeout=timeout, request_timeout=timeout
     )[name]
     try:
         future.result(timeout=timeout)
@@ -134,14 +184,14 @@ def _create_dead_letter_topic(cluster: Cluster, timeout: float) -> TopicState:
         error = exc.args[0]
         if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
             raise TopicError(
-                f"dead-letter topic {name} does not exist and cannot be created "
+                f"{output.what} topic {name} does not exist and cannot be created "
                 f"({_describe(exc)}): create it yourself, or fix "
-                "kafka.dead_letter_partitions / kafka.dead_letter_replication_factor"
+                f"kafka.{setting}_partitions / kafka.{setting}_replication_factor"
             ) from None
     # Created on the controller; the broker answering metadata may learn of it a moment later.
     deadline = time.monotonic() + timeout
     while True:
-        created = cluster.describe_topics(timeout)[-1]
+        created = _state(cluster.metadata(timeout), name)
         if created.partitions or time.monotonic() >= deadline:
             return TopicState(name, created.partitions, created=True)
         time.sleep(0.1)

@@ -111,6 +111,18 @@ class Metrics:
             ["connector", "cause"],
             registry=r,
         )
+        self.outcomes_published = Counter(
+            "ddsync_outcomes_published",
+            "Outcomes the broker acknowledged on the outcomes topic, by the contact's state.",
+            ["state"],
+            registry=r,
+        )
+        self.outcome_errors = Counter(
+            "ddsync_outcome_errors",
+            "Outcome records the producer refused or the broker did not acknowledge (retried; "
+            "their source records stay uncommitted meanwhile).",
+            registry=r,
+        )
         self.removals_held = Counter(
             "ddsync_removals_held",
             "Removals the mass-removal guard held (dead-lettered as removal_guard) instead of "

@@ -48,13 +48,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from stream.clock import Clock
 from stream.core.offsets import TopicPartitionKey
+from stream.core.outcome_format import Reported
 from stream.core.reasons import Reason
 from stream.core.removal_guard import RemovalGuard
 from stream.core.suspensions import Suspension, Suspensions
@@ -94,6 +95,15 @@ class Failure:
     attempts: int = 1
 
 
+@dataclass(frozen=True)
+class Sent:
+    """What DotDigital reported for one contact synced (``planned``: shadow mode, not sent)."""
+
+    contact_id: int | None
+    reported: Reported
+    planned: bool = False
+
+
 class Clients(Protocol):
     """Where the dispatcher gets each connector's client: the service's
     :class:`~stream.pipeline.clients.ClientPool`, or a test's stand-in."""
@@ -106,8 +116,15 @@ class Clients(Protocol):
 
 
 class DispatchListener(Protocol):
-    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
-        """These contacts' transitions are in DotDigital."""
+    def synced(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+        sent: Mapping[str, Sent],
+    ) -> None:
+        """These contacts' transitions are in DotDigital (planned only, in shadow mode);
+        ``sent`` says what DotDigital reported for each (by the contact's email)."""
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
         """This contact's transition failed for good; it belongs on the dead-letter topic."""
@@ -374,6 +391,13 @@ class Dispatcher:
                     batch.address_book_id, emails, retry=self._retry
                 )
                 rejected = outcome.rejected
+                sent = {
+                    email: Sent(
+                        contact_id,
+                        Reported.CREATED if email in outcome.created else Reported.UPDATED,
+                    )
+                    for email, contact_id in outcome.imported.items()
+                }
             else:
                 contacts = await self._guarded_removals(client, batch, contacts)
                 if not contacts:
@@ -383,6 +407,13 @@ class Dispatcher:
                     batch.address_book_id, emails, retry=self._retry
                 )
                 rejected = removal.rejected
+                sent = {
+                    email: Sent(
+                        client.known_contact_id(email),
+                        Reported.NOT_FOUND if email in removal.not_found else Reported.REMOVED,
+                    )
+                    for email in removal.removed
+                }
         except Abandoned:
             raise
         except Exception as exc:  # every contact must get an outcome, whatever went wrong
@@ -416,7 +447,7 @@ class Dispatcher:
         if operation == "remove" and self._removal_guard is not None:
             self._removal_guard.sent(batch.key, len(done))
         if done:
-            self._listener.synced(batch, operation, done)
+            self._listener.synced(batch, operation, done, sent)
         for contact in contacts:
             rejection = rejected.get(contact.email)
             if rejection is not None:

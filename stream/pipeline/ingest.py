@@ -39,7 +39,7 @@ from stream.core.windowing import Trigger, Windower
 from stream.kafka.backend import KafkaRecord
 from stream.observability.metrics import Metrics
 from stream.pipeline.dispatch import Dispatcher, Failure
-from stream.pipeline.outcomes import DeadLetters
+from stream.pipeline.outcomes import OutputTopics
 from stream.settings import ConnectorSettings
 
 __all__ = ["UNREADABLE_HEADERS", "Ingest"]
@@ -60,7 +60,7 @@ class Ingest:
         ledger: Ledger,
         windows: Windower,
         dispatcher: Dispatcher,
-        dead_letters: DeadLetters,
+        dead_letters: OutputTopics,
         breaker: DeadLetterBreaker,
         metrics: Metrics,
     ) -> None:
@@ -133,7 +133,7 @@ class Ingest:
         are flushed now), or a congested dead-letter producer."""
         open_records = self._ledger.open_records
         cap = self._cap
-        publisher = self._dead_letters.publisher
+        outputs = self._dead_letters
         if self._breaker.is_open:
             if not self._circuit_logged:
                 log.error(
@@ -150,8 +150,8 @@ class Ingest:
             # buffer is spread over many address books; send what is buffered now instead.
             for batch in self._windows.drain(Trigger.PRESSURE):
                 self._dispatcher.submit(batch)
-        elif publisher is not None and publisher.congested:
-            # librdkafka's queue is full: more records would only lengthen the letters' backlog.
+        elif outputs.congested:
+            # librdkafka's queue is full: more records would only lengthen the output backlog.
             self._pause = True
         elif open_records <= cap // 2:
             self._pause = False

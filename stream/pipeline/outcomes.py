@@ -3,7 +3,7 @@
 :class:`Outcomes` is the dispatcher's listener
 (:class:`~stream.pipeline.dispatch.DispatchListener`): each contact's outcome settles its records
 in the ledger (:mod:`stream.core.ledger`), goes to the dead-letter topic, counts for the circuit
-breaker, or is left to the new owner of a revoked partition. :class:`DeadLetters` builds a
+breaker, or is left to the new owner of a revoked partition. :class:`OutputTopics` builds a
 dead-letter record from a failure and the source record's original, publishes it, and settles
 what it covers once the broker acknowledged it.
 
@@ -26,12 +26,17 @@ Contract:
   ``connector_suspended`` afterwards) and committed, and its failures stay out of the breaker's
   delivery measure. Only when every connector is suspended does the breaker open, so that one
   connector's deployment keeps its records uncommitted until an operator fixes the account.
+* **The outcomes topic** (when on): each contact's final outcome is published there too
+  (:mod:`stream.core.outcome_format`), at the moment it is decided, so a contact's outcomes
+  reach the topic in the order they were decided. A record is final only once every
+  publication covering it is acknowledged: its outcome, and its dead letter if it has one.
+  Dropped contacts get no outcome (the new owner of their partition decides it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from stream.clock import Clock
@@ -39,27 +44,96 @@ from stream.core.breaker import DeadLetterBreaker
 from stream.core.deadletter_format import DeadLetter, replay_count_of, replayed_reason_of
 from stream.core.ledger import Ledger, Original
 from stream.core.offsets import RecordRef
+from stream.core.outcome_format import Outcome, Reported, State
 from stream.core.reasons import Reason
 from stream.core.suspensions import Suspensions
 from stream.core.windowing import Batch, Contact
 from stream.dotdigital import Operation
 from stream.kafka.deadletters import DeadLetterPublisher
+from stream.kafka.outcomes import OutcomePublisher
 from stream.observability.metrics import Metrics
-from stream.pipeline.dispatch import Failure
+from stream.pipeline.dispatch import Failure, Sent
 
-__all__ = ["DeadLetters", "Outcomes"]
+__all__ = ["Outcomes", "OutputTopics"]
 
 
-class DeadLetters:
-    """Dead letters from failures, through the publisher that :meth:`Pipeline.open
-    <stream.pipeline.processor.Pipeline.open>` makes; acknowledged, they settle what they
-    cover."""
+class OutputTopics:
+    """The dead-letter and outcomes topics, through the publishers that :meth:`Pipeline.open
+    <stream.pipeline.processor.Pipeline.open>` makes (no outcomes publisher when the topic is
+    off); a record is settled once every publication covering it is acknowledged."""
 
     def __init__(self, ledger: Ledger, clock: Clock, metrics: Metrics) -> None:
         self._ledger = ledger
         self._clock = clock
         self._metrics = metrics
         self.publisher: DeadLetterPublisher | None = None
+        self.outcomes: OutcomePublisher | None = None
+        # Records covered by more than one publication, with how many are not yet acknowledged
+        # (a record not here waits for one).
+        self._awaiting: dict[RecordRef, int] = {}
+
+    @property
+    def congested(self) -> bool:
+        """A producer's local queue is full: taking in more records only lengthens it."""
+        return any(p is not None and p.congested for p in (self.publisher, self.outcomes))
+
+    @property
+    def pending(self) -> int:
+        return sum(p.pending for p in (self.publisher, self.outcomes) if p is not None)
+
+    def poll(self) -> None:
+        """Serve both producers' delivery reports, backlogs and retries (never blocks)."""
+        for publisher in (self.publisher, self.outcomes):
+            if publisher is not None:
+                publisher.poll(0)
+
+    def record(self, outcome: Outcome, covers: Sequence[RecordRef], *, lettered: bool) -> None:
+        """Publish ``outcome`` for the records ``covers``; with ``lettered`` they also wait for
+        their dead letter's acknowledgement. Settled at once when the outcomes topic is off."""
+        if self.outcomes is None:
+            if not lettered:
+                self._settle(covers)
+            return
+        if lettered:
+            for ref in covers:
+                self._awaiting[ref] = 2
+        self.outcomes.publish(outcome, lambda: self._settle(covers))
+
+    def outcome(
+        self,
+        batch: Batch,
+        contact: Contact,
+        state: State,
+        reported: Reported,
+        *,
+        reason: str | None = None,
+        contact_id: int | None = None,
+    ) -> Outcome:
+        """``contact``'s outcome in ``batch``, decided now."""
+        return Outcome(
+            connector=batch.connector_id,
+            address_book_id=batch.address_book_id,
+            email=contact.email,
+            action=contact.action.value,
+            state=state,
+            reported=reported,
+            decided_at=datetime.fromtimestamp(self._clock.time(), UTC),
+            reason=reason,
+            contact_id=contact_id,
+            source_topic=contact.winner.topic,
+            source_partition=contact.winner.partition,
+            source_offset=contact.winner.offset,
+            event_id=contact.event_id,
+            occurred_at=contact.transition.occurred_at,
+        )
+
+    def _settle(self, refs: Sequence[RecordRef]) -> None:
+        for ref in refs:
+            left = self._awaiting.pop(ref, 1) - 1
+            if left > 0:
+                self._awaiting[ref] = left
+            else:
+                self._ledger.settle(ref)
 
     def publish(
         self,
@@ -98,15 +172,15 @@ class DeadLetters:
         """The broker acknowledged a dead-letter record: it and what it covers are final (the
         publisher's delivery callback)."""
         self._metrics.records_dead_lettered.labels(letter.reason.value).inc()
-        for covered in covers:
-            self._ledger.settle(covered)
+        self._settle(covers)
 
     async def drain(self, deadline: float) -> None:
         """Serve delivery reports until nothing is pending or ``deadline`` (monotonic) passed."""
-        publisher = self.publisher
-        assert publisher is not None
-        while publisher.pending and self._clock.monotonic() < deadline:
-            publisher.poll(0.05)
+        assert self.publisher is not None
+        while self.pending and self._clock.monotonic() < deadline:
+            self.publisher.poll(0.05 if self.outcomes is None else 0.025)
+            if self.outcomes is not None:
+                self.outcomes.poll(0.025)
             await asyncio.sleep(0)
 
 
@@ -117,7 +191,7 @@ class Outcomes:
     def __init__(
         self,
         ledger: Ledger,
-        dead_letters: DeadLetters,
+        dead_letters: OutputTopics,
         breaker: DeadLetterBreaker,
         suspensions: Suspensions,
         metrics: Metrics,
@@ -128,13 +202,30 @@ class Outcomes:
         self._suspensions = suspensions
         self._metrics = metrics
 
-    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+    def synced(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+        sent: Mapping[str, Sent],
+    ) -> None:
         count = 0
+        outputs = self._dead_letters
         for contact in contacts:
             self._breaker.delivered(False)
-            for ref in contact.refs:
-                self._ledger.settle(ref)
-                count += 1
+            result = sent.get(contact.email, NOT_SENT)
+            outputs.record(
+                outputs.outcome(
+                    batch,
+                    contact,
+                    _state_of(operation, result),
+                    result.reported,
+                    contact_id=result.contact_id,
+                ),
+                contact.refs,
+                lettered=False,
+            )
+            count += len(contact.refs)
         self._metrics.records_synced.labels(batch.connector_id, operation).inc(count)
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
@@ -149,7 +240,22 @@ class Outcomes:
             # The winner's partition was revoked meanwhile: its new owner reads it again.
             self.dropped(batch, contact)
             return
-        self._dead_letters.publish(
+        outputs = self._dead_letters
+        # The outcome first: decided now, it reaches its topic in the order of decisions.
+        outputs.record(
+            outputs.outcome(
+                batch,
+                contact,
+                State.DEAD_LETTERED,
+                Reported.REJECTED
+                if failure.reason is Reason.CONTACT_REJECTED
+                else Reported.NOT_SENT,
+                reason=failure.reason.value,
+            ),
+            contact.refs,
+            lettered=True,
+        )
+        outputs.publish(
             contact.winner,
             original,
             contact.refs,
@@ -176,3 +282,12 @@ class Outcomes:
         # on partitions still ours are superseded by that read (as when a revoke forgets
         # buffered records: stream.pipeline.rebalance).
         self._ledger.settle_kept(contact.refs)
+
+
+NOT_SENT = Sent(None, Reported.NOT_SENT)
+
+
+def _state_of(operation: Operation, sent: Sent) -> State:
+    if sent.planned:
+        return State.WOULD_ADD if operation == "add" else State.WOULD_REMOVE
+    return State.MEMBER if operation == "add" else State.NOT_MEMBER

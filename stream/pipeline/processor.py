@@ -54,6 +54,7 @@ from stream.kafka.backend import KafkaBackend, KafkaRecord
 from stream.kafka.client_config import producer_config
 from stream.kafka.confluent import ConfluentBackend
 from stream.kafka.deadletters import DeadLetterPublisher
+from stream.kafka.outcomes import OutcomePublisher
 from stream.kafka.source import KafkaSource
 from stream.observability.health import Vitals
 from stream.observability.metrics import Metrics
@@ -61,7 +62,7 @@ from stream.pipeline.bridge import LoopBridge
 from stream.pipeline.clients import ClientPool
 from stream.pipeline.dispatch import Dispatcher, DispatchListener
 from stream.pipeline.ingest import Ingest
-from stream.pipeline.outcomes import DeadLetters, Outcomes
+from stream.pipeline.outcomes import Outcomes, OutputTopics
 from stream.pipeline.rebalance import Rebalance
 from stream.pipeline.shutdown import Stopping, in_daemon_thread
 from stream.settings import Settings
@@ -110,9 +111,9 @@ class Pipeline:
         for connector in settings.connectors:
             self.metrics.connector_suspended.labels(connector).set(0)
         # Builds and publishes dead letters; its publisher is made by open().
-        self.letters = DeadLetters(self.ledger, self.clock, self.metrics)
+        self.outputs = OutputTopics(self.ledger, self.clock, self.metrics)
         self.outcomes = Outcomes(
-            self.ledger, self.letters, self.breaker, self.suspensions, self.metrics
+            self.ledger, self.outputs, self.breaker, self.suspensions, self.metrics
         )
         if dispatcher is None:
             self.dispatcher = Dispatcher(
@@ -133,7 +134,7 @@ class Pipeline:
             ledger=self.ledger,
             windows=self.windows,
             dispatcher=self.dispatcher,
-            dead_letters=self.letters,
+            dead_letters=self.outputs,
             breaker=self.breaker,
             metrics=self.metrics,
         )
@@ -142,7 +143,7 @@ class Pipeline:
             ledger=self.ledger,
             windows=self.windows,
             dispatcher=self.dispatcher,
-            dead_letters=self.letters,
+            dead_letters=self.outputs,
             stopping=self._stopping,
             clock=self.clock,
         )
@@ -154,11 +155,11 @@ class Pipeline:
     @property
     def dead_letters(self) -> DeadLetterPublisher | None:
         """The dead-letter producer, made by :meth:`open`."""
-        return self.letters.publisher
+        return self.outputs.publisher
 
     @dead_letters.setter
     def dead_letters(self, publisher: DeadLetterPublisher | None) -> None:
-        self.letters.publisher = publisher
+        self.outputs.publisher = publisher
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,14 +184,22 @@ class Pipeline:
         and ends with :meth:`close`."""
         self._bridge.attach(asyncio.get_running_loop())
         kafka = self.settings.kafka
-        self.letters.publisher = DeadLetterPublisher(
+        self.outputs.publisher = DeadLetterPublisher(
             producer_config(kafka),
             kafka.dead_letter_topic,
-            self.letters.acknowledged,
+            self.outputs.acknowledged,
             self.metrics,
             clock=self.clock,
             producer_factory=self.kafka.producer,
         )
+        if kafka.publish_outcomes:
+            self.outputs.outcomes = OutcomePublisher(
+                producer_config(kafka),
+                kafka.outcomes_topic,
+                self.metrics,
+                clock=self.clock,
+                producer_factory=self.kafka.producer,
+            )
         self.source = KafkaSource(
             kafka,
             self,
@@ -202,10 +211,11 @@ class Pipeline:
         )
         self.source.subscribe()
         log.info(
-            "consuming %s as group %s; dead letters to %s",
+            "consuming %s as group %s; dead letters to %s; outcomes to %s",
             ", ".join(kafka.topics),
             kafka.group_id,
             kafka.dead_letter_topic,
+            kafka.outcomes_topic if kafka.publish_outcomes else "(off)",
         )
         return self.source
 
@@ -252,7 +262,7 @@ class Pipeline:
             await asyncio.wait([cancelling], timeout=self._left(budget.commit_deadline))
         # The dead letters of the last flushes get a moment of their own even when the flushes
         # used up the deadline: acknowledged now, they need not be redone after the restart.
-        await self.letters.drain(budget.drain_deadline(self.clock.monotonic()))
+        await self.outputs.drain(budget.drain_deadline(self.clock.monotonic()))
         if joined:
             offsets = self.ledger.committable()
             source = self.source
@@ -290,13 +300,11 @@ class Pipeline:
 
     def _tick(self) -> None:
         """Periodic work on the loop: closed windows, delivery reports, backpressure."""
-        publisher = self.dead_letters
-        assert publisher is not None
         self.vitals.loop.beat()
         for batch in self.windows.due():
             self.dispatcher.submit(batch)
         self.dispatcher.probe()
-        publisher.poll(0)
+        self.outputs.poll()
         self.ingest.update_pause()
 
     # -- SourceHandler: called from the consumer thread ----------------------------------

@@ -36,7 +36,7 @@ from stream.core.ledger import Ledger
 from stream.core.offsets import RecordRef, TopicPartitionKey
 from stream.core.windowing import Handover, Windower, handover
 from stream.pipeline.dispatch import Dispatcher
-from stream.pipeline.outcomes import DeadLetters
+from stream.pipeline.outcomes import OutputTopics
 from stream.pipeline.shutdown import Stopping
 from stream.settings import REVOKE_DRAIN_SECONDS, BatchingSettings
 
@@ -55,7 +55,7 @@ class Rebalance:
         ledger: Ledger,
         windows: Windower,
         dispatcher: Dispatcher,
-        dead_letters: DeadLetters,
+        dead_letters: OutputTopics,
         stopping: Stopping,
         clock: Clock,
     ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
@@ -31,7 +31,7 @@ from stream.dotdigital import (
 )
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool
-from stream.pipeline.dispatch import Dispatcher, Failure
+from stream.pipeline.dispatch import Dispatcher, Failure, Sent
 from stream.sandbox import (
     Sandbox,
     SandboxAccount,
@@ -54,7 +54,13 @@ class Recorder:
         self.done: list[tuple[str, str]] = []
         self.failures: dict[str, Failure] = {}
 
-    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+    def synced(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+        sent: Mapping[str, Sent],
+    ) -> None:
         self.done.extend((batch.connector_id, c.email) for c in contacts)
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:

@@ -6,7 +6,7 @@ tiny listener records them. The sandbox and the dispatcher share one FakeClock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 import aiohttp
@@ -21,7 +21,7 @@ from stream.core.windowing import Batch, Contact, Trigger
 from stream.dotdigital import DotDigitalClient, Operation, RetryPolicy
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool, client_config
-from stream.pipeline.dispatch import Dispatcher, Failure
+from stream.pipeline.dispatch import Dispatcher, Failure, Sent
 from stream.sandbox import (
     Sandbox,
     SandboxAccount,
@@ -47,7 +47,13 @@ class Recorder:
         self.done: list[tuple[Operation, str]] = []
         self.failures: dict[str, Failure] = {}
 
-    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+    def synced(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+        sent: Mapping[str, Sent],
+    ) -> None:
         self.done.extend((operation, c.email) for c in contacts)
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 
 import orjson
@@ -18,7 +18,7 @@ from stream.dotdigital import Operation
 from stream.logs import LogFormat, configure_logging, log_context
 from stream.observability.metrics import Metrics
 from stream.pipeline.clients import ClientPool
-from stream.pipeline.dispatch import Dispatcher, Failure
+from stream.pipeline.dispatch import Dispatcher, Failure, Sent
 from stream.redaction import redact_emails
 
 
@@ -125,7 +125,13 @@ def test_redact_leaves_text_without_an_address_alone() -> None:
 class _Listener:
     """A DispatchListener for a batch without contacts: nothing may reach it."""
 
-    def synced(self, batch: Batch, operation: Operation, contacts: Sequence[Contact]) -> None:
+    def synced(
+        self,
+        batch: Batch,
+        operation: Operation,
+        contacts: Sequence[Contact],
+        sent: Mapping[str, Sent],
+    ) -> None:
         raise AssertionError("an empty batch syncs nothing")
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:

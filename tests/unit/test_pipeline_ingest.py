@@ -57,6 +57,7 @@ async def test_a_record_whose_headers_cannot_be_read_is_dead_lettered_with_its_r
     broker = MemoryBroker()
     broker.create_topic("source")
     broker.create_topic("dlq")
+    broker.create_topic("ddsync.outcomes")  # kafka.outcomes_topic's default
     connector = ConnectorSettings(name="main", username="u", password=Secret("p"))
     kafka = KafkaSettings(
         bootstrap_servers="memory:9092", topics=("source",), dead_letter_topic="dlq", group_id="g"

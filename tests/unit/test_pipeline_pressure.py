@@ -88,6 +88,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     broker = MemoryBroker()
     broker.create_topic(TOPIC, partitions=1)
     broker.create_topic(DLQ)
+    broker.create_topic("ddsync.outcomes")  # kafka.outcomes_topic's default
     try:
         yield World(sandbox, transport, broker, settings)
     finally:

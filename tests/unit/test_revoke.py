@@ -77,7 +77,9 @@ class Owner:
             self.pipeline.dispatcher.submit(batch)
 
     async def idle(self) -> None:
+        """Its flushes are done and their outcomes acknowledged (the records final)."""
         assert await self.pipeline.dispatcher.wait(60), "flushes still running after 60 s"
+        self.pipeline.outputs.poll()
 
     async def close(self) -> None:
         await self.pipeline.dispatcher.cancel()
@@ -200,6 +202,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         broker = MemoryBroker()
         broker.create_topic(TOPIC, partitions=2)
         broker.create_topic("dlq")
+        broker.create_topic("ddsync.outcomes")  # kafka.outcomes_topic's default
         world = World(sandbox, transport, clock, broker, settings)
         try:
             yield world
