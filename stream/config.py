@@ -142,13 +142,28 @@ def parse_settings(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settin
             read_so_far = Settings(connectors={}, **sections)
             for check in RELATIONS[name]:
                 check(read_so_far)
-    return Settings(connectors=_connectors(raw, environ), **sections)
+    settings = Settings(connectors=_connectors(raw, environ), **sections)
+    _shadow_needs_outcomes(settings)
+    return settings
 
 
 def _dead_letter_topic_is_not_a_source(settings: Settings) -> None:
     kafka = settings.kafka
     if kafka.dead_letter_topic in kafka.topics:
         raise ConfigError("kafka.dead_letter_topic must not be one of kafka.topics")
+    if kafka.publish_outcomes and kafka.outcomes_topic in (*kafka.topics, kafka.dead_letter_topic):
+        raise ConfigError(
+            "kafka.outcomes_topic must be neither one of kafka.topics nor kafka.dead_letter_topic"
+        )
+
+
+def _shadow_needs_outcomes(settings: Settings) -> None:
+    shadows = [c.name for c in settings.connectors.values() if c.mode == "shadow"]
+    if shadows and not settings.kafka.publish_outcomes:
+        raise ConfigError(
+            f"connectors.{shadows[0]}.mode is shadow, whose plans go to the outcomes topic: "
+            "set kafka.publish_outcomes = true"
+        )
 
 
 def _shutdown_fits_its_bound(settings: Settings) -> None:

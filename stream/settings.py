@@ -93,8 +93,16 @@ def topic_names(value: tuple[Any, ...]) -> tuple[str, ...]:
     return value
 
 
+def connector_mode(value: str) -> str:
+    if value not in CONNECTOR_MODES:
+        raise ValueError(f"must be one of {', '.join(CONNECTOR_MODES)}, got {value!r}")
+    return value
+
+
+CONNECTOR_MODES = ("live", "shadow")
 PositiveInt = Annotated[int, positive]
 PositiveFloat = Annotated[float, positive]
+ConnectorMode = Annotated[str, connector_mode]
 HttpUrl = Annotated[str, http_url]
 Ratio = Annotated[float, ratio]
 TopicNames = Annotated[tuple[str, ...], topic_names]
@@ -175,6 +183,9 @@ class ConnectorSettings:
     username: str
     # From password_env or password_file, never from the file itself.
     password: Secret
+    # "shadow": read, window and decide as usual, send nothing to DotDigital, record the plans
+    # (would_add, would_remove) on the outcomes topic and commit. README: "Shadow mode".
+    mode: ConnectorMode = "live"
     api_endpoint: HttpUrl | None = None
     discovery_endpoint: HttpUrl = DEFAULT_DISCOVERY_ENDPOINT
     add_requests_per_minute: PositiveInt = 75

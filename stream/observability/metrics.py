@@ -111,6 +111,12 @@ class Metrics:
             ["connector", "cause"],
             registry=r,
         )
+        self.records_planned = Counter(
+            "ddsync_records_planned",
+            "Records of a connector in shadow mode, decided and recorded as planned, not sent.",
+            ["connector", "operation"],
+            registry=r,
+        )
         self.outcomes_published = Counter(
             "ddsync_outcomes_published",
             "Outcomes the broker acknowledged on the outcomes topic, by the contact's state.",

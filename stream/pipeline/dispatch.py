@@ -37,6 +37,9 @@ Contract:
   ``connector_suspended``, naming the cause. :meth:`Dispatcher.probe` asks DotDigital whether a
   suspended connector's account works again (``GET /v2/account-info``, and for a book-gone
   suspension the books last seen gone) and resumes it on the first success.
+* **Shadow mode.** A connector in ``shadow`` mode is never called: each operation of its batches
+  reports its contacts ``synced`` at once, as planned (:attr:`Sent.planned`), in the same order
+  and under the same revoke rules as a live connector's.
 * **The mass-removal guard** (:mod:`stream.core.removal_guard`), when given: before a batch's
   removals are sent, the book's size is asked (``GET /v2/address-books/{id}``); removals the
   guard does not admit fail at once with ``removal_guard`` and are not sent. Contacts the
@@ -151,8 +154,10 @@ class Dispatcher:
         metrics: Metrics,
         suspensions: Suspensions,
         removal_guard: RemovalGuard | None = None,
+        shadow: Collection[str] = (),
     ) -> None:
         self._clients = clients
+        self._shadow = frozenset(shadow)
         self._removal_guard = removal_guard
         self._suspensions = suspensions
         self._listener = listener
@@ -369,6 +374,10 @@ class Dispatcher:
         operation: Operation,
         contacts: Sequence[Contact],
     ) -> int:
+        if batch.connector_id in self._shadow:
+            planned = Sent(None, Reported.NOT_SENT, planned=True)
+            self._listener.synced(batch, operation, contacts, {c.email: planned for c in contacts})
+            return len(contacts)
         suspension = self._suspensions.of(batch.connector_id)
         if suspension is not None:
             failure = _not_sent(suspension)

@@ -209,7 +209,7 @@ class Outcomes:
         contacts: Sequence[Contact],
         sent: Mapping[str, Sent],
     ) -> None:
-        count = 0
+        count = planned = 0
         outputs = self._dead_letters
         for contact in contacts:
             self._breaker.delivered(False)
@@ -225,8 +225,14 @@ class Outcomes:
                 contact.refs,
                 lettered=False,
             )
-            count += len(contact.refs)
-        self._metrics.records_synced.labels(batch.connector_id, operation).inc(count)
+            if result.planned:
+                planned += len(contact.refs)
+            else:
+                count += len(contact.refs)
+        if count:
+            self._metrics.records_synced.labels(batch.connector_id, operation).inc(count)
+        if planned:
+            self._metrics.records_planned.labels(batch.connector_id, operation).inc(planned)
 
     def failed(self, batch: Batch, contact: Contact, failure: Failure) -> None:
         if self._suspensions.all_suspended:

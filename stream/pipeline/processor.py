@@ -124,6 +124,7 @@ class Pipeline:
                 metrics=self.metrics,
                 suspensions=self.suspensions,
                 removal_guard=removal_guard_of(settings.removal_guard, self.clock),
+                shadow=[c.name for c in settings.connectors.values() if c.mode == "shadow"],
             )
         else:
             self.dispatcher = dispatcher(self.outcomes)

@@ -106,6 +106,16 @@ def test_a_secret_never_prints_itself() -> None:
             ENV,
             "connectors.eu_main.api_endpoint must be an http(s) URL",
         ),
+        (
+            ('username = "apiuser-1@apiconnector.com"', 'username = "u"\nmode = "dry"'),
+            ENV,
+            "connectors.eu_main.mode must be one of live, shadow, got 'dry'",
+        ),
+        (
+            ("[kafka]", '[kafka]\noutcomes_topic = "ddsync.dlq"'),
+            ENV,
+            "kafka.outcomes_topic must be neither",
+        ),
     ],
 )
 def test_a_bad_setting_is_named(
@@ -116,6 +126,16 @@ def test_a_bad_setting_is_named(
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         load_settings(write(tmp_path, text), env)
     assert "s3cret" not in str(error.value)
+
+
+def test_a_shadow_connector_needs_the_outcomes_topic(tmp_path: Path) -> None:
+    shadow = MINIMAL.replace(
+        'password_env = "EU_PASSWORD"', 'password_env = "EU_PASSWORD"\nmode = "shadow"'
+    )
+    assert load_settings(write(tmp_path, shadow), ENV).connectors["eu_main"].mode == "shadow"
+    without = shadow.replace("[kafka]", "[kafka]\npublish_outcomes = false")
+    with pytest.raises(ConfigError, match=re.escape("connectors.eu_main.mode is shadow")):
+        load_settings(write(tmp_path, without), ENV)
 
 
 def test_no_connector_is_an_error(tmp_path: Path) -> None:

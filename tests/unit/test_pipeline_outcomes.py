@@ -197,3 +197,26 @@ async def test_a_held_removal_is_dead_lettered_with_its_outcome_and_a_replay_rel
     assert {o.email: o.state.value for o in world.outcomes()[10:]} == {
         email: "not_member" for email in emails[:4]
     }
+
+
+async def test_a_shadow_connector_sends_nothing_and_records_its_plans(world: World) -> None:
+    world.broker.create_topic(OUTCOMES)
+    main = dataclasses.replace(world.settings.connectors["main"], mode="shadow")
+    pipeline = world.pipeline(dataclasses.replace(world.settings, connectors={"main": main}))
+    pipeline.open()
+    world.produce("ada@example.com", "add")
+    world.produce("bob@example.com", "add")
+    world.produce("bob@example.com", "remove")
+    world.produce("cyd@example.com", "remove")
+    await flush(pipeline)
+    await pipeline.close()
+    assert list(world.sandbox.journal) == [], "a shadow connector called DotDigital"
+    assert world.broker.committed("ddsync", (TOPIC, 0)) == 4
+    assert {e: (o.state.value, o.reported.value) for e, o in world.latest().items()} == {
+        "ada@example.com": ("would_add", "not_sent"),
+        "bob@example.com": ("would_remove", "not_sent"),
+        "cyd@example.com": ("would_remove", "not_sent"),
+    }
+    planned = pipeline.metrics.records_planned
+    assert planned.labels("main", "add")._value.get() == 1
+    assert planned.labels("main", "remove")._value.get() == 3

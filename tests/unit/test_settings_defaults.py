@@ -26,6 +26,7 @@ from stream.settings import (
     KafkaSettings,
     Secret,
     Settings,
+    connector_mode,
     http_url,
     positive,
 )
@@ -117,6 +118,8 @@ def other_value(hint: Any, default: object) -> object:
         assert isinstance(default, int | float)
         return round(default * 0.99, 6)
     if kind is str:
+        if connector_mode in metadata:
+            return "shadow"
         return "https://other.example" if http_url in metadata else f"{default or 'other'}-x"
     if kind is tuple:
         return ("other-topic",)
