@@ -26,9 +26,9 @@ from stream.cli.run import check_kafka_settings
 from stream.clock import SystemClock
 from stream.core.reasons import Reason
 from stream.exitcodes import ExitCode, interrupted
+from stream.progress import ProgressReporter
 from stream.replay.decide import ReplayFilter
 from stream.replay.report import (
-    ProgressReporter,
     ReplaySummary,
     StopReason,
     format_summary,

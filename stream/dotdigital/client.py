@@ -20,8 +20,9 @@ shared by all the steps of one call, after which
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -112,7 +113,7 @@ class DotDigitalClient:
         )
         self._books = AddressBooks(self._http)
         jobs = Jobs(self._http, self._clock, poll if poll is not None else PollSchedule())
-        members = Members(
+        self._members = members = Members(
             self._http,
             self._books,
             self._contact_ids,
@@ -269,6 +270,17 @@ class DotDigitalClient:
         """Create an address book; a name in use raises :class:`DuplicateAddressBookError`
         unless ``exist_ok`` (see :meth:`AddressBooks.create`)."""
         return await self._books.create(name, visibility, exist_ok=exist_ok, deadline=deadline)
+
+    async def members(
+        self, address_book_id: int, *, deadline: float | None = None
+    ) -> AsyncGenerator[list[tuple[str, int]], None]:
+        """The book's members a page (``GET /contacts/v3?~listId=``, 5,000 a page) at a time,
+        as (normalized email, contact id); one call a page, each retried and paced like any
+        other call. Their ids are remembered, so removing them needs no look-up."""
+        call = BookCall(int(address_book_id), self._http.retry, deadline)
+        async with contextlib.aclosing(self._members.pages(call)) as pages:
+            async for page in pages:
+                yield page
 
     # -- bulk add and remove ---------------------------------------------------------------
 

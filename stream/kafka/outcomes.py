@@ -8,6 +8,8 @@ Contract:
   outcome stands for stay open until then. Producing is
   :class:`~stream.kafka.publisher.AcknowledgedPublisher`'s (never blocking, refusals retried and
   counted in ``ddsync_outcome_errors_total``, a fatal producer replaced without a loss).
+* :func:`read_outcomes` reads the whole topic up to the end offsets it finds (``ddsync
+  reconcile``), as any consumer of it would, in each partition's order.
 * Outcomes are handed to the producer in the order they are published, and one contact's
   outcomes share a key, hence a partition: the topic's latest record of a contact is its latest
   outcome, which compaction keeps.
@@ -15,17 +17,26 @@ Contract:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
+
 from stream.clock import Clock
-from stream.core.outcome_format import Outcome
+from stream.core.outcome_format import MalformedOutcome, Outcome, decode
 from stream.kafka.backend import Producer
+from stream.kafka.client_config import consumer_config
 from stream.kafka.confluent import ConfluentProducer
 from stream.kafka.publisher import AcknowledgedPublisher, Outgoing
 from stream.observability.metrics import Metrics
+from stream.settings import KafkaSettings
 
-__all__ = ["OutcomePublisher"]
+__all__ = ["OutcomePublisher", "OutcomesRead", "OutcomesTopicError", "read_outcomes"]
+
+log = logging.getLogger(__name__)
 
 
 class OutcomePublisher:
@@ -78,3 +89,76 @@ class OutcomePublisher:
         it still holds."""
         self._publisher.poll(0)
         return self._publisher.flush(timeout)
+
+
+@dataclass(frozen=True)
+class OutcomesRead:
+    """The outcomes topic read to the end offsets taken when the read started."""
+
+    outcomes: list[Outcome]  # in partition order: a contact's latest outcome after its others
+    malformed: int
+    records: int
+
+
+def read_outcomes(settings: KafkaSettings, *, timeout: float = 30.0) -> OutcomesRead:
+    """Read ``kafka.outcomes_topic`` from its beginning to the end offsets it has now, without
+    joining or committing for any consumer group. Raises :class:`OutcomesTopicError` when the
+    topic does not exist and ``KafkaException`` when the cluster cannot be reached."""
+    topic = settings.outcomes_topic
+    config = consumer_config(settings, group_id=f"{settings.group_id}.reconcile")
+    consumer = Consumer({**config, "enable.partition.eof": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None or not described.partitions:
+            raise OutcomesTopicError(
+                f"outcomes topic {topic} does not exist: kafka.publish_outcomes must be on "
+                "while ddsync runs for reconcile to know what the books should hold"
+            )
+        ends: dict[int, int] = {}
+        starts: list[TopicPartition] = []
+        for partition in sorted(described.partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout, cached=False
+            )
+            if high > low:
+                ends[partition] = high
+                starts.append(TopicPartition(topic, partition, low))
+        outcomes: list[Outcome] = []
+        malformed = records = 0
+        if starts:
+            consumer.assign(starts)
+        deadline = time.monotonic() + timeout
+        positions = {tp.partition: tp.offset for tp in starts}
+        while any(positions[p] < end for p, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise OutcomesTopicError(
+                    f"outcomes topic {topic}: no record for {timeout:g} s before its end offsets"
+                )
+            for message in consumer.consume(1000, timeout=1.0):
+                partition, offset = message.partition(), message.offset()
+                if message.error() is not None or partition is None or offset is None:
+                    continue
+                deadline = time.monotonic() + timeout
+                positions[partition] = offset + 1
+                if offset >= ends.get(partition, 0):
+                    continue  # written since the read started
+                records += 1
+                try:
+                    outcomes.append(decode(message.value()))
+                except MalformedOutcome as exc:
+                    malformed += 1
+                    log.warning(
+                        "outcomes topic %s[%d]@%d is not an outcome (%s); skipped",
+                        topic,
+                        partition,
+                        offset,
+                        exc,
+                    )
+        return OutcomesRead(outcomes, malformed, records)
+    finally:
+        consumer.close()
+
+
+class OutcomesTopicError(RuntimeError):
+    """The outcomes topic cannot be read; the message says what to do."""

@@ -53,8 +53,9 @@ Contract:
 * Reports never hold record values or error messages (either may be personal data); keys
   (profile ids), reasons, error codes and positions are enough to act on.
 * Progress: after each batch consumed the run hands a :class:`ReplayProgress` to its
-  ``on_progress`` callback; :class:`ProgressReporter` shows it (a bar on a terminal, a line every
-  few seconds otherwise) and :func:`summary_json` is the report as one JSON object.
+  ``on_progress`` callback; :class:`~stream.progress.ProgressReporter` shows it (a bar on a
+  terminal, a line every few seconds otherwise) and :func:`summary_json` is the report as one
+  JSON object.
 
 The pure decisions are :mod:`stream.replay.decide`, what the operator sees
 :mod:`stream.replay.report`; :class:`stream.replay.runner.Replayer` is the thin Kafka edge around

@@ -10,9 +10,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
-from stream.clock import Clock
 from stream.replay.decide import DeadLetterRecord, Decision, Verdict
 
 SAMPLE_SIZE: Final = 5
@@ -162,52 +161,6 @@ class ReplayProgress:
         if self.backlog <= 0:
             return 100
         return min(100, self.looked_at * 100 // self.backlog)
-
-
-class ProgressReporter:
-    """Shows :class:`ReplayProgress` on ``stream``. On a terminal (``tty``) a bar redrawn in
-    place with ``\\r`` at most every ``redraw`` seconds; otherwise one line every ``every``
-    seconds, so a log file gets a steady trickle. :meth:`finish` ends the bar's line."""
-
-    BAR_WIDTH: Final = 30
-
-    def __init__(
-        self,
-        stream: TextIO,
-        clock: Clock,
-        *,
-        tty: bool,
-        every: float = 5.0,
-        redraw: float = 0.2,
-    ) -> None:
-        self._stream = stream
-        self._clock = clock
-        self._tty = tty
-        self._interval = redraw if tty else every
-        self._started = clock.monotonic()
-        self._shown_at: float | None = None
-        self._drawn = False
-
-    def update(self, progress: ReplayProgress) -> None:
-        now = self._clock.monotonic()
-        last = self._started if self._shown_at is None else self._shown_at
-        if now - last < self._interval:
-            return
-        self._shown_at = now
-        if self._tty:
-            filled = self.BAR_WIDTH * progress.percent // 100
-            bar = "#" * filled + "." * (self.BAR_WIDTH - filled)
-            self._stream.write(f"\r[{bar}] {progress.describe()}\x1b[K")
-            self._drawn = True
-        else:
-            self._stream.write(f"replay: {progress.describe()}\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
 
 
 class Tally:

@@ -7,8 +7,8 @@ import io
 import orjson
 
 from stream.clock import FakeClock
+from stream.progress import ProgressReporter
 from stream.replay.report import (
-    ProgressReporter,
     ReplayProgress,
     ReplaySummary,
     Sample,
