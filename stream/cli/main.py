@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stream.cli.run",
     "stream.cli.demo",
     "stream.cli.replay",
+    "stream.cli.reconcile",
     "stream.cli.address_books",
     "stream.cli.sandbox",
 )

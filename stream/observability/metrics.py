@@ -231,3 +231,25 @@ class Metrics:
             ["connector", "outcome"],
             registry=r,
         )
+
+
+class ReconcileMetrics:
+    """What one ``ddsync reconcile`` found, in a registry of its own: the command runs apart from
+    the service (a CronJob), so these go to a node-exporter textfile (``--metrics-file``), not
+    to the service's endpoint."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.drift = Gauge(
+            "ddsync_reconcile_drift_contacts",
+            "Contacts out of step in an address book at the last reconcile, after its repair if "
+            "it repaired, by kind: missing and unexpected (drift), unmanaged (never seen by "
+            "ddsync; not drift).",
+            ["connector", "address_book", "kind"],
+            registry=r,
+        )
+        self.finished = Gauge(
+            "ddsync_reconcile_last_run_timestamp_seconds",
+            "When the last reconcile ended (Unix time).",
+            registry=r,
+        )

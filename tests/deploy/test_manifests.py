@@ -35,13 +35,14 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from stream.cli import main as cli
+from stream.cli import reconcile as reconcile_command
 from stream.cli import run as run_command
 from stream.clock import FakeClock
 from stream.config import load_settings
 from stream.core.breaker import DeadLetterBreaker
 from stream.observability.health import Health, Vitals
 from stream.observability.http_server import HttpServer
-from stream.observability.metrics import Metrics
+from stream.observability.metrics import Metrics, ReconcileMetrics
 from stream.settings import MetricsSettings, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,14 +78,15 @@ def exported_series() -> dict[str, frozenset[str]]:
     names (``_total``, ``_bucket``/``_sum``/``_count``, ``_created``) then come from the client
     library itself rather than from a rule of thumb.
     """
-    metrics = Metrics()
-    for wrapper in vars(metrics).values():
-        if isinstance(wrapper, MetricWrapperBase) and wrapper._labelnames:
-            wrapper.labels(*("x" for _ in wrapper._labelnames))
     series: dict[str, set[str]] = {}
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            series.setdefault(sample.name, set()).update(sample.labels)
+    # The service's, and those ``ddsync reconcile --metrics-file`` writes.
+    for metrics in (Metrics(), ReconcileMetrics()):
+        for wrapper in vars(metrics).values():
+            if isinstance(wrapper, MetricWrapperBase) and wrapper._labelnames:
+                wrapper.labels(*("x" for _ in wrapper._labelnames))
+        for family in metrics.registry.collect():
+            for sample in family.samples:
+                series.setdefault(sample.name, set()).update(sample.labels)
     return {name: frozenset(labels) for name, labels in series.items()}
 
 
@@ -691,6 +693,22 @@ def test_config_is_mounted_where_the_image_looks_for_it() -> None:
     assert PurePosixPath(args.config) == config_path
 
 
+def test_the_reconcile_cronjob_runs_reconcile_with_the_deployment_s_config_and_secrets() -> None:
+    (cronjob,) = load_yaml_documents(RECONCILE / "cronjob.yaml")
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0, "exit 1 is a finding (drift), not a failure to retry"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["template"]["spec"]
+    (reconcile,) = pod["containers"]
+    args = cli.build_parser().parse_args(reconcile["args"])
+    assert args.handler is reconcile_command.handle
+    assert PurePosixPath(args.config) == PurePosixPath(container()["args"][-1])
+    deployment_pod = resources()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == deployment_pod["volumes"]
+    assert reconcile["volumeMounts"] == container()["volumeMounts"]
+    assert reconcile["securityContext"] == container()["securityContext"]
+
+
 def test_deployment_runs_two_hardened_replicas() -> None:
     deployment = resources()["Deployment"]
     spec = deployment["spec"]
@@ -817,6 +835,7 @@ def test_dockerfile_builds_a_non_root_python_311_image_of_the_repo() -> None:
 # -- KEDA --------------------------------------------------------------------------------------
 
 KEDA = K8S / "keda"
+RECONCILE = K8S / "reconcile"
 
 
 def scaled_object() -> dict[str, Any]:
@@ -934,19 +953,25 @@ def kustomize_build(directory: Path) -> list[dict[str, Any]]:
 
 
 def with_keda(tmp_path: Path) -> Path:
-    """An overlay of the base with the KEDA component, as a user enables it."""
+    """An overlay of the base with the optional components (KEDA, the reconcile CronJob), as a
+    user enables them."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     # kustomize takes only relative paths to bases and components.
     base = os.path.relpath(K8S, overlay)
     (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump({"resources": [base], "components": [f"{base}/keda"]}), encoding="utf-8"
+        yaml.safe_dump({"resources": [base], "components": [f"{base}/keda", f"{base}/reconcile"]}),
+        encoding="utf-8",
     )
     return overlay
 
 
 def manifests_to_validate() -> list[dict[str, Any]]:
-    files = [*sorted(K8S.glob("*.yaml")), *sorted(KEDA.glob("*.yaml"))]
+    files = [
+        *sorted(K8S.glob("*.yaml")),
+        *sorted(KEDA.glob("*.yaml")),
+        *sorted(RECONCILE.glob("*.yaml")),
+    ]
     return [
         d
         for path in files

@@ -179,11 +179,12 @@ def write_config(
     kafka_extra: str = "",
     consumer_extra: Mapping[str, str] | None = None,
     secrets_env: Mapping[str, str] | None = None,
+    connector_extra: str = "",
 ) -> Path:
     """``connectors``: name -> (username, discovery URL); passwords via DDSYNC_TEST_PASSWORD_*.
     ``kafka_extra``: lines for the ``[kafka]`` table. ``consumer_extra``: librdkafka settings
     for ``[kafka.consumer]``; ``secrets_env``: librdkafka secret -> the environment variable
-    ``[kafka.secrets]`` reads it from."""
+    ``[kafka.secrets]`` reads it from; ``connector_extra``: lines for every connector's table."""
     lines = [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
@@ -223,6 +224,7 @@ def write_config(
             f'username = "{username}"',
             f'password_env = "{password_env(name)}"',
             f'discovery_endpoint = "{discovery}"',
+            connector_extra,
         ]
         if requests_per_minute is not None:
             # With the sandbox's limits off it sends no X-RateLimit headers to learn from.
