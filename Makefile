@@ -12,7 +12,7 @@ help:
 	@echo "make run        local Kafka + DotDigital sandbox + ddsync + a demo stream (Ctrl-C stops all)"
 	@echo "make test       install into $(VENV), start a local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run pytest"
 	@echo "make lint       ruff and mypy --strict"
-	@echo "make bench      benchmarks B1-B5 (own broker unless KAFKA_BOOTSTRAP_SERVERS is set); BENCH_ARGS='--only B2 --repeat 3 --ddsync-src PATH'"
+	@echo "make bench      benchmarks B1-B6 (own broker unless KAFKA_BOOTSTRAP_SERVERS is set); BENCH_ARGS='--only B2 --repeat 3 --ddsync-src PATH'"
 	@echo "make chaos      the chaos run (own broker, restarted): 50,000 transitions under kills and faults; CHAOS_ARGS='--seed N --records N'"
 	@echo "make kafka-up   start the local broker in the background; make kafka-down stops it"
 

@@ -2,10 +2,11 @@
 
     python -m benchmarks [--only B1,B3] [--repeat N] [--ddsync-src PATH] [scale knobs]
 
-B1 removals, B2 throughput against a plain consumer, B3 budget use, B4 memory, B5 latency (see
-each module's docstring). Needs ``KAFKA_BOOTSTRAP_SERVERS`` (``make bench`` starts a broker when
-it is unset). The sandbox and this harness always run from this tree; ``--ddsync-src`` runs the
-ddsync process (only it) from another checkout, put first on its PYTHONPATH.
+B1 removals, B2 throughput against a plain consumer, B3 budget use, B4 memory, B5 latency, B6
+reconcile (see each module's docstring). Needs ``KAFKA_BOOTSTRAP_SERVERS`` (``make bench``
+starts a broker when it is unset). The sandbox and this harness always run from this tree;
+``--ddsync-src`` runs the ddsync process (only it) from another checkout, put first on its
+PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from typing import Any
 
 import orjson
 
-from benchmarks import b1_removals, b2_throughput, b3_budget, b4_memory, b5_latency
+from benchmarks import (
+    b1_removals,
+    b2_throughput,
+    b3_budget,
+    b4_memory,
+    b5_latency,
+    b6_reconcile,
+)
 from benchmarks.common import (
     HARNESS_ROOT,
     Context,
@@ -43,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[Context], Result]] = {
     "B3": b3_budget.run,
     "B4": b4_memory.run,
     "B5": b5_latency.run,
+    "B6": b6_reconcile.run,
 }
 
 
@@ -52,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--only", default="B1,B2,B3,B4,B5", help="benchmarks to run, e.g. B1,B3")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6", help="benchmarks to run, e.g. B1,B3")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; figures are medians")
     parser.add_argument(
         "--ddsync-src", type=Path, default=HARNESS_ROOT, help="source tree of the ddsync measured"
@@ -79,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scale.add_argument("--b4-timeout", type=float, default=300)
     scale.add_argument("--b5-reps", type=int, default=15, help="B5a batches timed")
     scale.add_argument("--b5-windows", type=int, default=8, help="B5b windows timed")
+    scale.add_argument("--b6-members", type=int, default=50_000, help="B6 members of the book")
+    scale.add_argument("--b6-drift", type=int, default=500, help="B6 removed and strangers added")
     args = parser.parse_args(argv)
     args.only = [name.strip().upper() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in BENCHMARKS]

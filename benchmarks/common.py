@@ -447,6 +447,8 @@ def ddsync_config(
         requests_per_minute=requests_per_minute,
         max_buffered_records=max_buffered_records,
         metrics_port=metrics_port,
+        # B1 empties whole books on purpose: what the mass-removal guard is there to stop.
+        extra="[removal_guard]\nenabled = false",
     )
     return path, group
 

@@ -50,9 +50,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream.core.deadletter_format import H_ADDRESS_BOOK_ID, H_CONNECTOR_ID, H_REASON
+from stream.core.outcome_format import Outcome, decode, key_of
 from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord, Target
 from stream.dotdigital import normalize_email
+from stream.settings import KafkaSettings
 from tests.chaos.workload import INVALID_KINDS, REJECTED, generate
 from tests.support.processes import (
     Account,
@@ -66,6 +68,9 @@ from tests.support.processes import (
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
 import localkafka  # noqa: E402
+
+# kafka.outcomes_topic's default: each run has a broker of its own.
+OUTCOMES_TOPIC = KafkaSettings.outcomes_topic
 
 GOOD, BROKEN = "a", "b"
 WRONG_PASSWORD = "not-the-password"
@@ -657,7 +662,32 @@ class _Run:
                 f"{len(missing)} expected members missing, {len(extra)} members that should "
                 f"not be there (first: {(missing + extra)[:5]})"
             )
+        self._outcomes(last)
         self._duplicates()
+
+    def _outcomes(self, last: dict[tuple[str, int, str], tuple[str, bool, bytes]]) -> None:
+        """The outcomes topic, through the kills: each contact and book's latest outcome is the
+        state its last transition left (a rejected add: dead-lettered as contact_rejected)."""
+        latest: dict[bytes, Outcome] = {}
+        records = 0
+        for message in self._read(OUTCOMES_TOPIC):
+            records += 1
+            latest[message.key()] = decode(message.value())
+        wrong: list[str] = []
+        for (connector, book, email), (action, rejected, _) in last.items():
+            outcome = latest.get(key_of(connector, book, email))
+            if rejected and action == "add":
+                want: tuple[str, str | None] = ("dead_lettered", Reason.CONTACT_REJECTED.value)
+            else:
+                want = ("member" if action == "add" else "not_member", None)
+            got = None if outcome is None else (outcome.state.value, outcome.reason)
+            if got != want:
+                wrong.append(f"{connector}/{book}/{email}: {got} (expected {want})")
+        self.report.figures.update(
+            outcome_records=records, outcome_keys=len(latest), wrong_outcomes=len(wrong)
+        )
+        if wrong:
+            self.report.fail(f"{len(wrong)} contacts' latest outcome is wrong (first: {wrong[:5]})")
 
     def _dead_letters(
         self, records: list[DemoRecord], last: dict[tuple[str, int, str], tuple[str, bool, bytes]]
