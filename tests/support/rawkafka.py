@@ -14,7 +14,12 @@ import confluent_kafka
 
 RawHeader = tuple[bytes, bytes | None]
 
-_VTYPE_END, _VTYPE_TOPIC, _VTYPE_VALUE, _VTYPE_KEY, _VTYPE_HEADERS = 0, 1, 4, 5, 10
+_VTYPE_END, _VTYPE_TOPIC, _VTYPE_VALUE, _VTYPE_KEY, _VTYPE_MSGFLAGS = 0, 1, 4, 5, 7
+_VTYPE_HEADERS = 10
+# Without it librdkafka keeps a pointer to the value (not the key) until it sends the record,
+# long after the buffer below was freed: the value's first bytes then reached the topic
+# overwritten by the allocator (a rare flake of test_hostile_input).
+_MSG_F_COPY = 0x2
 _ERRSTR = 512
 
 
@@ -33,6 +38,7 @@ class _Union(ctypes.Union):
     _fields_ = [
         ("cstr", ctypes.c_char_p),
         ("ptr", ctypes.c_void_p),
+        ("i", ctypes.c_int),
         ("mem", _Mem),
         ("pad", ctypes.c_char * 64),
     ]
@@ -104,8 +110,11 @@ def produce_raw(
 
 
 def _produce_one(lib: ctypes.CDLL, producer: int, topic: str, record: RawRecord) -> None:
-    keep: list[ctypes.Array[ctypes.c_char]] = []  # buffers alive until produceva copied them
-    arguments: list[tuple[int, str, object]] = [(_VTYPE_TOPIC, "cstr", topic.encode())]
+    keep: list[ctypes.Array[ctypes.c_char]] = []  # alive while produceva copies them (F_COPY)
+    arguments: list[tuple[int, str, object]] = [
+        (_VTYPE_TOPIC, "cstr", topic.encode()),
+        (_VTYPE_MSGFLAGS, "i", _MSG_F_COPY),
+    ]
     for vtype, data in ((_VTYPE_KEY, record.key), (_VTYPE_VALUE, record.value)):
         if data is not None:
             buffer = ctypes.create_string_buffer(data, len(data))
