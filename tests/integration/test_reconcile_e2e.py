@@ -11,7 +11,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from stream.core.outcome_format import Outcome, decode
-from stream.demo.generator import DemoRecord, Target, transition
+from stream.demo.generator import DemoRecord, Target
 from stream.dotdigital import DotDigitalClient
 from stream.dotdigital.config import ClientConfig
 from tests.support.kafka import KafkaCluster
@@ -28,9 +27,10 @@ from tests.support.processes import (
     Account,
     DdsyncProcess,
     SandboxProcess,
-    committed_and_end,
+    caught_up,
     password_env,
     produce,
+    transition_record,
     write_config,
 )
 from tests.support.waiting import wait_until
@@ -39,15 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.sandbox, p
 
 
 def record(n: int, profile: str, action: str) -> DemoRecord:
-    event = transition(
-        event_id=f"evt-{n}",
-        profile_id=profile,
-        email=f"{profile}@example.com",
-        target=Target("eu", 1),
-        action=action,
-        occurred_at=datetime(2024, 5, 1, 12, tzinfo=UTC),
-    )
-    return DemoRecord(profile.encode(), orjson.dumps(event))
+    return transition_record(n, profile, action, Target("eu", 1))
 
 
 def run_cli(config: Path, env: Mapping[str, str], *args: str) -> tuple[int, Any]:
@@ -119,16 +111,15 @@ def test_reconcile_sees_a_hand_edit_repairs_it_and_records_the_repair(
     )
     env = {password_env("eu"): account.password}
 
-    def caught_up() -> bool:
-        committed, ends = committed_and_end(kafka.bootstrap_servers, group, topic, 2)
-        return all(end == 0 or offset == end for offset, end in zip(committed, ends, strict=True))
+    def synced() -> bool:
+        return caught_up(kafka.bootstrap_servers, group, topic, 2)
 
     ddsync = DdsyncProcess(config, tmp_path / "ddsync.log", env)
     try:
         stream = [record(n, p, "add") for n, p in enumerate("abcde")]
         stream += [record(10, "e", "remove")]
         produce(kafka.bootstrap_servers, topic, stream)
-        wait_until(caught_up, 120, "the stream was not committed")
+        wait_until(synced, 120, "the stream was not committed")
         membership = {f"{p}@example.com" for p in "abcd"}
         assert sandbox.members(account.username, 1) == membership
         assert ddsync.terminate() == 0
@@ -197,9 +188,8 @@ def test_a_shadow_connector_sends_nothing_and_reconcile_reads_its_plans(
     )
     env = {password_env("eu"): account.password}
 
-    def caught_up() -> bool:
-        committed, ends = committed_and_end(kafka.bootstrap_servers, group, topic, 1)
-        return all(end == 0 or offset == end for offset, end in zip(committed, ends, strict=True))
+    def synced() -> bool:
+        return caught_up(kafka.bootstrap_servers, group, topic, 1)
 
     ddsync = DdsyncProcess(config, tmp_path / "ddsync.log", env)
     try:
@@ -208,7 +198,7 @@ def test_a_shadow_connector_sends_nothing_and_reconcile_reads_its_plans(
             topic,
             [record(0, "a", "add"), record(1, "b", "add"), record(2, "c", "remove")],
         )
-        wait_until(caught_up, 120, "the shadow connector did not commit")
+        wait_until(synced, 120, "the shadow connector did not commit")
         assert ddsync.terminate() == 0
         assert account.username not in sandbox.control("stats")["calls"], "a request was sent"
         plans = {

@@ -7,23 +7,23 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
 from stream.core.deadletter_format import H_ERROR_MESSAGE, H_REASON
-from stream.demo.generator import DemoRecord, Target, transition
+from stream.demo.generator import DemoRecord, Target
 from tests.support.kafka import KafkaCluster
 from tests.support.processes import (
     Account,
     DdsyncProcess,
     SandboxProcess,
-    committed_and_end,
+    caught_up,
     password_env,
     produce,
     read_topic,
+    transition_record,
     write_config,
 )
 from tests.support.waiting import wait_until
@@ -39,15 +39,7 @@ min_contacts = 5
 
 
 def record(n: int, profile: str, action: str) -> DemoRecord:
-    event = transition(
-        event_id=f"evt-{n}",
-        profile_id=profile,
-        email=f"{profile}@example.com",
-        target=Target("eu", 1),
-        action=action,
-        occurred_at=datetime(2024, 5, 1, 12, tzinfo=UTC),
-    )
-    return DemoRecord(profile.encode(), orjson.dumps(event))
+    return transition_record(n, profile, action, Target("eu", 1))
 
 
 def test_a_mass_removal_is_held_and_a_replay_releases_it(
@@ -71,16 +63,15 @@ def test_a_mass_removal_is_held_and_a_replay_releases_it(
     env = {password_env("eu"): account.password}
     profiles = [f"p{n}" for n in range(10)]
 
-    def caught_up() -> bool:
-        committed, ends = committed_and_end(kafka.bootstrap_servers, group, topic, 1)
-        return all(end == 0 or offset == end for offset, end in zip(committed, ends, strict=True))
+    def synced() -> bool:
+        return caught_up(kafka.bootstrap_servers, group, topic, 1)
 
     ddsync = DdsyncProcess(config, tmp_path / "ddsync.log", env)
     try:
         produce(
             kafka.bootstrap_servers, topic, [record(n, p, "add") for n, p in enumerate(profiles)]
         )
-        wait_until(caught_up, 120, "the adds were not committed")
+        wait_until(synced, 120, "the adds were not committed")
         everyone = {f"{p}@example.com" for p in profiles}
         assert sandbox.members(account.username, 1) == everyone
 
@@ -91,7 +82,7 @@ def test_a_mass_removal_is_held_and_a_replay_releases_it(
             topic,
             [record(100 + n, p, "remove") for n, p in enumerate(leaving)],
         )
-        wait_until(caught_up, 120, "the held removals were not committed")
+        wait_until(synced, 120, "the held removals were not committed")
         assert sandbox.members(account.username, 1) == everyone
         letters = read_topic(kafka.bootstrap_servers, dead_letters, 8)
         assert {letter.header(H_REASON) for letter in letters} == {"removal_guard"}
@@ -110,7 +101,7 @@ def test_a_mass_removal_is_held_and_a_replay_releases_it(
         )  # fmt: skip
         assert replay.returncode == 0, replay.stderr
         assert orjson.loads(replay.stdout)["replayed"] == 8
-        wait_until(caught_up, 120, "the released removals were not committed")
+        wait_until(synced, 120, "the released removals were not committed")
         assert sandbox.members(account.username, 1) == {"p8@example.com", "p9@example.com"}
         # Nothing more was held: the dead-letter topic still has the 8 letters only.
         assert len(read_topic(kafka.bootstrap_servers, dead_letters, 8)) == 8

@@ -25,7 +25,6 @@ from typing import Any
 import localkafka
 import orjson
 import pytest
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream.core.deadletter_format import H_REASON, H_REPLAY_COUNT
@@ -36,6 +35,7 @@ from tests.support.processes import (
     Account,
     DdsyncProcess,
     SandboxProcess,
+    caught_up,
     committed_and_end,
     expected_membership,
     password_env,
@@ -169,20 +169,14 @@ def synced(
         window_seconds=1.0,
     )
 
-    def caught_up() -> bool:
-        try:
-            committed, ends = committed_and_end(
-                secured.bootstrap, group, topic, PARTITIONS, secured.client()
-            )
-        except KafkaException:  # the group coordinator is still being elected
-            return False
-        return committed == ends
+    def synced() -> bool:
+        return caught_up(secured.bootstrap, group, topic, PARTITIONS, secured.client())
 
     began = time.monotonic()
     process = DdsyncProcess(config, workdir / "ddsync.log", environment())
     try:
         wait_until(
-            caught_up, 50, "committed offsets did not reach the end",
+            synced, 50, "committed offsets did not reach the end",
             process=process.process, interval=0.5,
         )  # fmt: skip
         elapsed = time.monotonic() - began

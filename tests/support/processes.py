@@ -18,13 +18,14 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from stream.demo.generator import DemoRecord
+from stream.demo.generator import DemoRecord, Target, transition
 from stream.dotdigital import normalize_email
 from tests.support.kafka import headers_of
 from tests.support.waiting import wait_until
@@ -159,6 +160,7 @@ class ConfigOptions(TypedDict, total=False):
     kafka_extra: str
     consumer_extra: Mapping[str, str] | None
     secrets_env: Mapping[str, str] | None
+    connector_extra: str
 
 
 def write_config(
@@ -264,6 +266,20 @@ def produce(
     return count
 
 
+def transition_record(n: int, profile: str, action: str, target: Target) -> DemoRecord:
+    """Transition ``evt-n`` of ``profile`` (email ``profile@example.com``, the record's key the
+    profile) into or out of ``target``."""
+    event = transition(
+        event_id=f"evt-{n}",
+        profile_id=profile,
+        email=f"{profile}@example.com",
+        target=target,
+        action=action,
+        occurred_at=datetime(2024, 5, 1, 12, tzinfo=UTC),
+    )
+    return DemoRecord(profile.encode(), orjson.dumps(event))
+
+
 def expected_membership(records: Iterable[DemoRecord]) -> dict[tuple[str, int], set[str]]:
     """What the address books must hold after every good record was applied in order."""
     books: dict[tuple[str, int], set[str]] = defaultdict(set)
@@ -331,6 +347,22 @@ def read_topic(
     finally:
         consumer.close()
     return found
+
+
+def caught_up(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    config: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether ``group`` committed every partition of ``topic`` to its end (an empty one
+    counts); False while the group coordinator is still being elected."""
+    try:
+        committed, ends = committed_and_end(bootstrap, group, topic, partitions, config)
+    except KafkaException:
+        return False
+    return all(end == 0 or offset == end for offset, end in zip(committed, ends, strict=True))
 
 
 def committed_and_end(

@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Unpack
 
-from confluent_kafka import KafkaException
-
 from stream.core.deadletter_format import H_REASON
 from stream.core.reasons import Reason
 from stream.demo.generator import DemoRecord
@@ -25,7 +23,7 @@ from tests.support.processes import (
     ConfigOptions,
     DdsyncProcess,
     SandboxProcess,
-    committed_and_end,
+    caught_up,
     expected_membership,
     password_env,
     produce,
@@ -95,13 +93,7 @@ class Scenario:
         produce(self.kafka.bootstrap_servers, self.topic, records)
 
     def caught_up(self) -> bool:
-        try:
-            committed, ends = committed_and_end(
-                self.kafka.bootstrap_servers, self.group, self.topic, PARTITIONS
-            )
-        except KafkaException:  # e.g. the group coordinator is still being elected
-            return False
-        return committed == ends
+        return caught_up(self.kafka.bootstrap_servers, self.group, self.topic, PARTITIONS)
 
     def wait_caught_up(self, timeout: float) -> None:
         try:

@@ -17,22 +17,17 @@ import orjson
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import load_settings
 from stream.core.outcome_format import Outcome, decode, key_of
 from stream.demo.generator import Target, transition
 from stream.kafka.memory import MemoryBroker
 from stream.pipeline.processor import Pipeline
-from stream.sandbox import Sandbox, SandboxAccount, SandboxAddressBook, SandboxSettings
-from stream.sandbox.transport import SandboxTransport, in_process_sandbox
+from stream.sandbox import Sandbox, SandboxAddressBook
+from stream.sandbox.transport import SandboxTransport
 from stream.settings import RemovalGuardSettings, Settings
-from tests.support.processes import PASSWORD, password_env, write_config
+from tests.support.memory_pipeline import DLQ, OUTCOMES, TOPIC, memory_world
 
 USER = "outcomes@apiconnector.com"
 BOOK = 92
-TOPIC = "transitions"
-DLQ = "dlq"
-OUTCOMES = "ddsync.outcomes"
-NEVER = 1_000_000_000  # windows that do not close during a test
 
 
 @dataclass
@@ -77,32 +72,12 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
-    account = SandboxAccount(
-        username=USER,
-        password=PASSWORD,
-        region="r1",
-        import_delay_seconds=0.0,
-        address_books=(SandboxAddressBook(BOOK, "outcomes"),),
-    )
-    sandbox, transport = in_process_sandbox(SandboxSettings(accounts=(account,), clock=clock))
-    config = write_config(
-        tmp_path / "ddsync.toml",
-        bootstrap="memory:9092",
-        topics=[TOPIC],
-        dead_letter_topic=DLQ,
-        group="ddsync",
-        connectors={"main": (USER, sandbox.discovery_url)},
-        window_seconds=NEVER,
-        requests_per_minute=10_000,
-    )
-    settings = load_settings(config, {password_env("main"): PASSWORD})
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, partitions=1)
-    broker.create_topic(DLQ)
-    try:
+    books = [SandboxAddressBook(BOOK, "outcomes")]
+    # No outcomes topic yet: the first test creates it when it wants its records taken.
+    async with memory_world(
+        tmp_path, user=USER, books=books, clock=clock, outcomes_topic=False
+    ) as (sandbox, transport, broker, settings):
         yield World(sandbox, transport, broker, settings, clock)
-    finally:
-        await transport.close()
 
 
 async def flush(pipeline: Pipeline) -> None:

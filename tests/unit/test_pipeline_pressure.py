@@ -18,22 +18,18 @@ import orjson
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import load_settings
 from stream.core.deadletter_format import DeadLetter
 from stream.core.reasons import Reason
 from stream.demo.generator import Target, transition
 from stream.kafka.memory import MemoryBroker
 from stream.pipeline.processor import Pipeline
-from stream.sandbox import Sandbox, SandboxAccount, SandboxAddressBook, SandboxSettings
-from stream.sandbox.transport import SandboxTransport, in_process_sandbox
+from stream.sandbox import Sandbox, SandboxAddressBook
+from stream.sandbox.transport import SandboxTransport
 from stream.settings import Settings
-from tests.support.processes import PASSWORD, password_env, write_config
+from tests.support.memory_pipeline import DLQ, TOPIC, memory_world
 
 USER = "pressure@apiconnector.com"
 BOOK = 91
-TOPIC = "transitions"
-DLQ = "dlq"
-NEVER = 1_000_000_000  # windows that do not close during a test
 CAP = 10  # batching.max_buffered_records
 
 
@@ -65,34 +61,15 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    account = SandboxAccount(
-        username=USER,
-        password=PASSWORD,
-        region="r1",
-        import_delay_seconds=0.0,  # the sandbox's clock is fake: jobs end at once
-        address_books=(SandboxAddressBook(BOOK, "pressure"),),
-    )
-    sandbox, transport = in_process_sandbox(SandboxSettings(accounts=(account,), clock=FakeClock()))
-    config = write_config(
-        tmp_path / "ddsync.toml",
-        bootstrap="memory:9092",
-        topics=[TOPIC],
-        dead_letter_topic=DLQ,
-        group="ddsync",
-        connectors={"main": (USER, sandbox.discovery_url)},
-        window_seconds=NEVER,
-        requests_per_minute=10_000,
+    # The sandbox's clock is fake: its jobs end at once.
+    async with memory_world(
+        tmp_path,
+        user=USER,
+        books=[SandboxAddressBook(BOOK, "pressure")],
+        clock=FakeClock(),
         max_buffered_records=CAP,
-    )
-    settings = load_settings(config, {password_env("main"): PASSWORD})
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, partitions=1)
-    broker.create_topic(DLQ)
-    broker.create_topic("ddsync.outcomes")  # kafka.outcomes_topic's default
-    try:
+    ) as (sandbox, transport, broker, settings):
         yield World(sandbox, transport, broker, settings)
-    finally:
-        await transport.close()
 
 
 async def test_past_the_cap_the_consumer_pauses_flushes_at_once_and_resumes_when_drained(

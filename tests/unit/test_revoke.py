@@ -31,25 +31,22 @@ import orjson
 import pytest
 
 from stream.clock import FakeClock
-from stream.config import load_settings
 from stream.core.windowing import Trigger
 from stream.demo.generator import Target, transition
 from stream.dotdigital.transport import Request
 from stream.kafka.memory import MemoryBroker
 from stream.pipeline.processor import Pipeline
-from stream.sandbox import Sandbox, SandboxAccount, SandboxAddressBook, SandboxSettings
+from stream.sandbox import Sandbox, SandboxAddressBook
 from stream.sandbox.journal import JournalEntry
-from stream.sandbox.transport import SandboxTransport, in_process_sandbox
+from stream.sandbox.transport import SandboxTransport
 from stream.settings import Settings
-from tests.support.processes import PASSWORD, password_env, write_config
+from tests.support.memory_pipeline import NEVER, TOPIC, memory_world
 from tests.support.waiting import eventually
 
 USER = "revoke@apiconnector.com"
 BOOK = 77
 OTHER_BOOK = 78  # a second book of the account: its flushes run beside BOOK's
-TOPIC = "transitions"
 GROUP = "ddsync"
-NEVER = 1_000_000_000  # windows that do not close during a test (next boundary in 2033)
 JOB_SECONDS = 60.0  # sandbox time an import takes: until the test advances the clock
 # The broker's sticky assignment gives a second member partition 0 and leaves 1 to the first.
 MOVED, KEPT = 0, 1
@@ -168,29 +165,16 @@ async def guards_revoked(owner: Owner) -> None:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
-    account = SandboxAccount(
-        username=USER,
-        password=PASSWORD,
-        region="r1",
+    books = [SandboxAddressBook(BOOK, "revoke"), SandboxAddressBook(OTHER_BOOK, "revoke-other")]
+    async with memory_world(
+        tmp_path,
+        user=USER,
+        books=books,
+        clock=clock,
+        partitions=2,
+        group=GROUP,
         import_delay_seconds=JOB_SECONDS,
-        address_books=(
-            SandboxAddressBook(BOOK, "revoke"),
-            SandboxAddressBook(OTHER_BOOK, "revoke-other"),
-        ),
-    )
-    sandbox, transport = in_process_sandbox(SandboxSettings(accounts=(account,), clock=clock))
-    try:
-        config = write_config(
-            tmp_path / "ddsync.toml",
-            bootstrap="memory:9092",
-            topics=[TOPIC],
-            dead_letter_topic="dlq",
-            group=GROUP,
-            connectors={"main": (USER, sandbox.discovery_url)},
-            window_seconds=NEVER,
-            requests_per_minute=10_000,
-        )
-        settings = load_settings(config, {password_env("main"): PASSWORD})
+    ) as (sandbox, transport, broker, settings):
         settings = dataclasses.replace(
             settings,
             batching=dataclasses.replace(
@@ -199,18 +183,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             # Commits come from revokes only: what is committable stays the test's to read.
             dispatch=dataclasses.replace(settings.dispatch, commit_interval_seconds=NEVER),
         )
-        broker = MemoryBroker()
-        broker.create_topic(TOPIC, partitions=2)
-        broker.create_topic("dlq")
-        broker.create_topic("ddsync.outcomes")  # kafka.outcomes_topic's default
         world = World(sandbox, transport, clock, broker, settings)
         try:
             yield world
         finally:
             for each in world.owners:
                 await each.close()
-    finally:
-        await transport.close()
 
 
 async def test_a_batch_queued_behind_a_slow_flush_sends_nothing_of_a_revoked_partition(
