@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream.core.deadletter_format import (
     H_REASON,
     H_REPLAY_COUNT,
+    H_REPLAYED_REASON,
     H_SOURCE_TOPIC,
     DeadLetter,
     replay_count_of,
@@ -236,10 +237,12 @@ def test_replays_the_filtered_subset_with_original_key_value_and_incremented_cou
     for original in chosen:
         landed = {**audience, **journey}[original.key]
         assert landed.value == original.value
-        # The original's own headers travel on; of ddsync's, only the new replay count.
+        # The original's own headers travel on; of ddsync's, only the new replay count and
+        # the reason it was dead-lettered for (which releases what the removal guard held).
         assert landed.headers == [
             ("traceparent", b"00-abc-def-01"),
             (H_REPLAY_COUNT, str(original.letter.replay_count + 1).encode()),
+            (H_REPLAYED_REASON, b"auth_failed"),
         ]
         assert replay_count_of(landed.headers) == original.letter.replay_count + 1
     # Everything up to the end was decided about, the skipped records included.

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 from stream.config import load_settings
 from stream.kafka.topics import Cluster, ensure_topics
@@ -79,13 +80,43 @@ def test_an_existing_dead_letter_topic_is_left_as_it_is(
 ) -> None:
     source = kafka.create_topic()
     dead_letters = kafka.create_topic(partitions=2)
-    config = config_for(kafka, tmp_path, [source], dead_letters)
+    outcomes = kafka.create_topic(partitions=3)
+    config = config_for(
+        kafka, tmp_path, [source], dead_letters, kafka_extra=f'outcomes_topic = "{outcomes}"\n'
+    )
     settings = load_settings(config, {password_env("main"): "pw"})
     states = ensure_topics(settings.kafka)
     assert [(s.name, s.partitions, s.created) for s in states] == [
         (source, 1, False),
         (dead_letters, 2, False),
+        (outcomes, 3, False),
     ]
+
+
+def test_a_missing_outcomes_topic_is_created_compacted_unless_outcomes_are_off(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    source, dead_letters = kafka.create_topic(), kafka.create_topic()
+    outcomes = kafka.unique_topic("outcomes")
+    config = config_for(
+        kafka, tmp_path, [source], dead_letters,
+        kafka_extra=f'outcomes_topic = "{outcomes}"\noutcomes_partitions = 2\n',
+    )  # fmt: skip
+    settings = load_settings(config, {password_env("main"): "pw"})
+    *_, created = ensure_topics(settings.kafka)
+    assert (created.name, created.partitions, created.created) == (outcomes, 2, True)
+    resource = ConfigResource(ResourceType.TOPIC, outcomes)
+    described = kafka.admin.describe_configs([resource])[resource].result(timeout=30)
+    assert described["cleanup.policy"].value == "compact"
+
+    off = kafka.unique_topic("outcomes")
+    config = config_for(
+        kafka, tmp_path, [source], dead_letters,
+        kafka_extra=f'outcomes_topic = "{off}"\npublish_outcomes = false\n',
+    )  # fmt: skip
+    states = ensure_topics(load_settings(config, {password_env("main"): "pw"}).kafka)
+    assert [s.name for s in states] == [source, dead_letters]
+    assert off not in kafka.admin.list_topics(timeout=30).topics
 
 
 def test_with_creation_off_a_missing_dead_letter_topic_stops_ddsync(
