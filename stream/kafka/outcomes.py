@@ -93,17 +93,21 @@ class OutcomePublisher:
 
 @dataclass(frozen=True)
 class OutcomesRead:
-    """The outcomes topic read to the end offsets taken when the read started."""
+    """How many records the read took (to the end offsets taken when it started), and how many
+    of them were not outcomes."""
 
-    outcomes: list[Outcome]  # in partition order: a contact's latest outcome after its others
-    malformed: int
     records: int
+    malformed: int
 
 
-def read_outcomes(settings: KafkaSettings, *, timeout: float = 30.0) -> OutcomesRead:
-    """Read ``kafka.outcomes_topic`` from its beginning to the end offsets it has now, without
-    joining or committing for any consumer group. Raises :class:`OutcomesTopicError` when the
-    topic does not exist and ``KafkaException`` when the cluster cannot be reached."""
+def read_outcomes(
+    settings: KafkaSettings, take: Callable[[Outcome], None], *, timeout: float = 30.0
+) -> OutcomesRead:
+    """Hand each outcome of ``kafka.outcomes_topic`` to ``take``, in each partition's order (a
+    contact's latest outcome after its others), from the topic's beginning to the end offsets
+    it has now, without joining or committing for any consumer group: memory is the caller's.
+    Raises :class:`OutcomesTopicError` when the topic does not exist and ``KafkaException`` when
+    the cluster cannot be reached."""
     topic = settings.outcomes_topic
     config = consumer_config(settings, group_id=f"{settings.group_id}.reconcile")
     consumer = Consumer({**config, "enable.partition.eof": False})
@@ -124,7 +128,6 @@ def read_outcomes(settings: KafkaSettings, *, timeout: float = 30.0) -> Outcomes
             if high > low:
                 ends[partition] = high
                 starts.append(TopicPartition(topic, partition, low))
-        outcomes: list[Outcome] = []
         malformed = records = 0
         if starts:
             consumer.assign(starts)
@@ -145,7 +148,7 @@ def read_outcomes(settings: KafkaSettings, *, timeout: float = 30.0) -> Outcomes
                     continue  # written since the read started
                 records += 1
                 try:
-                    outcomes.append(decode(message.value()))
+                    outcome = decode(message.value())
                 except MalformedOutcome as exc:
                     malformed += 1
                     log.warning(
@@ -155,7 +158,9 @@ def read_outcomes(settings: KafkaSettings, *, timeout: float = 30.0) -> Outcomes
                         offset,
                         exc,
                     )
-        return OutcomesRead(outcomes, malformed, records)
+                    continue
+                take(outcome)
+        return OutcomesRead(records, malformed)
     finally:
         consumer.close()
 

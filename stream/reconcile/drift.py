@@ -12,12 +12,11 @@ Contract:
   book, never seen by ddsync for that book), ``held`` (dead-lettered, left alone). The sets
   are disjoint; ``in_step`` means nothing is missing or unexpected (unmanaged contacts are
   someone else's and never count as drift).
-* Pure: no I/O. Memory O(contacts seen per book).
+* Pure: no I/O. Memory O(contacts and books seen), whatever the topic's length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stream.core.outcome_format import Outcome
@@ -38,10 +37,6 @@ class Expected:
     def add(self, outcome: Outcome) -> None:
         book = (outcome.connector, outcome.address_book_id)
         self.books.setdefault(book, {})[outcome.email] = outcome.expected_member
-
-    def add_all(self, outcomes: Iterable[Outcome]) -> None:
-        for outcome in outcomes:
-            self.add(outcome)
 
     def of(self, book: Book) -> dict[str, bool | None]:
         return self.books.get(book, {})

@@ -104,9 +104,8 @@ async def reconcile(
     """Compare (and with ``options.repair``, repair) every book in scope; see the contract.
     ``transport`` carries the connectors' requests (their own aiohttp one each unless given)."""
     clock = clock or SystemClock()
-    read = await asyncio.to_thread(read_outcomes, settings.kafka)
     expected = Expected()
-    expected.add_all(read.outcomes)
+    read = await asyncio.to_thread(read_outcomes, settings.kafka, expected.add)
     books = _in_scope(settings, expected, options)
     publisher = None
     if options.repair:
