@@ -3,8 +3,8 @@
 The first signal starts the shutdown and its bound (``batching.shutdown_timeout_seconds``,
 :mod:`stream.pipeline.shutdown`):
 exit 0 after the final commit, or ``ABANDONED`` (3) when the broker did
-not take the final commit or the group leave within the bound, or when anything else still
-blocked the process at it.
+not take the final commit, the group leave, or the last dead letters and outcomes within the
+bound, or when anything else still blocked the process at it.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ async def run(settings: Settings, *, hard_exit: Callable[[int], object] = exit_n
     finally:
         if server is not None:
             server.stop()
-    if pipeline.abandoned:
+    if pipeline.abandoned or pipeline.unacknowledged:
+        # The broker did not take everything: a dependency out of reach (exit 3).
         hard_exit(ABANDONED)
         return ABANDONED
     return ExitCode.OK

@@ -28,7 +28,8 @@ Contract:
   shutdown's flush deadline and commits what is final of its partitions. A consumer thread or a
   final commit and group leave that the broker does not let finish in time is abandoned:
   nothing more is committed (:attr:`Pipeline.abandoned`), and the next owner reads again what
-  was not.
+  was not. So are dead letters and outcomes the broker has not acknowledged by then
+  (:attr:`Pipeline.unacknowledged`): their records stay uncommitted.
 * The parts' own contracts: backpressure and the circuit breaker's pause in
   :mod:`~stream.pipeline.ingest`, dead letters and suspended connectors in
   :mod:`~stream.pipeline.outcomes`, revokes in :mod:`~stream.pipeline.rebalance`.
@@ -151,6 +152,8 @@ class Pipeline:
         self._bridge = LoopBridge()
         # The shutdown was cut at its bound before the final commit and group leave ended.
         self.abandoned = False
+        # Dead letters and outcomes the broker had not acknowledged when the shutdown ended.
+        self.unacknowledged = 0
         self.source: KafkaSource | None = None
 
     @property
@@ -264,6 +267,13 @@ class Pipeline:
         # The dead letters of the last flushes get a moment of their own even when the flushes
         # used up the deadline: acknowledged now, they need not be redone after the restart.
         await self.outputs.drain(budget.drain_deadline(self.clock.monotonic()))
+        self.unacknowledged = self.outputs.pending
+        if self.unacknowledged:
+            log.error(
+                "the broker did not acknowledge %d dead-letter and outcome records within the "
+                "shutdown's bound; the records they stand for stay uncommitted and are read again",
+                self.unacknowledged,
+            )
         if joined:
             offsets = self.ledger.committable()
             source = self.source

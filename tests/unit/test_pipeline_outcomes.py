@@ -7,6 +7,7 @@ the committed offsets.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -195,3 +196,20 @@ async def test_a_shadow_connector_sends_nothing_and_records_its_plans(world: Wor
     planned = pipeline.metrics.records_planned
     assert planned.labels("main", "add")._value.get() == 1
     assert planned.labels("main", "remove")._value.get() == 3
+
+
+async def test_a_shutdown_the_broker_did_not_acknowledge_says_so(world: World) -> None:
+    # The outcomes topic is missing: the broker never acknowledges the outcomes.
+    pipeline = world.pipeline()
+    pipeline.open()
+    world.produce("ada@example.com", "add")
+    await flush(pipeline)
+    closing = asyncio.create_task(pipeline.close())
+    while not closing.done():  # the shutdown waits out its bound on the fake clock
+        world.clock.advance(1)
+        await asyncio.sleep(0)
+    await closing
+    assert world.sandbox.members(USER, BOOK) == {"ada@example.com"}
+    assert pipeline.unacknowledged == 1
+    assert not pipeline.abandoned
+    assert world.broker.committed("ddsync", (TOPIC, 0)) in (None, 0), "committed past it"
