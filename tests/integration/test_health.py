@@ -145,6 +145,8 @@ def test_a_taken_port_fails_at_start(kafka: KafkaCluster, tmp_path: Path) -> Non
             f'[kafka]\nbootstrap_servers = "{kafka.bootstrap_servers}"\n'
             f'topics = ["{kafka.create_topic()}"]\n'
             f'dead_letter_topic = "{kafka.create_topic()}"\n'
+            # Existing output topics: ddsync logs nothing before the port fails.
+            f'outcomes_topic = "{kafka.create_topic()}"\n'
             '[connectors.main]\nusername = "u"\n'
             f'password_env = "PW"\n[metrics]\nhost = "127.0.0.1"\nport = {port}\n',
             {"PW": "x"},
