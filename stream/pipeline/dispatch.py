@@ -337,15 +337,18 @@ class Dispatcher:
         contacts: Sequence[Contact],
     ) -> int:
         """Send one operation of a batch; returns how many contacts it synced."""
+        # Contacts reported before the operation was stopped (the removal guard held them) are
+        # not sent, nor reported again, when it starts again.
+        reported: set[str] = set()
         while True:
-            contacts = self._still_ours(batch, contacts)
+            contacts = self._still_ours(batch, [c for c in contacts if c.email not in reported])
             if not contacts:
                 return 0
             guard = SendGuard()
             self._guards[guard] = contacts
             try:
                 with guarded(guard):
-                    return await self._send(batch, operation, contacts)
+                    return await self._send(batch, operation, contacts, reported)
             except Abandoned:
                 log.info(
                     "%s to address book %s (connector %s) stopped: %s",
@@ -373,6 +376,7 @@ class Dispatcher:
         batch: Batch,
         operation: Operation,
         contacts: Sequence[Contact],
+        reported: set[str],
     ) -> int:
         if batch.connector_id in self._shadow:
             planned = Sent(None, Reported.NOT_SENT, planned=True)
@@ -408,7 +412,7 @@ class Dispatcher:
                     for email, contact_id in outcome.imported.items()
                 }
             else:
-                contacts = await self._guarded_removals(client, batch, contacts)
+                contacts = await self._guarded_removals(client, batch, contacts, reported)
                 if not contacts:
                     return 0
                 emails = [c.email for c in contacts]
@@ -468,9 +472,14 @@ class Dispatcher:
         return len(done)
 
     async def _guarded_removals(
-        self, client: DotDigitalClient, batch: Batch, contacts: Sequence[Contact]
+        self,
+        client: DotDigitalClient,
+        batch: Batch,
+        contacts: Sequence[Contact],
+        reported: set[str],
     ) -> Sequence[Contact]:
-        """The removals the guard lets through; the others are reported ``removal_guard``."""
+        """The removals the guard lets through; the others are reported ``removal_guard``
+        (and added to ``reported``)."""
         guard = self._removal_guard
         if guard is None:
             return contacts
@@ -495,6 +504,7 @@ class Dispatcher:
         self._metrics.removals_held.labels(batch.connector_id).inc(len(judged))
         failure = Failure(Reason.REMOVAL_GUARD, Reason.REMOVAL_GUARD.value, verdict.describe())
         for contact in judged:
+            reported.add(contact.email)
             self._report_failure(batch, contact, failure)
         return released
 

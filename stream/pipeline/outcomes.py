@@ -1,17 +1,17 @@
-"""What becomes of the records sent: dispatch outcomes and dead letters, into the ledger.
+"""What becomes of the records sent: outcomes and dead letters, into the ledger.
 
 :class:`Outcomes` is the dispatcher's listener
-(:class:`~stream.pipeline.dispatch.DispatchListener`): each contact's outcome settles its records
-in the ledger (:mod:`stream.core.ledger`), goes to the dead-letter topic, counts for the circuit
-breaker, or is left to the new owner of a revoked partition. :class:`OutputTopics` builds a
-dead-letter record from a failure and the source record's original, publishes it, and settles
-what it covers once the broker acknowledged it.
+(:class:`~stream.pipeline.dispatch.DispatchListener`): each contact's outcome goes to the
+outcomes topic, to the dead-letter topic, counts for the circuit breaker, or is left to the new
+owner of a revoked partition. :class:`OutputTopics` publishes to both topics (a dead letter is
+built from the failure and the source record's original) and settles the records in the ledger
+(:mod:`stream.core.ledger`) once the broker acknowledged every publication covering them.
 
 Contract:
 
-* A record is final, and settled, when its contact was synced, when a newer record of its
-  contact that is final supersedes it, or when its dead letter (or one covering it) is
-  acknowledged by the broker: committed offsets never pass a record before that.
+* A record is final, and settled, when its contact's outcome is known and acknowledged (synced,
+  or dead-lettered with its letter acknowledged), or when a newer record of its contact that is
+  final supersedes it: committed offsets never pass a record before that.
 * A contact that failed for good is dead-lettered under its winning record, the letter covering
   every record of the contact; unless its winning record is no longer held (its partition was
   revoked meanwhile: its new owner reads it again), then it is dropped. A dropped contact's

@@ -205,11 +205,66 @@ async def test_a_shutdown_the_broker_did_not_acknowledge_says_so(world: World) -
     world.produce("ada@example.com", "add")
     await flush(pipeline)
     closing = asyncio.create_task(pipeline.close())
-    while not closing.done():  # the shutdown waits out its bound on the fake clock
-        world.clock.advance(1)
-        await asyncio.sleep(0)
-    await closing
+    # The shutdown waits for the acknowledgements on the fake clock (until its flush deadline,
+    # then in the revoke of the final close): time moves, slowly enough for the real-time
+    # waits computed from it (the final commit's) to stay long.
+    while not closing.done():
+        world.clock.advance(0.5)
+        await asyncio.sleep(0.01)
     assert world.sandbox.members(USER, BOOK) == {"ada@example.com"}
     assert pipeline.unacknowledged == 1
     assert not pipeline.abandoned
     assert world.broker.committed("ddsync", (TOPIC, 0)) in (None, 0), "committed past it"
+
+
+async def test_a_held_removal_is_reported_once_when_its_flush_is_stopped_and_restarted(
+    world: World,
+) -> None:
+    # A flush of released and held removals, stopped mid-removal (as a revoke stops it) and
+    # restarted: the held contacts were reported already and must not be judged again.
+    world.broker.create_topic(OUTCOMES)
+    settings = dataclasses.replace(
+        world.settings,
+        removal_guard=RemovalGuardSettings(share=0.5, min_contacts=2, window_seconds=60),
+    )
+    pipeline = world.pipeline(settings)
+    pipeline.open()
+    emails = [f"p{i}@example.com" for i in range(6)]
+    for email in emails:
+        world.produce(email, "add")
+    await flush(pipeline)
+    released = [("ddsync.replay_count", b"1"), ("ddsync.replayed_reason", b"removal_guard")]
+    value = transition(
+        event_id="evt-released",
+        profile_id="p0",
+        email="p0@example.com",
+        target=Target("main", BOOK),
+        action="remove",
+        occurred_at=datetime(2024, 5, 1, 12, tzinfo=UTC),
+    )
+    world.broker.write(TOPIC, 0, key=b"p0", value=orjson.dumps(value), headers=released)
+    for email in emails[1:5]:
+        world.produce(email, "remove")
+    await pipeline.poll()
+    world.transport.hold()
+    for batch in pipeline.windows.drain():
+        pipeline.dispatcher.submit(batch)
+    # The guard asks the book's size first; the removal that follows is the one held.
+    await world.transport.until(
+        lambda: any(r.url.endswith(f"/address-books/{BOOK}") for r in world.transport.received),
+        "the book's size asked",
+    )
+    world.transport.release()
+    world.transport.hold()
+    await world.transport.until(
+        lambda: any(r.url.endswith("/contacts/delete") for r in world.transport.received),
+        "the removal sent",
+    )
+    pipeline.dispatcher.stop_sending({(TOPIC, 0)})
+    world.transport.release()
+    assert await pipeline.dispatcher.wait(30)
+    pipeline.outputs.poll()
+    await pipeline.close()
+    assert world.sandbox.members(USER, BOOK) == set(emails) - {"p0@example.com"}
+    letters = world.broker.records(DLQ, 0)
+    assert sorted(r.key or b"" for r in letters) == [e.encode() for e in emails[1:5]], "once each"
