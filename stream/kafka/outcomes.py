@@ -26,7 +26,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from stream.clock import Clock
-from stream.core.outcome_format import MalformedOutcome, Outcome, decode
+from stream.core.outcome_format import MalformedOutcome, Outcome, State, decode
 from stream.kafka.backend import Producer
 from stream.kafka.client_config import consumer_config
 from stream.kafka.confluent import ConfluentProducer
@@ -50,6 +50,7 @@ class OutcomePublisher:
         producer_factory: Callable[[dict[str, Any]], Producer] = ConfluentProducer,
     ) -> None:
         self._metrics = metrics
+        self._published: dict[State, Any] = {}
         self._publisher = AcknowledgedPublisher(
             producer_config,
             topic,
@@ -67,8 +68,14 @@ class OutcomePublisher:
         return self._publisher.congested
 
     def publish(self, outcome: Outcome, on_acknowledged: Callable[[], None]) -> None:
+        published = self._published.get(outcome.state)
+        if published is None:
+            # labels() costs a lock and a look-up: once per state, not once per contact.
+            published = self._metrics.outcomes_published.labels(outcome.state.value)
+            self._published[outcome.state] = published
+
         def acknowledged() -> None:
-            self._metrics.outcomes_published.labels(outcome.state.value).inc()
+            published.inc()
             on_acknowledged()
 
         about = f"{outcome.connector}/{outcome.address_book_id} outcome {outcome.state.value}"

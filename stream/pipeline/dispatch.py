@@ -483,8 +483,10 @@ class Dispatcher:
         guard = self._removal_guard
         if guard is None:
             return contacts
-        released = [c for c in contacts if self._listener.released(c)]
-        judged = [c for c in contacts if not self._listener.released(c)]
+        released: list[Contact] = []
+        judged: list[Contact] = []
+        for contact in contacts:
+            (released if self._listener.released(contact) else judged).append(contact)
         if not judged:
             return contacts
         book = await client.get_address_book(

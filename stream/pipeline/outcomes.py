@@ -87,9 +87,22 @@ class OutputTopics:
             if publisher is not None:
                 publisher.poll(0)
 
-    def record(self, outcome: Outcome, covers: Sequence[RecordRef], *, lettered: bool) -> None:
-        """Publish ``outcome`` for the records ``covers``; with ``lettered`` they also wait for
-        their dead letter's acknowledgement. Settled at once when the outcomes topic is off."""
+    def record(
+        self,
+        batch: Batch,
+        contact: Contact,
+        state: State,
+        reported: Reported,
+        *,
+        lettered: bool,
+        decided_at: datetime,
+        reason: str | None = None,
+        contact_id: int | None = None,
+    ) -> None:
+        """Publish ``contact``'s outcome in ``batch`` for its records; with ``lettered`` they
+        also wait for their dead letter's acknowledgement. When the outcomes topic is off,
+        nothing is built: the records are settled at once (or by their dead letter)."""
+        covers = contact.refs
         if self.outcomes is None:
             if not lettered:
                 self._settle(covers)
@@ -97,27 +110,14 @@ class OutputTopics:
         if lettered:
             for ref in covers:
                 self._awaiting[ref] = 2
-        self.outcomes.publish(outcome, lambda: self._settle(covers))
-
-    def outcome(
-        self,
-        batch: Batch,
-        contact: Contact,
-        state: State,
-        reported: Reported,
-        *,
-        reason: str | None = None,
-        contact_id: int | None = None,
-    ) -> Outcome:
-        """``contact``'s outcome in ``batch``, decided now."""
-        return Outcome(
+        outcome = Outcome(
             connector=batch.connector_id,
             address_book_id=batch.address_book_id,
             email=contact.email,
             action=contact.action.value,
             state=state,
             reported=reported,
-            decided_at=datetime.fromtimestamp(self._clock.time(), UTC),
+            decided_at=decided_at,
             reason=reason,
             contact_id=contact_id,
             source_topic=contact.winner.topic,
@@ -126,6 +126,11 @@ class OutputTopics:
             event_id=contact.event_id,
             occurred_at=contact.transition.occurred_at,
         )
+        self.outcomes.publish(outcome, lambda: self._settle(covers))
+
+    def now(self) -> datetime:
+        """The moment of a decision, as outcomes state it."""
+        return datetime.fromtimestamp(self._clock.time(), UTC)
 
     def _settle(self, refs: Sequence[RecordRef]) -> None:
         for ref in refs:
@@ -211,19 +216,18 @@ class Outcomes:
     ) -> None:
         count = planned = 0
         outputs = self._dead_letters
+        decided_at = outputs.now()
         for contact in contacts:
             self._breaker.delivered(False)
             result = sent.get(contact.email, NOT_SENT)
             outputs.record(
-                outputs.outcome(
-                    batch,
-                    contact,
-                    _state_of(operation, result),
-                    result.reported,
-                    contact_id=result.contact_id,
-                ),
-                contact.refs,
+                batch,
+                contact,
+                _state_of(operation, result),
+                result.reported,
                 lettered=False,
+                decided_at=decided_at,
+                contact_id=result.contact_id,
             )
             if result.planned:
                 planned += len(contact.refs)
@@ -249,17 +253,13 @@ class Outcomes:
         outputs = self._dead_letters
         # The outcome first: decided now, it reaches its topic in the order of decisions.
         outputs.record(
-            outputs.outcome(
-                batch,
-                contact,
-                State.DEAD_LETTERED,
-                Reported.REJECTED
-                if failure.reason is Reason.CONTACT_REJECTED
-                else Reported.NOT_SENT,
-                reason=failure.reason.value,
-            ),
-            contact.refs,
+            batch,
+            contact,
+            State.DEAD_LETTERED,
+            Reported.REJECTED if failure.reason is Reason.CONTACT_REJECTED else Reported.NOT_SENT,
             lettered=True,
+            decided_at=outputs.now(),
+            reason=failure.reason.value,
         )
         outputs.publish(
             contact.winner,
