@@ -10,14 +10,15 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from stream.config import load_settings
 from stream.core.outcome_format import Outcome, decode
 from stream.demo.generator import DemoRecord, Target
 from stream.dotdigital import DotDigitalClient
@@ -80,6 +81,56 @@ def latest_outcomes(bootstrap: str, topic: str) -> dict[bytes, Outcome]:
         consumer.close()
 
 
+class Deployment(NamedTuple):
+    account: Account
+    sandbox: SandboxProcess
+    topic: str
+    config: Path
+    env: dict[str, str]
+    synced: Callable[[], bool]
+
+
+def deploy(
+    kafka: KafkaCluster,
+    tmp_path: Path,
+    username: str,
+    partitions: int,
+    *sandbox_args: str,
+    connector_extra: str = "",
+) -> Deployment:
+    """A sandbox with one book (1) for ``username``, a source topic, and ddsync's configuration
+    for connector ``eu`` with an outcomes topic of its own; ``synced`` says whether the group
+    committed the topic to its end."""
+    account = Account(username, "r1", (1,))
+    sandbox = SandboxProcess(tmp_path, [account], *sandbox_args)
+    topic = kafka.create_topic(partitions=partitions)
+    group = f"ddsync-{uuid.uuid4().hex[:8]}"
+    config = write_config(
+        tmp_path / "ddsync.toml",
+        bootstrap=kafka.bootstrap_servers,
+        topics=[topic],
+        dead_letter_topic=kafka.unique_topic("dlq"),
+        group=group,
+        connectors={"eu": (account.username, sandbox.discovery_url)},
+        window_seconds=1.0,
+        kafka_extra=f'outcomes_topic = "{kafka.unique_topic("outcomes")}"',
+        connector_extra=connector_extra,
+    )
+    env = {password_env("eu"): account.password}
+    return Deployment(
+        account,
+        sandbox,
+        topic,
+        config,
+        env,
+        lambda: caught_up(kafka.bootstrap_servers, group, topic, partitions),
+    )
+
+
+def outcomes_topic(config: Path) -> str:
+    return load_settings(config, {password_env("eu"): "-"}).kafka.outcomes_topic
+
+
 async def edit_by_hand(account: Account, discovery: str) -> None:
     """What someone does in DotDigital's UI: b taken out, a stranger and e put in."""
     config = ClientConfig(
@@ -94,26 +145,10 @@ async def edit_by_hand(account: Account, discovery: str) -> None:
 def test_reconcile_sees_a_hand_edit_repairs_it_and_records_the_repair(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
-    account = Account("reconcile@apiconnector.com", "r1", (1,))
-    sandbox = SandboxProcess(tmp_path, [account], "--import-delay", "0.05")
-    topic = kafka.create_topic(partitions=2)
-    group = f"ddsync-{uuid.uuid4().hex[:8]}"
-    outcomes = kafka.unique_topic("outcomes")
-    config = write_config(
-        tmp_path / "ddsync.toml",
-        bootstrap=kafka.bootstrap_servers,
-        topics=[topic],
-        dead_letter_topic=kafka.unique_topic("dlq"),
-        group=group,
-        connectors={"eu": (account.username, sandbox.discovery_url)},
-        window_seconds=1.0,
-        kafka_extra=f'outcomes_topic = "{outcomes}"',
+    account, sandbox, topic, config, env, synced = deploy(
+        kafka, tmp_path, "reconcile@apiconnector.com", 2, "--import-delay", "0.05"
     )
-    env = {password_env("eu"): account.password}
-
-    def synced() -> bool:
-        return caught_up(kafka.bootstrap_servers, group, topic, 2)
-
+    outcomes = outcomes_topic(config)
     ddsync = DdsyncProcess(config, tmp_path / "ddsync.log", env)
     try:
         stream = [record(n, p, "add") for n, p in enumerate("abcde")]
@@ -170,27 +205,10 @@ def test_reconcile_sees_a_hand_edit_repairs_it_and_records_the_repair(
 def test_a_shadow_connector_sends_nothing_and_reconcile_reads_its_plans(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
-    account = Account("shadow@apiconnector.com", "r1", (1,))
-    sandbox = SandboxProcess(tmp_path, [account])
-    topic = kafka.create_topic(partitions=1)
-    group = f"ddsync-{uuid.uuid4().hex[:8]}"
-    outcomes = kafka.unique_topic("outcomes")
-    config = write_config(
-        tmp_path / "ddsync.toml",
-        bootstrap=kafka.bootstrap_servers,
-        topics=[topic],
-        dead_letter_topic=kafka.unique_topic("dlq"),
-        group=group,
-        connectors={"eu": (account.username, sandbox.discovery_url)},
-        window_seconds=1.0,
-        kafka_extra=f'outcomes_topic = "{outcomes}"',
-        connector_extra='mode = "shadow"',
+    account, sandbox, topic, config, env, synced = deploy(
+        kafka, tmp_path, "shadow@apiconnector.com", 1, connector_extra='mode = "shadow"'
     )
-    env = {password_env("eu"): account.password}
-
-    def synced() -> bool:
-        return caught_up(kafka.bootstrap_servers, group, topic, 1)
-
+    outcomes = outcomes_topic(config)
     ddsync = DdsyncProcess(config, tmp_path / "ddsync.log", env)
     try:
         produce(

@@ -132,9 +132,8 @@ async def test_each_contact_s_outcome_is_published_before_its_records_are_commit
     assert latest["ada@example.com"].contact_id not in (None, bob.contact_id)
 
 
-async def test_a_held_removal_is_dead_lettered_with_its_outcome_and_a_replay_releases_it(
-    world: World,
-) -> None:
+async def guarded_book_of_six(world: World) -> tuple[Pipeline, list[str]]:
+    """A pipeline whose guard allows half a book (at least 2), and a book of six synced."""
     world.broker.create_topic(OUTCOMES)
     settings = dataclasses.replace(
         world.settings,
@@ -146,6 +145,13 @@ async def test_a_held_removal_is_dead_lettered_with_its_outcome_and_a_replay_rel
     for email in emails:
         world.produce(email, "add")
     await flush(pipeline)
+    return pipeline, emails
+
+
+async def test_a_held_removal_is_dead_lettered_with_its_outcome_and_a_replay_releases_it(
+    world: World,
+) -> None:
+    pipeline, emails = await guarded_book_of_six(world)
     for email in emails[:4]:  # 4 of 6 leave: the allowance is 3
         world.produce(email, "remove")
     await flush(pipeline)
@@ -222,17 +228,7 @@ async def test_a_held_removal_is_reported_once_when_its_flush_is_stopped_and_res
 ) -> None:
     # A flush of released and held removals, stopped mid-removal (as a revoke stops it) and
     # restarted: the held contacts were reported already and must not be judged again.
-    world.broker.create_topic(OUTCOMES)
-    settings = dataclasses.replace(
-        world.settings,
-        removal_guard=RemovalGuardSettings(share=0.5, min_contacts=2, window_seconds=60),
-    )
-    pipeline = world.pipeline(settings)
-    pipeline.open()
-    emails = [f"p{i}@example.com" for i in range(6)]
-    for email in emails:
-        world.produce(email, "add")
-    await flush(pipeline)
+    pipeline, emails = await guarded_book_of_six(world)
     released = [("ddsync.replay_count", b"1"), ("ddsync.replayed_reason", b"removal_guard")]
     value = transition(
         event_id="evt-released",
