@@ -91,11 +91,10 @@ class OutcomePublisher:
     def poll(self, timeout: float = 0.0) -> int:
         return self._publisher.poll(timeout)
 
-    def flush(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for what the producer holds (a tool's end); how many records
-        it still holds."""
-        self._publisher.poll(0)
-        return self._publisher.flush(timeout)
+    def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for every outcome published to be acknowledged (a command's
+        end); how many are still not."""
+        return self._publisher.drain(timeout)
 
 
 @dataclass(frozen=True)

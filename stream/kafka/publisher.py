@@ -143,10 +143,13 @@ class AcknowledgedPublisher:
             self._backlog.popleft()
         return served
 
-    def flush(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for what the producer holds; how many records it still holds."""
-        remaining: int = self._producer.flush(timeout)
-        return remaining
+    def drain(self, timeout: float) -> int:
+        """Serve reports, the backlog and retries until every record published was acknowledged
+        or ``timeout`` seconds passed (a command's end); how many are still not acknowledged."""
+        deadline = self._clock.monotonic() + timeout
+        while self.pending and self._clock.monotonic() < deadline:
+            self.poll(0.1)
+        return self.pending
 
     def _hand(self, item: _Item) -> bool:
         """Give ``item`` to the producer; False when its local queue has no room (not taken).

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Contacts per import or bulk removal: what a flush sends at most.
 REPAIR_CHUNK = 1000
 # How long the repairs' outcomes may take to be acknowledged at the end of the run.
-OUTCOMES_FLUSH_SECONDS = 30.0
+OUTCOMES_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -142,16 +142,16 @@ async def reconcile(
                     report.seconds = clock.monotonic() - started
                     reports.append(report)
     finally:
-        if publisher is not None:
-            left = await asyncio.to_thread(publisher.flush, OUTCOMES_FLUSH_SECONDS)
-            publisher.poll(0)
-            if left or publisher.pending:
-                log.error(
-                    "%d repair outcome(s) were not acknowledged by %s; the repairs stand, the "
-                    "next reconcile finds them in step",
-                    publisher.pending,
-                    settings.kafka.outcomes_topic,
-                )
+        unacknowledged = (
+            0 if publisher is None else await asyncio.to_thread(publisher.drain, OUTCOMES_SECONDS)
+        )
+        if unacknowledged:
+            log.error(
+                "%d repair outcome(s) were not acknowledged by %s; the repairs stand, the "
+                "next reconcile finds them in step",
+                unacknowledged,
+                settings.kafka.outcomes_topic,
+            )
     return ReconcileReport(reports, read.records, read.malformed, repaired=options.repair)
 
 
